@@ -1,0 +1,42 @@
+# cas: every target installs what it needs into .venv, from nothing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-fast bench lint torture clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+	touch $@
+
+## make run: the main job on an embedded default (a local store in ./demo-store)
+run: $(STAMP)
+	$(PY) -m cas.demo
+
+## make test: the whole suite, real servers included
+test: $(STAMP) node_modules/.installed
+	$(PY) -m pytest -q
+
+## make bench: throughput beside the limits and the peers, as ratios
+bench: $(STAMP)
+	$(PY) -m bench
+
+## make lint: ruff, mypy strict on the packages, import-linter
+lint: $(STAMP)
+	$(VENV)/bin/ruff check cas refs catalog tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+## make torture: the long reliability suite
+torture: $(STAMP) node_modules/.installed
+	CAS_TORTURE=full $(PY) -m pytest -q tests/test_torture*.py
+
+clean:
+	rm -rf $(VENV) node_modules demo-store .pytest_cache .hypothesis

@@ -1,0 +1,78 @@
+"""Content-defined chunking: large content is cut where its bytes say, not at offsets,
+so an insertion near the start of a 10 GB file changes one or two chunks, not all.
+
+FastCDC 2020 from pyfastcdc (Cython; ~2.2 GB/s here). The parameters are recorded in
+the store's ``CAS`` marker so every writer of one store cuts the same way; they decide
+which chunks are shared, never an id (a blob's id is the BLAKE3 of all its bytes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, BinaryIO, Protocol
+
+from pyfastcdc import FastCDC
+
+
+class Reader(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkParams:
+    """pyfastcdc parameters. Its real average is ``avg_size + min_size`` (~1.25 MiB)."""
+
+    algorithm: str = "fastcdc2020"
+    avg_size: int = 1 << 20
+    min_size: int = 1 << 18
+    max_size: int = 1 << 22
+    #: Content up to this size is one blob; above it, a chunk list of chunk blobs.
+    threshold: int = 1 << 22
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChunkParams:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+DEFAULT_PARAMS = ChunkParams()
+
+
+class _Prefixed:
+    """A reader that yields ``head`` and then the rest of ``stream``."""
+
+    def __init__(self, head: bytes, stream: Reader | BinaryIO) -> None:
+        self._head = memoryview(head)
+        self._stream = stream
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            part = self._head[:n] if n >= 0 else self._head
+            self._head = self._head[len(part) :]
+            return bytes(part)
+        return self._stream.read(n)
+
+
+def read_up_to(stream: Reader | BinaryIO, n: int) -> bytes:
+    """Read until ``n`` bytes or end of stream (a single read() may return less)."""
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        part = stream.read(n - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def cut(head: bytes, rest: Reader | BinaryIO, params: ChunkParams = DEFAULT_PARAMS) -> Iterator[bytes]:
+    """Chunks of ``head`` followed by ``rest``, each a fresh ``bytes`` (safe to keep)."""
+    cdc = FastCDC(params.avg_size, min_size=params.min_size, max_size=params.max_size)
+    for chunk in cdc.cut_stream(_Prefixed(head, rest)):
+        # pyfastcdc's memoryview is only valid until the next chunk: copy it out.
+        yield bytes(chunk.data)

@@ -1,0 +1,86 @@
+"""The one exception tree of cas.
+
+::
+
+    CasError
+     ├── ObjectNotFound        (also KeyError)    an object, name or id that is not there
+     ├── IntegrityError                           bytes that do not hash to their id; a lying header
+     ├── InvalidId             (also ValueError)  text that is not a 64-hex id
+     ├── InvalidRefName        (also ValueError)  a name that breaks git's check-ref-format rules
+     ├── RefConflict                              a compare-and-swap lost: the ref moved meanwhile
+     ├── RefLocked                                a ref's lock is held (or stale: the message says how to clear it)
+     ├── FormatError                              not a cas store, or one of a format this version cannot read
+     ├── MaterializerError     (also TypeError)   no way to serialize a value; pickle refused; an extra missing
+     ├── QueryError            (also ValueError)  a malformed catalog query
+     └── BackendError          (also OSError)     the storage service failed (network, auth, missing bucket)
+
+Foreign exceptions are translated at the boundary with ``raise ... from exc``; a
+transient backend failure is a ``BackendError``, never "absent".
+"""
+
+from __future__ import annotations
+
+
+class CasError(Exception):
+    """Root of every error cas raises on purpose."""
+
+
+class ObjectNotFound(CasError, KeyError):
+    """An object, artifact name or id that the store does not hold."""
+
+    def __init__(self, what: str, message: str | None = None) -> None:
+        self.what = what
+        super().__init__(message or f"{what} not found")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class IntegrityError(CasError):
+    """Stored bytes that are not what their id promises."""
+
+    def __init__(self, object_id: str, message: str) -> None:
+        self.object_id = object_id
+        super().__init__(message)
+
+
+class InvalidId(CasError, ValueError):
+    """Text that is not a 64-character lowercase hex id."""
+
+
+class InvalidRefName(CasError, ValueError):
+    """A name that breaks git's check-ref-format rules."""
+
+    def __init__(self, name: str, message: str) -> None:
+        self.name = name
+        super().__init__(message)
+
+
+class RefConflict(CasError):
+    """A compare-and-swap on a ref lost: its value was not the one expected."""
+
+    def __init__(self, name: str, expected: str | None, actual: str | None, message: str) -> None:
+        self.name = name
+        self.expected = expected
+        self.actual = actual
+        super().__init__(message)
+
+
+class RefLocked(CasError):
+    """A ref's lock is held by another writer, or was left behind by a dead one."""
+
+
+class FormatError(CasError):
+    """The root is not a cas store, or is one of an unknown format version."""
+
+
+class MaterializerError(CasError, TypeError):
+    """A value cas cannot serialize or deserialize as asked."""
+
+
+class QueryError(CasError, ValueError):
+    """A malformed catalog query."""
+
+
+class BackendError(CasError, OSError):
+    """The storage service failed; the original exception is the cause."""

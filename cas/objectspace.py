@@ -1,0 +1,401 @@
+"""The object space: immutable objects under ``<root>/objects/``, keyed by their ids.
+
+Writes hash first and write nothing when the object exists (dedup), refreshing an old
+object's age so a concurrent gc's grace period counts from this write. New objects are
+written atomically (temp name + rename locally, one PUT on object stores), so no reader
+ever sees a partial object under its final name. Every read verifies: the bytes returned
+hash to the id asked for, or an :class:`IntegrityError` names the object.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, BinaryIO, Final
+
+import blake3
+import msgpack
+
+from cas import codec
+from cas.chunking import DEFAULT_PARAMS, ChunkParams, Reader, cut, read_up_to
+from cas.errors import CasError, FormatError, IntegrityError, ObjectNotFound
+from cas.ids import ObjectId, blob_id, is_id, kind_id, parse_id
+from cas.objects import ChunkList, pack, unpack
+from cas.storage import Stat, Storage, open_storage
+
+MARKER: Final = "CAS"
+FORMAT_VERSION: Final = 1
+OBJECTS: Final = "objects"
+
+#: A dedup hit refreshes an object older than this, so gc's grace period (default one
+#: day, never below this) counts from the latest write that relied on it.
+FRESHEN_AFTER: Final = 3600.0
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def worker_pool() -> ThreadPoolExecutor:
+    """One pool for chunk work: BLAKE3 and zstd release the GIL, so threads use every core.
+
+    Only leaf tasks run on it (hash+compress+write one chunk, read+verify one chunk);
+    nothing on it waits for another task on it, so it cannot deadlock.
+    """
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(
+                max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="cas-chunk"
+            )
+        return _pool
+
+
+def object_path(oid: ObjectId) -> str:
+    """The one mapping from an id to a path: ``objects/ab/cdef...``."""
+    return f"{OBJECTS}/{oid[:2]}/{oid[2:]}"
+
+
+class ObjectSpace:
+    """Objects of every kind under one root, on any :class:`Storage`."""
+
+    def __init__(
+        self, storage: Storage, *, create: bool = True, level: int = codec.DEFAULT_LEVEL
+    ) -> None:
+        self.storage = storage
+        self.level = level
+        self.params = self._open_marker(create)
+        self.inflight = 2 * max(2, os.cpu_count() or 2)
+
+    @classmethod
+    def from_url(
+        cls, url: str | os.PathLike[str], *, fsync: bool = True, create: bool = True, **options: Any
+    ) -> ObjectSpace:
+        return cls(open_storage(url, fsync=fsync, **options), create=create)
+
+    @property
+    def url(self) -> str:
+        return self.storage.url
+
+    # -- the marker -------------------------------------------------------------------
+
+    def _open_marker(self, create: bool) -> ChunkParams:
+        url = self.storage.url
+        try:
+            raw = self.storage.read(MARKER)
+        except FileNotFoundError:
+            raw = None
+        if raw is None:
+            if not create:
+                raise FormatError(f"{url} is not a cas store (no CAS marker); run 'cas init'")
+            if not self._root_is_empty():
+                raise FormatError(
+                    f"{url} holds files but is not a cas store (no CAS marker); "
+                    "use an empty folder or bucket prefix for a new store"
+                )
+            marker = {
+                "format": FORMAT_VERSION,
+                "hash": "blake3",
+                "compression": "zstd",
+                "chunking": DEFAULT_PARAMS.to_dict(),
+            }
+            self.storage.write_atomic(MARKER, pack(marker))
+            return DEFAULT_PARAMS
+        try:
+            marker = msgpack.unpackb(raw, raw=False)
+            version = marker["format"]
+            params = ChunkParams.from_dict(marker["chunking"])
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+            raise FormatError(f"{url}/CAS is not a cas format marker ({exc})") from exc
+        if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+            raise FormatError(
+                f"{url} is a cas store of format {version!r}; this cas reads format "
+                f"{FORMAT_VERSION}: upgrade cas to use it"
+            )
+        if marker.get("hash") != "blake3":
+            raise FormatError(f"{url} uses hash {marker.get('hash')!r}; cas knows only blake3")
+        return params
+
+    def _root_is_empty(self) -> bool:
+        names = [n for n in self.storage.listdir("") if not n.startswith(".")]
+        if names:
+            return False
+        return not any(
+            not rel.rsplit("/", 1)[-1].startswith(".") for rel, _ in self.storage.walk("")
+        )
+
+    # -- writing ----------------------------------------------------------------------
+
+    def put(self, data: bytes | bytearray | memoryview | BinaryIO | Reader) -> ObjectId:
+        """Store blob content (bytes or a binary stream); return its id (``b3sum``)."""
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            view = memoryview(data)
+            if len(view) <= self.params.threshold:
+                return self._put_whole(bytes(view))
+            return self._put_chunked(b"", io.BytesIO(view))  # type: ignore[arg-type]
+        head = read_up_to(data, self.params.threshold + 1)
+        if len(head) <= self.params.threshold:
+            return self._put_whole(head)
+        return self._put_chunked(head, data)
+
+    def put_file(self, path: str | os.PathLike[str]) -> ObjectId:
+        """Store a local file. Hashes it first (all cores) so existing content costs one
+        hash and one stat, then cuts and compresses only what is new."""
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size <= self.params.threshold:
+                return self._put_whole(f.read())
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                oid = ObjectId(blake3.blake3(mm, max_threads=blake3.blake3.AUTO).hexdigest())
+            if self._freshen(oid):
+                return oid
+            f.seek(0)
+            return self._put_chunked(b"", f, expect=oid)
+
+    def put_value(self, kind: str, value: Any) -> ObjectId:
+        """Store a structured object (tree, record, event) by its canonical msgpack."""
+        payload = pack(value)
+        oid = kind_id(kind, payload)
+        self._store(oid, kind, payload)
+        return oid
+
+    def put_payload(self, kind: str, payload: bytes) -> ObjectId:
+        """Store an already-canonical payload of a structured kind (trees)."""
+        oid = kind_id(kind, payload)
+        self._store(oid, kind, payload)
+        return oid
+
+    def _put_whole(self, data: bytes) -> ObjectId:
+        oid = blob_id(data)
+        self._store(oid, "blob", data)
+        return oid
+
+    def _store(self, oid: ObjectId, kind: str, payload: bytes | memoryview) -> bool:
+        """Write one object unless present; True if this call wrote it."""
+        if self._freshen(oid):
+            return False
+        self.storage.write_atomic(object_path(oid), codec.encode(kind, payload, self.level))
+        return True
+
+    def _freshen(self, oid: ObjectId) -> bool:
+        """True if the object is present (refreshed if old); False if it must be written.
+
+        A gc may delete an old unreachable object between our stat and our touch; touch
+        then finds nothing and we write the object again, so it is never lost.
+        """
+        path = object_path(oid)
+        st = self.storage.stat(path)
+        if st is None:
+            return False
+        if time.time() - st.mtime > FRESHEN_AFTER:
+            return self.storage.touch(path)
+        return True
+
+    def _put_chunk(self, data: bytes) -> tuple[ObjectId, int]:
+        oid = blob_id(data)
+        self._store(oid, "blob", data)
+        return oid, len(data)
+
+    def _put_chunked(
+        self, head: bytes, rest: Reader | BinaryIO, expect: ObjectId | None = None
+    ) -> ObjectId:
+        # The stream is cut on this thread; each chunk is hashed, compressed and written
+        # on the pool. At most `inflight` chunks are held, so memory stays flat however
+        # long the stream is.
+        pool = worker_pool()
+        total = blake3.blake3()
+        pending: deque[Future[tuple[ObjectId, int]]] = deque()
+        chunks: list[tuple[ObjectId, int]] = []
+        try:
+            for data in cut(head, rest, self.params):
+                total.update(data)
+                pending.append(pool.submit(self._put_chunk, data))
+                while len(pending) >= self.inflight:
+                    chunks.append(pending.popleft().result())
+            while pending:
+                chunks.append(pending.popleft().result())
+        finally:
+            for fut in pending:
+                fut.cancel()
+        oid = ObjectId(total.hexdigest())
+        if expect is not None and oid != expect:
+            raise CasError(f"file changed while it was stored (hashed {expect}, read {oid})")
+        listing = ChunkList(sum(n for _, n in chunks), tuple(chunks))
+        self._store(oid, "chunks", listing.payload())
+        return oid
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _read_stored(self, oid: ObjectId) -> bytes:
+        try:
+            return self.storage.read(object_path(oid))
+        except FileNotFoundError:
+            raise ObjectNotFound(oid, f"object {oid} not found in {self.url}") from None
+
+    def read_object(self, oid: str) -> tuple[str, bytes]:
+        """(kind, payload) of one object, verified — except a chunk list, whose id is the
+        hash of the content it assembles: that is verified when the content is read."""
+        oid = parse_id(oid)
+        kind, payload = codec.decode(oid, self._read_stored(oid))
+        if kind == "blob":
+            got = blob_id(payload)
+        elif kind == "chunks":
+            return kind, payload
+        else:
+            got = kind_id(kind, payload)
+        if got != oid:
+            raise IntegrityError(
+                oid,
+                f"object {oid} is corrupt (expected blake3 {oid[:12]}…, got {got[:12]}…); "
+                "run 'cas fsck' to list affected artifacts",
+            )
+        return kind, payload
+
+    def kind(self, oid: str) -> str:
+        """The kind of an object, from its header alone."""
+        oid = parse_id(oid)
+        return codec.read_header(oid, self._read_stored(oid)).kind
+
+    def get(self, oid: str) -> bytes:
+        """The verified content of a blob (whole or chunked)."""
+        kind, payload = self.read_object(oid)
+        if kind == "blob":
+            return payload
+        if kind != "chunks":
+            raise CasError(f"object {oid} is a {kind}, not a blob")
+        with self._open_chunked(ObjectId(oid), ChunkList.parse(oid, payload)) as reader:
+            return reader.read()
+
+    def get_value(self, oid: str, kind: str) -> Any:
+        """The verified, decoded value of a structured object of ``kind``."""
+        got_kind, payload = self.read_object(oid)
+        if got_kind != kind:
+            raise CasError(f"object {oid} is a {got_kind}, not a {kind}")
+        return unpack(oid, payload)
+
+    def open(self, oid: str) -> BinaryIO:
+        """A stream of a blob's content. Each chunk is verified before its bytes are
+        returned; the whole content's hash is checked at the end of the stream."""
+        kind, payload = self.read_object(oid)
+        if kind == "blob":
+            return io.BytesIO(payload)
+        if kind != "chunks":
+            raise CasError(f"object {oid} is a {kind}, not a blob")
+        return self._open_chunked(ObjectId(oid), ChunkList.parse(oid, payload))
+
+    def _open_chunked(self, oid: ObjectId, listing: ChunkList) -> BinaryIO:
+        return io.BufferedReader(_ChunkedReader(self, oid, listing), buffer_size=1 << 20)  # type: ignore[return-value]
+
+    def _get_chunk(self, oid: ObjectId, size: int) -> bytes:
+        kind, data = self.read_object(oid)
+        if kind != "blob" or len(data) != size:
+            raise IntegrityError(oid, f"chunk {oid} is not a blob of {size} bytes; run 'cas fsck'")
+        return data
+
+    def size(self, oid: str) -> int:
+        """The content size of a blob (chunked or not) or payload size of another kind."""
+        oid = parse_id(oid)
+        header = codec.read_header(oid, self._read_stored(oid))
+        if header.kind != "chunks":
+            return header.raw_size
+        _, payload = self.read_object(oid)
+        return ChunkList.parse(oid, payload).size
+
+    # -- presence, listing, deletion --------------------------------------------------
+
+    def has(self, oid: str) -> bool:
+        return self.storage.stat(object_path(parse_id(oid))) is not None
+
+    def has_many(self, oids: Iterable[str]) -> set[ObjectId]:
+        """Which of these ids are present: one listing per fan-out folder, not one
+        request per id (a few ids are simply checked one by one)."""
+        wanted = {parse_id(o) for o in oids}
+        if len(wanted) <= 8:
+            return {o for o in wanted if self.has(o)}
+        by_dir: dict[str, set[str]] = {}
+        for o in wanted:
+            by_dir.setdefault(o[:2], set()).add(o[2:])
+        present: set[ObjectId] = set()
+        for fan, rests in by_dir.items():
+            names = set(self.storage.listdir(f"{OBJECTS}/{fan}"))
+            present.update(ObjectId(fan + r) for r in rests & names)
+        return present
+
+    def __iter__(self) -> Iterator[ObjectId]:
+        return (oid for oid, _ in self.iter_stats())
+
+    def iter_stats(self) -> Iterator[tuple[ObjectId, Stat]]:
+        """Every object with its stored size and age, from listings."""
+        for rel, st in self.storage.walk(OBJECTS):
+            parts = rel.split("/")
+            if len(parts) == 3 and is_id(parts[1] + parts[2]):
+                yield ObjectId(parts[1] + parts[2]), st
+
+    def iter_temp(self) -> Iterator[tuple[str, Stat]]:
+        """Temporary files left by writers that died mid-write (gc removes old ones)."""
+        for rel, st in self.storage.walk(OBJECTS):
+            if rel.rsplit("/", 1)[-1].startswith(".tmp-"):
+                yield rel, st
+
+    def delete(self, oid: str) -> bool:
+        return self.storage.delete(object_path(parse_id(oid)))
+
+
+class _ChunkedReader(io.RawIOBase):
+    """Chunks fetched ahead on the pool, verified one by one, total hash at the end."""
+
+    def __init__(self, space: ObjectSpace, oid: ObjectId, listing: ChunkList) -> None:
+        self._space = space
+        self._oid = oid
+        self._todo = deque(listing.chunks)
+        self._ahead: deque[Future[bytes]] = deque()
+        self._buf = memoryview(b"")
+        self._total = blake3.blake3()
+        self._done = False
+        self._fill()
+
+    def _fill(self) -> None:
+        pool = worker_pool()
+        while self._todo and len(self._ahead) < self._space.inflight:
+            cid, size = self._todo.popleft()
+            self._ahead.append(pool.submit(self._space._get_chunk, cid, size))
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            if not self._ahead:
+                self._finish()
+                return 0
+            data = self._ahead.popleft().result()
+            self._fill()
+            self._total.update(data)
+            self._buf = memoryview(data)
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+    def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        got = self._total.hexdigest()
+        if got != self._oid:
+            raise IntegrityError(
+                self._oid,
+                f"object {self._oid} is corrupt (its chunks hash to {got[:12]}…); "
+                "run 'cas fsck' to list affected artifacts",
+            )
+
+    def close(self) -> None:
+        for fut in self._ahead:
+            fut.cancel()
+        self._ahead.clear()
+        super().close()
