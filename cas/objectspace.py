@@ -109,14 +109,17 @@ class ObjectSpace:
         try:
             marker = msgpack.unpackb(raw, raw=False)
             version = marker["format"]
-            params = ChunkParams.from_dict(marker["chunking"])
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
-            raise FormatError(f"{url}/CAS is not a cas format marker ({exc})") from exc
+            raise FormatError(f"{url}/CAS is not a cas format marker ({exc!r})") from exc
         if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
             raise FormatError(
                 f"{url} is a cas store of format {version!r}; this cas reads format "
                 f"{FORMAT_VERSION}: upgrade cas to use it"
             )
+        try:
+            params = ChunkParams.from_dict(marker["chunking"])
+        except (KeyError, TypeError) as exc:
+            raise FormatError(f"{url}/CAS has no valid chunking parameters ({exc!r})") from exc
         if marker.get("hash") != "blake3":
             raise FormatError(f"{url} uses hash {marker.get('hash')!r}; cas knows only blake3")
         return params
