@@ -42,6 +42,10 @@ class Storage(ABC):
     def read(self, rel: str) -> bytes:
         """The whole file; ``FileNotFoundError`` if absent."""
 
+    def read_head(self, rel: str, n: int) -> bytes:
+        """The first ``n`` bytes (all of a shorter file); ``FileNotFoundError`` if absent."""
+        return self.read(rel)[:n]
+
     @abstractmethod
     def write_atomic(self, rel: str, data: bytes) -> None:
         """Create or replace ``rel`` so that no reader sees a partial file."""
@@ -95,6 +99,10 @@ class LocalStorage(Storage):
     def read(self, rel: str) -> bytes:
         with open(self._path(rel), "rb") as f:
             return f.read()
+
+    def read_head(self, rel: str, n: int) -> bytes:
+        with open(self._path(rel), "rb") as f:
+            return f.read(n)
 
     def write_atomic(self, rel: str, data: bytes) -> None:
         path = self._path(rel)
@@ -201,6 +209,15 @@ class FsspecStorage(Storage):
     def read(self, rel: str) -> bytes:
         try:
             data: bytes = self.fs.cat_file(self._path(rel))
+        except FileNotFoundError:
+            raise
+        except _BACKEND_FAILURES as exc:
+            raise self._fail("reading", rel, exc) from exc
+        return data
+
+    def read_head(self, rel: str, n: int) -> bytes:
+        try:
+            data: bytes = self.fs.cat_file(self._path(rel), start=0, end=n)
         except FileNotFoundError:
             raise
         except _BACKEND_FAILURES as exc:

@@ -1,0 +1,54 @@
+"""cas: a content-addressed artifact store for ML pipelines, modeled on git.
+
+    >>> import cas
+    >>> store = cas.open_store(".cas")
+    >>> aid = store.save({"auc": 0.91}, "metrics/fraud")
+    >>> store.load("metrics/fraud") == store.load(aid)
+    True
+"""
+
+from cas.artifacts import ArtifactStore, LocalArtifactStore, open_store
+from cas.catalog_api import Artifact, ArtifactCatalog
+from cas.cloud import AzureArtifactStore, GCSArtifactStore, S3ArtifactStore
+from cas.errors import (
+    BackendError,
+    CasError,
+    FormatError,
+    IntegrityError,
+    InvalidId,
+    InvalidRefName,
+    MaterializerError,
+    ObjectNotFound,
+    QueryError,
+    RefConflict,
+    RefLocked,
+)
+from cas.materializers import Materializer, Stored, register_materializer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Artifact",
+    "ArtifactCatalog",
+    "ArtifactStore",
+    "AzureArtifactStore",
+    "BackendError",
+    "CasError",
+    "FormatError",
+    "GCSArtifactStore",
+    "IntegrityError",
+    "InvalidId",
+    "InvalidRefName",
+    "LocalArtifactStore",
+    "Materializer",
+    "MaterializerError",
+    "ObjectNotFound",
+    "QueryError",
+    "RefConflict",
+    "RefLocked",
+    "S3ArtifactStore",
+    "Stored",
+    "__version__",
+    "open_store",
+    "register_materializer",
+]

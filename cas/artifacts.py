@@ -1,0 +1,364 @@
+"""ArtifactStore: save, load and manage artifacts by name or id.
+
+One implementation for every root; the cloud classes only build the URL. An artifact is
+a record object pointing at its content; ``save`` writes content, record, a journal
+entry, moves the ref by compare-and-swap, and indexes the record, in that order, so a
+crash at any point leaves nothing half-visible: at worst an unreferenced object that gc
+collects, or a journal entry that the next open replays into the catalog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import fsspec.implementations.memory
+
+import refs as _refs
+from cas.errors import (
+    CasError,
+    IntegrityError,
+    InvalidRefName,
+    MaterializerError,
+    ObjectNotFound,
+    RefConflict,
+    RefLocked,
+)
+from cas.ids import ObjectId, is_id, parse_id
+from cas.index import Index, cache_root, rebuild
+from cas.journal import Journal
+from cas.materializers import LoadContext, materializer_for, materializer_named
+from cas.objects import pack
+from cas.objectspace import ObjectSpace
+from cas.record import check_record, make_record
+from cas.storage import LocalStorage, Storage, open_storage
+
+RUNS_PREFIX = "runs"
+
+
+@contextlib.contextmanager
+def ref_errors() -> Iterator[None]:
+    """Translate the refs package's errors into cas's tree, keeping the cause."""
+    try:
+        yield
+    except _refs.InvalidRefName as exc:
+        raise InvalidRefName(exc.name, str(exc)) from exc
+    except _refs.RefConflict as exc:
+        raise RefConflict(exc.name, exc.expected, exc.actual, str(exc)) from exc
+    except _refs.RefLocked as exc:
+        raise RefLocked(str(exc)) from exc
+    except _refs.RefNotFound as exc:
+        raise ObjectNotFound(str(exc.args[0]) if exc.args else "ref", str(exc)) from exc
+
+
+def _conditional_for(storage: Storage) -> Any:
+    """The compare-and-swap primitive refs use on this storage."""
+    if isinstance(storage, LocalStorage):
+        return _refs.LocalConditional(fsync=storage.fsync)
+    if isinstance(storage.fs, fsspec.implementations.memory.MemoryFileSystem):
+        return _refs.ProcessLocalConditional(storage.fs)
+    from refs import cloud
+
+    return cloud.conditional_for(storage.fs)
+
+
+class ArtifactStore:
+    """A store of artifacts at one root URL (a folder, ``memory://``, ``s3://``, ...).
+
+    ``allow_pickle=False`` (the default) refuses to save or load pickles: loading one runs
+    whatever code it holds. ``fsync=True`` makes every write durable before it is visible.
+    """
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str] = ".cas",
+        *,
+        allow_pickle: bool = False,
+        fsync: bool = True,
+        create: bool = True,
+        **storage_options: Any,
+    ) -> None:
+        self.allow_pickle = allow_pickle
+        self.storage = open_storage(url, fsync=fsync, **storage_options)
+        self.space = ObjectSpace(self.storage, create=create)
+        with ref_errors():
+            self.refs = _refs.RefStore(
+                self.storage.fs,
+                self.storage.root,
+                fsync=fsync,
+                conditional=_conditional_for(self.storage),
+            )
+        self.journal = Journal(self.storage)
+        self._index: Index | None = None
+        from cas.catalog_api import ArtifactCatalog
+
+        self.catalog = ArtifactCatalog(self)
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return self.storage.url
+
+    @property
+    def base_path(self) -> str:
+        return self.storage.url
+
+    @property
+    def index(self) -> Index:
+        """The local catalog, opened (and caught up with the journal) on first use."""
+        if self._index is None:
+            self._index = Index(self.space, self.journal)
+            self._index.sync()
+        return self._index
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+    def __enter__(self) -> ArtifactStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+    def check_name(self, name: str) -> str:
+        with ref_errors():
+            _refs.check_ref_name(name)
+        return name
+
+    def resolve(self, name_or_id: str) -> tuple[ObjectId, str | None]:
+        """(record id, the name it was reached by, or None for an id)."""
+        if not isinstance(name_or_id, str):
+            raise TypeError(f"expected an artifact name or id, got {type(name_or_id).__name__}")
+        if is_id(name_or_id):
+            rid = ObjectId(name_or_id)
+            if self.index.catalog.get(rid) is not None:
+                return rid, None
+            with contextlib.suppress(ObjectNotFound, CasError):
+                if self.space.kind(rid) == "record":
+                    return rid, None
+        self.check_name(name_or_id)
+        with ref_errors():
+            rid_text = self.refs.read(name_or_id)
+        if rid_text is None:
+            raise ObjectNotFound(
+                name_or_id, f"no artifact named {name_or_id!r} in {self.url} ('cas ls' lists names)"
+            )
+        return parse_id(rid_text), name_or_id
+
+    def record(self, rid: str) -> dict[str, Any]:
+        """The record of an artifact id with its current tags, from the catalog when it
+        has it (fast), else from the record object (verified)."""
+        indexed = self.index.catalog.get(rid)
+        if indexed is not None:
+            return dict(indexed)
+        try:
+            value = check_record(rid, self.space.get_value(rid, "record"))
+        except ObjectNotFound:
+            raise ObjectNotFound(rid, f"no artifact with id {rid} in {self.url}") from None
+        return {**value, "id": rid}
+
+    def commit(self, record: dict[str, Any]) -> ObjectId:
+        """Write a record, journal it, move its name, index it. Saving what the name
+        already holds (same content, type, metadata, parents, source) returns the
+        existing id and writes nothing: a save is idempotent."""
+        name = record["name"]
+        with ref_errors():
+            current = self.refs.read(name)
+        if current is not None:
+            previous = self.index.catalog.get(current)
+            if previous is not None and _same_version(previous, record):
+                return ObjectId(current)
+        rid = self.space.put_value("record", record)
+        stamp = self.journal.append({"op": "put", "id": rid})
+        with ref_errors():
+            self.refs.set(name, rid, message=f"save {record['artifact_type']}")
+        self.index.catalog.put({**record, "id": rid})
+        self.index.note_written(stamp)
+        return rid
+
+    # -- the public API ---------------------------------------------------------------
+
+    def save(
+        self,
+        obj: Any,
+        path: str,
+        metadata: dict[str, Any] | None = None,
+        parent_ids: Sequence[str] = (),
+        *,
+        artifact_type: str | None = None,
+        tags: dict[str, str] | None = None,
+        source_project: str | None = None,
+        source_pipeline: str | None = None,
+        source_run_id: str | None = None,
+        source_step: str | None = None,
+    ) -> str:
+        """Save ``obj`` under the name ``path``; return the artifact (record) id."""
+        self.check_name(path)
+        _check_metadata(metadata)
+        parents = [self.resolve(p)[0] for p in parent_ids]
+        materializer = materializer_for(obj, allow_pickle=self.allow_pickle)
+        stored = materializer.save(obj, self.space)
+        record = make_record(
+            name=path,
+            artifact_type=artifact_type or materializer.artifact_type,
+            materializer=materializer.name,
+            content_id=stored.content_id,
+            content_kind=stored.content_kind,
+            content_info=stored.info,
+            size=stored.size,
+            parent_ids=parents,
+            metadata=metadata,
+            tags=tags,
+            source_project=source_project,
+            source_pipeline=source_pipeline,
+            source_run_id=source_run_id,
+            source_step=source_step,
+        )
+        return str(self.commit(record))
+
+    def load(self, name_or_id: str, *, dest: str | os.PathLike[str] | None = None) -> Any:
+        """The value saved under a name or id, verified; ``dest`` places files and folders."""
+        rid, name = self.resolve(name_or_id)
+        record = self.record(rid)
+        if record.get("content_id") is None:
+            raise ObjectNotFound(rid, f"artifact {name or rid} was registered without data")
+        materializer = materializer_named(record["materializer"])
+        ctx = LoadContext(
+            space=self.space,
+            content_id=ObjectId(record["content_id"]),
+            info=dict(record.get("content_info") or {}),
+            dest=Path(dest) if dest is not None else None,
+            cache_dir=cache_root() / "checkouts",
+            allow_pickle=self.allow_pickle,
+        )
+        label = f"{record['name']} ({rid})"
+        try:
+            return materializer.load(ctx)
+        except IntegrityError as exc:
+            raise IntegrityError(exc.object_id, f"{exc}; it belongs to artifact {label}") from exc
+        except ObjectNotFound as exc:
+            raise ObjectNotFound(
+                exc.what, f"{exc}; artifact {label} is missing content: run 'cas fsck'"
+            ) from exc
+
+    def exists(self, name_or_id: str) -> bool:
+        try:
+            self.resolve(name_or_id)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def size(self, name_or_id: str) -> int:
+        """Bytes of the artifact's serialized content."""
+        return int(self.record(self.resolve(name_or_id)[0])["size"] or 0)
+
+    def get_metadata(self, name_or_id: str) -> dict[str, Any]:
+        rid, _ = self.resolve(name_or_id)
+        record = self.record(rid)
+        return {
+            "id": rid,
+            "name": record["name"],
+            "content_id": record["content_id"],
+            "size": record["size"],
+            "type": record["artifact_type"],
+            "artifact_type": record["artifact_type"],
+            "materializer": record["materializer"],
+            "created_at": record["created_at"],
+            "metadata": dict(record.get("metadata") or {}),
+            "tags": dict(record.get("tags") or {}),
+            "parent_ids": list(record.get("parent_ids") or []),
+            "source_project": record.get("source_project"),
+            "source_pipeline": record.get("source_pipeline"),
+            "source_run_id": record.get("source_run_id"),
+            "source_step": record.get("source_step"),
+        }
+
+    def list_artifacts(self, prefix: str = "") -> list[str]:
+        """Names (sorted) starting with ``prefix``."""
+        with ref_errors():
+            return self.refs.list(prefix)
+
+    def delete(self, name_or_id: str) -> None:
+        """Remove a name and its record from the catalog. The content stays until gc
+        finds it unreachable (after the retention period, as with ref history)."""
+        rid, name = self.resolve(name_or_id)
+        record = self.record(rid)
+        if name is None:
+            name = record.get("name")
+        stamp = self.journal.append({"op": "delete", "id": rid})
+        if name:
+            with ref_errors(), contextlib.suppress(_refs.RefConflict, _refs.RefNotFound):
+                self.refs.delete(name, expected=rid, message="delete")
+        self.index.catalog.delete(rid, stamp)
+
+    def materialize(
+        self, obj: Any, name: str, run_id: str, step_name: str, project_name: str = "default"
+    ) -> str:
+        """Save ``obj`` as the output of one pipeline step; return the name
+        ``runs/<project>/<run_id>/<step>/<name>``, which ``load`` accepts."""
+        full = f"{RUNS_PREFIX}/{project_name}/{run_id}/{step_name}/{name}"
+        self.check_name(full)
+        self.save(
+            obj, full, source_project=project_name, source_run_id=run_id, source_step=step_name
+        )
+        return full
+
+    # -- maintenance ------------------------------------------------------------------
+
+    def sync(self, *, full: bool = False) -> int:
+        """Bring the local catalog up to date with the journal; return entries read."""
+        return self.index.sync(full=full)
+
+    def reindex(self) -> dict[str, Any]:
+        """Rebuild the catalog from the object space; report what changed."""
+        with ref_errors():
+            items = self.refs.items()
+        report = rebuild(self.space, self.journal, self.index, items)
+        self._index = None
+        return report
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "url": self.url, "allow_pickle": self.allow_pickle}
+
+
+class LocalArtifactStore(ArtifactStore):
+    """A store in a local folder (``base_path``, default ``./.cas``)."""
+
+    def __init__(self, base_path: str | os.PathLike[str] = ".cas", **options: Any) -> None:
+        super().__init__(base_path, **options)
+
+
+def open_store(url: str | os.PathLike[str] = ".cas", **options: Any) -> ArtifactStore:
+    """Open (or create) the store at a root URL; ``options`` go to the store and fsspec."""
+    return ArtifactStore(url, **options)
+
+
+def _same_version(previous: dict[str, Any], record: dict[str, Any]) -> bool:
+    keys = ("content_id", "artifact_type", "materializer", "metadata", "parent_ids",
+            "source_project", "source_pipeline", "source_run_id", "source_step", "content_info")  # fmt: skip
+    return all(previous.get(k) == record.get(k) for k in keys) and all(
+        (previous.get("tags") or {}).get(k) == v for k, v in (record.get("tags") or {}).items()
+    )
+
+
+def _check_metadata(metadata: Any) -> None:
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+    try:
+        pack(metadata)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MaterializerError(
+            f"metadata must hold only str, numbers, bools, None, bytes, lists and dicts ({exc})"
+        ) from exc
+

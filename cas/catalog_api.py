@@ -1,0 +1,181 @@
+"""ArtifactCatalog: the user's face of the catalog (register, search, tag, lineage).
+
+Every answer comes from the local LMDB index; every change is first written durably to
+the object space (a record object, a journal entry), so the index can always be rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import catalog as _catalog
+from cas.errors import QueryError
+from cas.ids import parse_id
+from cas.materializers import materializer_for
+from cas.record import make_record
+
+if TYPE_CHECKING:
+    from cas.artifacts import ArtifactStore
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact(Mapping[str, Any]):
+    """One catalog entry. Attribute access (``a.name``) and mapping access
+    (``a["name"]``) both work, since the seed documents entries as dicts."""
+
+    id: str
+    name: str
+    artifact_type: str
+    content_id: str | None
+    size: int
+    tags: dict[str, str] = field(default_factory=dict)
+    parent_ids: list[str] = field(default_factory=list)
+    source_pipeline: str | None = None
+    source_run_id: str | None = None
+    source_step: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+    source_project: str | None = None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Artifact:
+        return cls(
+            id=record["id"],
+            name=record["name"],
+            artifact_type=record["artifact_type"],
+            content_id=record.get("content_id"),
+            size=int(record.get("size") or 0),
+            tags=dict(record.get("tags") or {}),
+            parent_ids=list(record.get("parent_ids") or []),
+            source_pipeline=record.get("source_pipeline"),
+            source_run_id=record.get("source_run_id"),
+            source_step=record.get("source_step"),
+            metadata=dict(record.get("metadata") or {}),
+            created_at=record.get("created_at") or "",
+            source_project=record.get("source_project"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.__dataclass_fields__)
+
+    def __len__(self) -> int:
+        return len(self.__dataclass_fields__)
+
+
+@contextlib.contextmanager
+def _query_errors() -> Iterator[None]:
+    try:
+        yield
+    except _catalog.QueryError as exc:
+        raise QueryError(str(exc)) from exc
+
+
+class ArtifactCatalog:
+    """Register, find, tag and trace artifacts of one store."""
+
+    def __init__(self, store: ArtifactStore) -> None:
+        self._store = store
+
+    @property
+    def _engine(self) -> _catalog.Catalog:
+        return self._store.index.catalog
+
+    def register(
+        self,
+        name: str,
+        artifact_type: str,
+        data: Any = None,
+        source_step: str | None = None,
+        source_run_id: str | None = None,
+        source_pipeline: str | None = None,
+        tags: dict[str, str] | None = None,
+        parent_ids: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        """Record an artifact (storing ``data`` when given) and move the ref ``name``."""
+        store = self._store
+        store.check_name(name)
+        parents = [store.resolve(p)[0] for p in parent_ids or ()]
+        content: dict[str, Any] = {"content_id": None, "content_kind": None, "size": 0}
+        materializer_name = None
+        if data is not None:
+            materializer = materializer_for(data, allow_pickle=store.allow_pickle)
+            stored = materializer.save(data, store.space)
+            materializer_name = materializer.name
+            content = {
+                "content_id": stored.content_id,
+                "content_kind": stored.content_kind,
+                "content_info": stored.info,
+                "size": stored.size,
+            }
+        record = make_record(
+            name=name,
+            artifact_type=artifact_type,
+            materializer=materializer_name,
+            parent_ids=parents,
+            metadata=metadata,
+            tags=tags,
+            source_pipeline=source_pipeline,
+            source_run_id=source_run_id,
+            source_step=source_step,
+            **content,
+        )
+        return str(store.commit(record))
+
+    def get(self, artifact_id: str) -> Artifact | None:
+        record = self._engine.get(parse_id(artifact_id))
+        return Artifact.from_record(record) if record is not None else None
+
+    def list(self, artifact_type: str | None = None, limit: int = 100) -> list[Artifact]:
+        """Newest first."""
+        return [Artifact.from_record(r) for r in self._engine.list(artifact_type=artifact_type, limit=limit)]
+
+    def versions(self, name: str, limit: int = 100) -> list[Artifact]:
+        """Every version saved under ``name``, newest first."""
+        return [Artifact.from_record(r) for r in self._engine.list(name=name, limit=limit)]
+
+    def search(self, query: str, limit: int = 100) -> list[Artifact]:
+        """``stage:production team:fraud resnet``: tag filters AND words, newest first."""
+        with _query_errors():
+            return [Artifact.from_record(r) for r in self._engine.search(query, limit=limit)]
+
+    def tag(self, artifact_id: str, **tags: str | None) -> None:
+        """Set tags (a value of None removes the tag); durable, last writer wins."""
+        rid = self._store.resolve(artifact_id)[0]
+        clean = {str(k): (None if v is None else str(v)) for k, v in tags.items()}
+        if not clean:
+            return
+        stamp = self._store.journal.append({"op": "tag", "id": rid, "tags": clean})
+        self._engine.tag(rid, clean, stamp)
+
+    def delete(self, artifact_id: str) -> bool:
+        """Remove an artifact from the catalog (and its name, if it still points here)."""
+        try:
+            self._store.delete(artifact_id)
+        except KeyError:
+            return False
+        return True
+
+    def get_lineage(self, artifact_id: str, depth: int | None = 1) -> dict[str, list[Artifact]]:
+        """Parents and children; ``depth=None`` follows them all the way (cycle safe)."""
+        rid = self._store.resolve(artifact_id)[0]
+        found = self._engine.lineage(rid, depth=depth)
+        return {
+            side: [a for a in (self.get(i) for i in found[side]) if a is not None]
+            for side in ("parents", "children")
+        }
+
+    def lineage_graph(self, artifact_id: str, format: str = "mermaid", depth: int | None = None) -> str:
+        rid = self._store.resolve(artifact_id)[0]
+        return self._engine.lineage_graph(rid, format=format, depth=depth)

@@ -1,0 +1,177 @@
+"""The local catalog of a root, and how it catches up with the journal.
+
+A local root keeps its LMDB catalog in ``<root>/index/``; a remote root in a cache folder
+on this machine keyed by the root URL. Opening a store replays the journal entries of
+the last days that the catalog has not seen (cheap: one listing per day), so records
+written by other processes or machines, or by a writer that died between its journal
+entry and its catalog update, appear without a full rebuild. ``reindex`` rebuilds from
+the whole journal and reports what changed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Final
+
+import msgpack
+import platformdirs
+
+import catalog as _catalog
+from cas.errors import ObjectNotFound
+from cas.journal import Journal
+from cas.objectspace import ObjectSpace
+from cas.record import check_record
+from cas.storage import LocalStorage
+
+#: Entries this much older than the newest seen are read again on sync: writers on other
+#: machines with slower clocks, or object-store listings that lag, still get in.
+RESYNC_WINDOW: Final = _dt.timedelta(minutes=10)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CAS_CACHE_DIR") or platformdirs.user_cache_dir("cas"))
+
+
+def index_dir(space: ObjectSpace) -> Path:
+    if isinstance(space.storage, LocalStorage):
+        return Path(space.storage.root) / "index"
+    key = hashlib.blake2b(space.url.encode(), digest_size=10).hexdigest()
+    return cache_root() / "remote" / key / "index"
+
+
+class Index:
+    """The catalog engine plus its sync state for one root."""
+
+    def __init__(self, space: ObjectSpace, journal: Journal, folder: Path | None = None) -> None:
+        self.space = space
+        self.journal = journal
+        self.folder = folder or index_dir(space)
+        self.catalog = _catalog.Catalog(str(self.folder / "catalog"))
+        self._state_path = self.folder / "sync.msgpack"
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    # -- sync state -------------------------------------------------------------------
+
+    def _high_water(self) -> str | None:
+        try:
+            state = msgpack.unpackb(self._state_path.read_bytes(), raw=False)
+            return str(state["newest"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def _save_high_water(self, newest: str) -> None:
+        tmp = self._state_path.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_bytes(msgpack.packb({"newest": newest, "root": self.space.url}))
+        os.replace(tmp, self._state_path)
+
+    # -- catching up ------------------------------------------------------------------
+
+    def events_for(self, stamps: list[str]) -> list[dict[str, Any]]:
+        """Journal events with the records their puts name, ready for the catalog."""
+        events: list[dict[str, Any]] = []
+        for event in self.journal.read(stamps):
+            if event["op"] == "put":
+                record = self.read_record(event["id"])
+                if record is None:
+                    continue  # collected after its deletion: the delete event says so
+                events.append({"op": "put", "record": record, "stamp": event["stamp"]})
+            elif event["op"] == "tag":
+                events.append(event)
+            else:
+                events.append(event)
+        return events
+
+    def read_record(self, rid: str) -> dict[str, Any] | None:
+        try:
+            value = check_record(rid, self.space.get_value(rid, "record"))
+        except ObjectNotFound:
+            return None
+        return {**value, "id": rid}
+
+    def sync(self, *, full: bool = False) -> int:
+        """Apply journal entries not yet seen; return how many were read."""
+        newest = None if full else self._high_water()
+        if newest is None:
+            stamps = self.journal.stamps()
+        else:
+            since = (_dt.datetime.strptime(newest[:8], "%Y%m%d") - RESYNC_WINDOW).date()
+            cutoff = _window_start(newest)
+            stamps = [s for s in self.journal.stamps(since.isoformat()) if s >= cutoff]
+        if not stamps:
+            return 0
+        self.catalog.apply(self.events_for(stamps))
+        self._save_high_water(max(stamps[-1], newest or ""))
+        return len(stamps)
+
+    def note_written(self, stamp: str) -> None:
+        """A local write went to both journal and catalog: move the high-water mark if
+        this is the first entry, so a new store does not replay from the start."""
+        if self._high_water() is None:
+            self._save_high_water(stamp)
+
+
+def _window_start(stamp: str) -> str:
+    moment = _dt.datetime.strptime(stamp[:22], "%Y%m%dT%H%M%S.%fZ") - RESYNC_WINDOW
+    return moment.strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def rebuild(space: ObjectSpace, journal: Journal, live: Index, refs_items: list[tuple[str, str]]) -> dict[str, Any]:
+    """Rebuild the catalog from the journal (and records only refs name) in a fresh
+    folder, compare it with the live one, and put it in place. Returns a report."""
+    parent = live.folder.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".reindex-", dir=parent))
+    fresh = Index(space, journal, tmp)
+    try:
+        stamps = journal.stamps()
+        events = fresh.events_for(stamps)
+        known = {e["record"]["id"] for e in events if e["op"] == "put"}
+        known |= {e["id"] for e in events if e["op"] == "delete"}
+        missing: list[str] = []
+        for name, rid in refs_items:
+            if rid in known:
+                continue
+            record = fresh.read_record(rid)
+            if record is None:
+                missing.append(f"{name} -> {rid}")
+                continue
+            events.append({"op": "put", "record": record, "stamp": "0"})
+            known.add(rid)
+        fresh.catalog.rebuild(events)
+        before, after = live.catalog.dump(), fresh.catalog.dump()
+        changed = _diff(before, after)
+        if stamps:
+            fresh._save_high_water(stamps[-1])
+        fresh.close()
+        live.close()
+        old = parent / f".old-{os.getpid()}"
+        os.replace(live.folder, old) if live.folder.exists() else None
+        os.replace(tmp, live.folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        fresh.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"events": len(stamps), "changed": changed, "dangling_refs": missing}
+
+
+def _diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
+    """Per sub-database, how many entries differ between two catalog dumps."""
+    out: dict[str, int] = {}
+    for db in sorted(set(before) | set(after)):
+        a, b = before.get(db, {}), after.get(db, {})
+        if isinstance(a, dict) and isinstance(b, dict):
+            n = sum(1 for k in set(a) | set(b) if a.get(k) != b.get(k))
+        else:
+            n = int(a != b)
+        if n:
+            out[db] = n
+    return out
+

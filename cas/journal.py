@@ -1,0 +1,95 @@
+"""The catalog journal: every register, tag and delete as a write-once file.
+
+The LMDB catalog is an index; this journal (with the record objects it names) is the
+durable truth it is rebuilt from, on this machine or any other that reads the root::
+
+    <root>/logs/.catalog/<YYYY-MM-DD>/<YYYYMMDDTHHMMSS.ffffffZ>-<8 hex>    msgpack event
+
+``.catalog`` can never be a ref's name (no ref component starts with a dot), entries are
+never appended to or rewritten (object stores cannot append), and names sort by time,
+so an incremental sync lists only the days since its last entry. Events:
+``{"op": "put", "id": record id}``, ``{"op": "tag", "id": ..., "tags": {k: v or None}}``,
+``{"op": "delete", "id": ...}``; each carries its ``stamp`` (the file name), which orders
+tag updates last-writer-wins.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final
+
+import msgpack
+
+from cas.errors import IntegrityError
+from cas.objects import pack
+from cas.storage import LocalStorage, Storage
+
+JOURNAL: Final = "logs/.catalog"
+
+
+def new_stamp(moment: _dt.datetime | None = None) -> str:
+    moment = moment or _dt.datetime.now(_dt.timezone.utc)
+    return moment.strftime("%Y%m%dT%H%M%S.%fZ") + "-" + secrets.token_hex(4)
+
+
+def stamp_day(stamp: str) -> str:
+    return f"{stamp[0:4]}-{stamp[4:6]}-{stamp[6:8]}"
+
+
+def stamp_time(stamp: str) -> float:
+    moment = _dt.datetime.strptime(stamp[:22], "%Y%m%dT%H%M%S.%fZ")
+    return moment.replace(tzinfo=_dt.timezone.utc).timestamp()
+
+
+class Journal:
+    """Append and read catalog events under ``logs/.catalog/``."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def append(self, event: dict[str, Any]) -> str:
+        """Write one event durably; return its stamp."""
+        stamp = new_stamp()
+        self.storage.write_atomic(f"{JOURNAL}/{stamp_day(stamp)}/{stamp}", pack(event))
+        return stamp
+
+    def stamps(self, since_day: str | None = None) -> list[str]:
+        """Every stamp (sorted); with ``since_day``, only the days from it to tomorrow,
+        one listing per day, so a sync does not list the whole history."""
+        if since_day is None:
+            return sorted(
+                rel.rsplit("/", 1)[-1]
+                for rel, _ in self.storage.walk(JOURNAL)
+                if not rel.rsplit("/", 1)[-1].startswith(".")
+            )
+        out: list[str] = []
+        day = _dt.date.fromisoformat(since_day)
+        last = _dt.datetime.now(_dt.timezone.utc).date() + _dt.timedelta(days=1)
+        while day <= last:
+            out.extend(n for n in self.storage.listdir(f"{JOURNAL}/{day.isoformat()}") if n[0] != ".")
+            day += _dt.timedelta(days=1)
+        return sorted(out)
+
+    def read(self, stamps: list[str]) -> Iterator[dict[str, Any]]:
+        """The events of these stamps, in order, each with its ``stamp``."""
+
+        def one(stamp: str) -> dict[str, Any]:
+            raw = self.storage.read(f"{JOURNAL}/{stamp_day(stamp)}/{stamp}")
+            try:
+                event = msgpack.unpackb(raw, raw=False)
+                assert isinstance(event, dict) and event.get("op") in ("put", "tag", "delete")
+            except (ValueError, AssertionError, msgpack.UnpackException) as exc:
+                raise IntegrityError(
+                    stamp, f"catalog journal entry {stamp} is corrupt ({exc!r}); run 'cas fsck'"
+                ) from exc
+            event["stamp"] = stamp
+            return event
+
+        if isinstance(self.storage, LocalStorage) or len(stamps) < 8:
+            yield from map(one, stamps)
+            return
+        with ThreadPoolExecutor(max_workers=16, thread_name_prefix="cas-journal") as pool:
+            yield from pool.map(one, stamps)

@@ -1,0 +1,321 @@
+"""Materializers: how a Python value becomes content, and back, chosen by type.
+
+The record keeps the materializer's name, so ``load`` returns the type that was saved.
+Built in, in the order they are tried: bytes, str, pathlib.Path (a file is a blob whose id
+is its ``b3sum``; a folder a tree), numpy arrays (``.npy``, never pickle), pandas
+DataFrames and Arrow tables (Parquet), JSON-able values (canonical JSON, only when it
+round-trips exactly), and pickle, which is refused unless the store has
+``allow_pickle=True``: loading a pickle from a shared bucket runs whatever code it holds.
+
+Add your own with :func:`register_materializer`; it is tried before the built-ins.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cas.errors import MaterializerError
+from cas.ids import ObjectId
+from cas.objectspace import ObjectSpace
+from cas.trees import checkout, store_dir
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What a materializer wrote: the content's id, its kind, its serialized size, and
+    small facts the loader needs back (kept in the record's metadata under ``_cas``)."""
+
+    content_id: ObjectId
+    content_kind: str
+    size: int
+    info: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadContext:
+    space: ObjectSpace
+    content_id: ObjectId
+    info: dict[str, Any]
+    dest: Path | None
+    cache_dir: Path
+    allow_pickle: bool
+
+
+class Materializer(ABC):
+    """One way to store values of some types."""
+
+    #: Recorded in every record this materializer writes; never change it once used.
+    name: str = ""
+    #: The artifact type a save gets when the caller gives none.
+    artifact_type: str = "artifact"
+
+    @abstractmethod
+    def accepts(self, obj: Any) -> bool:
+        """True if this materializer stores ``obj`` (checked in registry order)."""
+
+    @abstractmethod
+    def save(self, obj: Any, space: ObjectSpace) -> Stored:
+        """Write ``obj``'s content to the object space."""
+
+    @abstractmethod
+    def load(self, ctx: LoadContext) -> Any:
+        """Rebuild the value from verified content."""
+
+
+def _blob(space: ObjectSpace, data: bytes, info: dict[str, Any] | None = None) -> Stored:
+    return Stored(space.put(data), "blob", len(data), info)
+
+
+class BytesMaterializer(Materializer):
+    name, artifact_type = "bytes", "bytes"
+
+    def accepts(self, obj: Any) -> bool:
+        return isinstance(obj, (bytes, bytearray, memoryview))
+
+    def save(self, obj: Any, space: ObjectSpace) -> Stored:
+        return _blob(space, bytes(obj))
+
+    def load(self, ctx: LoadContext) -> Any:
+        return ctx.space.get(ctx.content_id)
+
+
+class TextMaterializer(Materializer):
+    name, artifact_type = "text", "text"
+
+    def accepts(self, obj: Any) -> bool:
+        return isinstance(obj, str)
+
+    def save(self, obj: Any, space: ObjectSpace) -> Stored:
+        return _blob(space, obj.encode("utf-8"))
+
+    def load(self, ctx: LoadContext) -> Any:
+        return ctx.space.get(ctx.content_id).decode("utf-8")
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+class JsonMaterializer(Materializer):
+    """dicts, lists, numbers, strings, booleans and None that survive JSON exactly
+    (a tuple, a non-string key or a NaN would not: those need pickle)."""
+
+    name, artifact_type = "json", "json"
+
+    def accepts(self, obj: Any) -> bool:
+        if not isinstance(obj, (dict, list, int, float, bool, type(None))):
+            return False
+        try:
+            return _same(json.loads(canonical_json(obj)), obj)
+        except (TypeError, ValueError, RecursionError):
+            return False
+
+    def save(self, obj: Any, space: ObjectSpace) -> Stored:
+        return _blob(space, canonical_json(obj))
+
+    def load(self, ctx: LoadContext) -> Any:
+        return json.loads(ctx.space.get(ctx.content_id))
+
+
+def _same(a: Any, b: Any) -> bool:
+    if type(a) is not type(b) and not (isinstance(a, float) and type(b) is int):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def _need(module: str, extra: str) -> Any:
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError as exc:
+        raise MaterializerError(
+            f"loading this artifact needs {module}: pip install 'cas-store[{extra}]'"
+        ) from exc
+
+
+class NumpyMaterializer(Materializer):
+    name, artifact_type = "numpy", "array"
+
+    def accepts(self, obj: Any) -> bool:
+        np = sys.modules.get("numpy")
+        return np is not None and isinstance(obj, np.ndarray) and not obj.dtype.hasobject
+
+    def save(self, obj: Any, space: ObjectSpace) -> Stored:
+        np = _need("numpy", "numpy")
+        buf = io.BytesIO()
+        np.save(buf, obj, allow_pickle=False)
+        return _blob(space, buf.getvalue())
+
+    def load(self, ctx: LoadContext) -> Any:
+        np = _need("numpy", "numpy")
+        return np.load(io.BytesIO(ctx.space.get(ctx.content_id)), allow_pickle=False)
+
+
+class PandasMaterializer(Materializer):
+    name, artifact_type = "pandas.parquet", "dataframe"
+
+    def accepts(self, obj: Any) -> bool:
+        pd = sys.modules.get("pandas")
+        return pd is not None and isinstance(obj, pd.DataFrame)
+
+    def save(self, obj: Any, space: ObjectSpace) -> Stored:
+        _need("pyarrow", "pandas")
+        buf = io.BytesIO()
+        obj.to_parquet(buf, engine="pyarrow", index=True)
+        return _blob(space, buf.getvalue())
+
+    def load(self, ctx: LoadContext) -> Any:
+        pd = _need("pandas", "pandas")
+        _need("pyarrow", "pandas")
+        return pd.read_parquet(io.BytesIO(ctx.space.get(ctx.content_id)), engine="pyarrow")
+
+
+class ArrowMaterializer(Materializer):
+    name, artifact_type = "arrow.parquet", "table"
+
+    def accepts(self, obj: Any) -> bool:
+        pa = sys.modules.get("pyarrow")
+        return pa is not None and isinstance(obj, pa.Table)
+
+    def save(self, obj: Any, space: ObjectSpace) -> Stored:
+        pq = _need("pyarrow.parquet", "arrow")
+        buf = io.BytesIO()
+        pq.write_table(obj, buf)
+        return _blob(space, buf.getvalue())
+
+    def load(self, ctx: LoadContext) -> Any:
+        pq = _need("pyarrow.parquet", "arrow")
+        return pq.read_table(io.BytesIO(ctx.space.get(ctx.content_id)))
+
+
+class PathMaterializer(Materializer):
+    """A file is one blob (its content id is the file's ``b3sum``); a folder is a tree.
+    Loading writes them under ``dest`` (or a cache folder keyed by content) and returns
+    the path."""
+
+    name, artifact_type = "path", "files"
+
+    def accepts(self, obj: Any) -> bool:
+        return isinstance(obj, Path)
+
+    def save(self, obj: Any, space: ObjectSpace) -> Stored:
+        path = Path(obj)
+        if path.is_dir():
+            tree_id, size = store_dir(space, path)
+            return Stored(tree_id, "tree", size, {"path": "dir", "filename": path.name})
+        if path.is_file():
+            size = path.stat().st_size
+            mode = "exec" if os.access(path, os.X_OK) else "file"
+            return Stored(space.put_file(path), "blob", size, {"path": mode, "filename": path.name})
+        raise MaterializerError(f"{path} is neither a file nor a folder")
+
+    def load(self, ctx: LoadContext) -> Any:
+        if ctx.info.get("path") == "dir":
+            if ctx.dest is not None:
+                return checkout(ctx.space, ctx.content_id, ctx.dest)
+            return _cached(ctx, lambda tmp: checkout(ctx.space, ctx.content_id, tmp))
+        filename = str(ctx.info.get("filename") or ctx.content_id)
+
+        def write(folder: Path) -> None:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{filename}.cas-tmp"
+            with ctx.space.open(ctx.content_id) as src, open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+            if ctx.info.get("path") == "exec":
+                os.chmod(tmp, 0o755)
+            os.replace(tmp, folder / filename)
+
+        if ctx.dest is not None:
+            write(ctx.dest)
+            return ctx.dest / filename
+        return _cached(ctx, write) / filename
+
+
+def _cached(ctx: LoadContext, fill: Any) -> Path:
+    """A read-only checkout shared by every load of the same content: filled in a
+    temporary folder and renamed into place, so a half-written checkout is never used."""
+    final = ctx.cache_dir / ctx.content_id
+    if final.is_dir():
+        return final
+    ctx.cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{ctx.content_id[:12]}-", dir=ctx.cache_dir))
+    try:
+        fill(tmp)
+        os.replace(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not final.is_dir():
+            raise
+    return final
+
+
+class PickleMaterializer(Materializer):
+    name, artifact_type = "pickle", "object"
+
+    def accepts(self, obj: Any) -> bool:
+        return True
+
+    def save(self, obj: Any, space: ObjectSpace) -> Stored:
+        return _blob(space, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def load(self, ctx: LoadContext) -> Any:
+        if not ctx.allow_pickle:
+            raise MaterializerError(
+                f"content {ctx.content_id} is a pickle; loading it runs the code it holds. "
+                "Open the store with allow_pickle=True if you trust everyone who writes to it"
+            )
+        return pickle.loads(ctx.space.get(ctx.content_id))
+
+
+_PICKLE = PickleMaterializer()
+_BUILTIN: list[Materializer] = [
+    BytesMaterializer(), TextMaterializer(), PathMaterializer(), NumpyMaterializer(),
+    PandasMaterializer(), ArrowMaterializer(), JsonMaterializer(),
+]  # fmt: skip
+_USER: list[Materializer] = []
+
+
+def register_materializer(materializer: Materializer) -> None:
+    """Add a materializer; user materializers are tried before the built-ins."""
+    if not materializer.name:
+        raise ValueError("a materializer needs a name (it is recorded in every record)")
+    if any(m.name == materializer.name for m in (*_USER, *_BUILTIN, _PICKLE)):
+        raise ValueError(f"a materializer named {materializer.name!r} is already registered")
+    _USER.insert(0, materializer)
+
+
+def materializer_for(obj: Any, *, allow_pickle: bool) -> Materializer:
+    for m in (*_USER, *_BUILTIN):
+        if m.accepts(obj):
+            return m
+    if allow_pickle:
+        return _PICKLE
+    raise MaterializerError(
+        f"cas has no materializer for {type(obj).__module__}.{type(obj).__qualname__}; "
+        "register one with cas.register_materializer, or open the store with "
+        "allow_pickle=True (only if you trust everyone who writes to it)"
+    )
+
+
+def materializer_named(name: str) -> Materializer:
+    for m in (*_USER, *_BUILTIN, _PICKLE):
+        if m.name == name:
+            return m
+    raise MaterializerError(
+        f"this artifact was written with materializer {name!r}, which is not registered here"
+    )

@@ -1,0 +1,88 @@
+"""Folders as trees: each file a blob (its id is its b3sum), each subfolder a tree,
+modes kept as git keeps them (executable or not, symlinks as links)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cas.errors import CasError, IntegrityError
+from cas.ids import ObjectId
+from cas.objects import MODE_DIR, MODE_EXEC, MODE_LINK, Tree, TreeEntry, mode_of
+from cas.objectspace import ObjectSpace
+
+
+def store_dir(space: ObjectSpace, path: str | os.PathLike[str]) -> tuple[ObjectId, int]:
+    """Store a folder; return (tree id, total bytes of its files)."""
+    entries: list[TreeEntry] = []
+    total = 0
+    with os.scandir(path) as it:
+        for item in sorted(it, key=lambda e: e.name):
+            st = item.stat(follow_symlinks=False)
+            mode = mode_of(st.st_mode)
+            if mode == MODE_DIR:
+                oid, size = store_dir(space, item.path)
+            elif mode == MODE_LINK:
+                target = os.readlink(item.path).encode()
+                oid, size = space.put(target), len(target)
+            elif item.is_file(follow_symlinks=False):
+                oid, size = space.put_file(item.path), st.st_size
+            else:
+                continue  # sockets, fifos, devices: not content
+            entries.append(TreeEntry(item.name, mode, oid))
+            total += size
+    return space.put_payload("tree", Tree.of(entries).payload()), total
+
+
+def checkout(space: ObjectSpace, tree_id: str, dest: str | os.PathLike[str]) -> Path:
+    """Write a tree's files under ``dest`` (created if missing); return it.
+
+    Files are written to a temporary name and renamed, so an interrupted checkout never
+    leaves a truncated file under a real name. Names come from a verified tree and are
+    checked again here, so no entry can write outside ``dest``.
+    """
+    root = Path(dest)
+    root.mkdir(parents=True, exist_ok=True)
+    tree = Tree.parse(tree_id, space.read_object(tree_id)[1])
+    for entry in tree.entries:
+        if entry.name in (".", "..") or "/" in entry.name or os.sep in entry.name:
+            raise IntegrityError(tree_id, f"tree {tree_id} has an unsafe entry name {entry.name!r}")
+        target = root / entry.name
+        if entry.mode == MODE_DIR:
+            checkout(space, entry.id, target)
+        elif entry.mode == MODE_LINK:
+            if target.is_symlink() or target.exists():
+                target.unlink()
+            os.symlink(space.get(entry.id).decode(), target)
+        else:
+            tmp = target.with_name(f".{entry.name}.cas-tmp")
+            with space.open(entry.id) as src, open(tmp, "wb") as out:
+                while block := src.read(1 << 20):
+                    out.write(block)
+            os.chmod(tmp, 0o755 if entry.mode == MODE_EXEC else 0o644)
+            os.replace(tmp, target)
+    return root
+
+
+def tree_size(space: ObjectSpace, tree_id: str) -> int:
+    """Total bytes of the files under a tree."""
+    total = 0
+    for entry in Tree.parse(tree_id, space.read_object(tree_id)[1]).entries:
+        if entry.mode == MODE_DIR:
+            total += tree_size(space, entry.id)
+        else:
+            total += space.size(entry.id)
+    return total
+
+
+def walk_tree(space: ObjectSpace, tree_id: str) -> list[tuple[str, TreeEntry]]:
+    """Every entry under a tree with its path, depth first."""
+    out: list[tuple[str, TreeEntry]] = []
+    kind, payload = space.read_object(tree_id)
+    if kind != "tree":
+        raise CasError(f"object {tree_id} is a {kind}, not a tree")
+    for entry in Tree.parse(tree_id, payload).entries:
+        out.append((entry.name, entry))
+        if entry.mode == MODE_DIR:
+            out.extend((f"{entry.name}/{p}", e) for p, e in walk_tree(space, entry.id))
+    return out
