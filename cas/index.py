@@ -118,7 +118,7 @@ class Index:
 
 
 def _window_start(stamp: str) -> str:
-    moment = _dt.datetime.strptime(stamp[:22], "%Y%m%dT%H%M%S.%fZ") - RESYNC_WINDOW
+    moment = _dt.datetime.strptime(stamp[:23], "%Y%m%dT%H%M%S.%fZ") - RESYNC_WINDOW
     return moment.strftime("%Y%m%dT%H%M%S.%fZ")
 
 

@@ -40,7 +40,7 @@ def stamp_day(stamp: str) -> str:
 
 
 def stamp_time(stamp: str) -> float:
-    moment = _dt.datetime.strptime(stamp[:22], "%Y%m%dT%H%M%S.%fZ")
+    moment = _dt.datetime.strptime(stamp[:23], "%Y%m%dT%H%M%S.%fZ")
     return moment.replace(tzinfo=_dt.timezone.utc).timestamp()
 
 
