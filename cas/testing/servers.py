@@ -56,11 +56,17 @@ azure     reads: ``FileNotFoundError``;    ``azure.core.exceptions.         ``az
           (ContainerNotFound, not an                                        retries (~80 s by default)
           ``OSError``)
 ========  ===============================  ===============================  ================================
+
+Also pinned: ``exists()`` raises when the network is down (all three), and answers
+False for a key in a missing bucket; adlfs ``find()`` of a missing container answers
+``[]`` where s3fs and gcsfs raise ``FileNotFoundError``. ``refs.cloud`` turns all of
+these into builtin ``OSError`` subclasses.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -135,8 +141,32 @@ class Server:
             # A fixed, wrong bearer token: nothing to refresh, so no call leaves the host.
             from google.oauth2.credentials import Credentials
 
-            return self.filesystem(token=Credentials(token="wrong-token"))
+            return self.filesystem(token=Credentials(token="wrong-token"))  # type: ignore[no-untyped-call]
         return self.filesystem(**self.bad_storage_options)
+
+    def unreachable_filesystem(self) -> Any:
+        """A filesystem aimed at a closed port of 127.0.0.1: "network down".
+
+        The clients' retries are cut short so a test sees the failure in about a
+        second rather than after their backoff (s3 ~3 s, gcs ~30 s, azure ~80 s).
+        """
+        dead = f"http://{HOST}:{_free_port()}"  # chosen, then left closed
+        if self.kind == "s3":
+            fs = self.filesystem(
+                endpoint_url=dead,
+                config_kwargs={"region_name": AWS_REGION, "retries": {"total_max_attempts": 1}},
+            )
+            fs.retries = 1  # s3fs's own loop around botocore's
+            return fs
+        if self.kind == "gcs":
+            return _gcs_without_retries()(**{**self.storage_options, "endpoint_url": dead})
+        from azure.storage.blob.aio import BlobServiceClient
+
+        fs = self.filesystem(connection_string=_azure_connection_string(dead, AZURITE_KEY))
+        fs.service_client = BlobServiceClient.from_connection_string(
+            fs.connection_string, retry_total=0
+        )
+        return fs
 
     def new_bucket(self, prefix: str = "cas") -> str:
         """Create a bucket (container) with a unique name; return the name."""
@@ -167,6 +197,21 @@ class Server:
             _post(f"{self.endpoint}/moto-api/reset-auth", b"inf")
 
 
+@functools.cache
+def _gcs_without_retries() -> Any:
+    """gcsfs with its fixed six-try backoff (``retry_request``) taken off.
+
+    Made on first use, so that importing this module does not import gcsfs.
+    """
+    from gcsfs.core import GCSFileSystem
+
+    return type(
+        "GCSFileSystemWithoutRetries",
+        (GCSFileSystem,),
+        {"_request": GCSFileSystem._request.__wrapped__},
+    )
+
+
 # -- starting and stopping ------------------------------------------------------------
 
 
@@ -185,15 +230,22 @@ def _free_port() -> int:
         return port
 
 
+# Loopback only: never through an HTTP(S)_PROXY the environment may name.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _post(url: str, body: bytes) -> None:
-    req = urllib.request.Request(url, data=body, method="POST")
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    # text/plain: as a form, Flask would hide the body from moto
+    req = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "text/plain"}
+    )
+    with _LOCAL.open(req, timeout=10) as resp:
         resp.read()
 
 
 def _answers(url: str, any_status: bool) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
+        with _LOCAL.open(url, timeout=2) as resp:
             return bool(resp.status == 200)
     except urllib.error.HTTPError as exc:
         return any_status and exc.code < 500
@@ -397,9 +449,7 @@ def azure() -> Iterator[Server]:
             storage_options=_options(connection_string=conn),
             env={"AZURE_STORAGE_CONNECTION_STRING": conn},
             log_path=str(log),
-            bad_storage_options={
-                "connection_string": _azure_connection_string(endpoint, bad_key)
-            },
+            bad_storage_options={"connection_string": _azure_connection_string(endpoint, bad_key)},
         )
 
 
@@ -418,4 +468,6 @@ def start(kind: str) -> contextlib.AbstractContextManager[Server]:
     try:
         return _STARTERS[kind]()
     except KeyError:
-        raise ValueError(f"unknown server kind {kind!r}; expected one of {sorted(_STARTERS)}") from None
+        raise ValueError(
+            f"unknown server kind {kind!r}; expected one of {sorted(_STARTERS)}"
+        ) from None
