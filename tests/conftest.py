@@ -20,6 +20,21 @@ from collections.abc import Iterator  # noqa: E402
 import pytest  # noqa: E402
 
 from cas.testing import servers  # noqa: E402
+from cas.testing.strategies import load_profile  # noqa: E402
+
+load_profile()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Remote roots keep their catalog in a cache folder: keep the suite's out of ~."""
+    old = os.environ.get("CAS_CACHE_DIR")
+    os.environ["CAS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cas-cache"))
+    yield
+    if old is None:
+        os.environ.pop("CAS_CACHE_DIR", None)
+    else:
+        os.environ["CAS_CACHE_DIR"] = old
 
 CLOUD_KINDS = ("s3", "gcs", "azure")
 
