@@ -1,0 +1,94 @@
+"""Ref history: one write-once file per update, named by its sequence number.
+
+The history of ref ``name`` is the folder ``<root>/logs/<name>/``; update number
+``n`` (1, 2, ...) is the file ``~<n, 12 digits>`` in it, e.g.
+``logs/models/fraud/~000000000042``. ``~`` cannot appear in a ref name, so an entry
+never collides with the history folder of a longer name (``logs/models/fraud/v2/``).
+An entry is created once, exclusively, and never rewritten; ``prune_log`` may delete
+the oldest ones.
+
+An entry is one line of JSON (UTF-8, ASCII-escaped)::
+
+    {"old": "<64 hex>" | null, "new": "<64 hex>" | null, "time": 1700000000.123,
+     "who": "user@host", "message": "...", "pid": 1234, "host": "host"}
+
+``old``/``new`` are the ids before and after (``null``: absent; ``new: null`` is a
+delete), ``time`` is seconds since the epoch on the writer's clock; ``pid`` and
+``host`` identify the writing process, so an update that was claimed but never
+published can be reported with its owner.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from refs.errors import RefError
+from refs.ids import check_id
+from refs.names import log_dir
+
+_ENTRY = re.compile(r"~([0-9]{12,})")
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One update of a ref: ``old`` -> ``new`` (``None``: absent), when, by whom, why."""
+
+    old: str | None
+    new: str | None
+    time: float
+    who: str
+    message: str
+
+
+def entry_basename(seq: int) -> str:
+    """The file name of update number ``seq`` (from 1)."""
+    if seq < 1:
+        raise ValueError(f"history sequence numbers start at 1, not {seq}")
+    return f"~{seq:012d}"
+
+
+def parse_entry_basename(basename: str) -> int | None:
+    """The sequence number of an entry's file name; None for any other file."""
+    match = _ENTRY.fullmatch(basename)
+    return None if match is None else int(match.group(1))
+
+
+def entry_path(root: str, name: str, seq: int) -> str:
+    """The file of update number ``seq`` of ref ``name`` under ``root``."""
+    return f"{log_dir(root, name)}/{entry_basename(seq)}"
+
+
+def encode_entry(entry: LogEntry, *, pid: int, host: str) -> bytes:
+    """The bytes of a history entry file, written by process ``pid`` on ``host``."""
+    record = {
+        "old": entry.old,
+        "new": entry.new,
+        "time": entry.time,
+        "who": entry.who,
+        "message": entry.message,
+        "pid": pid,
+        "host": host,
+    }
+    return json.dumps(record, ensure_ascii=True).encode("ascii") + b"\n"
+
+
+def decode_entry(data: bytes, where: str) -> tuple[LogEntry, dict[str, Any]]:
+    """The entry held by ``data`` read from ``where``, and the whole record."""
+    try:
+        record = json.loads(data)
+        if not isinstance(record, dict):
+            raise TypeError("not a JSON object")
+        old, new = record["old"], record["new"]
+        entry = LogEntry(
+            old=None if old is None else check_id(old),
+            new=None if new is None else check_id(new),
+            time=float(record["time"]),
+            who=str(record["who"]),
+            message=str(record["message"]),
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise RefError(f"history entry {where} is corrupt: {exc}") from exc
+    return entry, record

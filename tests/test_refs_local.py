@@ -1,0 +1,212 @@
+"""The RefStore suite on a local folder, plus real processes: contention and SIGKILL."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+
+from refs import LocalConditional, RefLocked, RefStore
+from refs.stress import (
+    counter_id,
+    counter_of,
+    kill_between_claim_and_publish,
+    kill_while_holding_lock,
+    local_refstore,
+    run_increments,
+)
+from refs.testing import A, B, C, MakeRefStore, RefStoreTests, assert_chain
+
+
+class TestLocalRefStore(RefStoreTests):
+    @pytest.fixture
+    def make_refstore(self, tmp_path: Path) -> MakeRefStore:
+        def make(**options: object) -> RefStore:
+            return RefStore(LocalFileSystem(), str(tmp_path / ".cas"), **options)  # type: ignore[arg-type]
+
+        return make
+
+    def test_default_conditional_is_the_lock_file(self, rs: RefStore) -> None:
+        assert isinstance(rs.conditional, LocalConditional)
+        assert rs.conditional.fsync is True
+
+
+def check_counter(rs: RefStore, total: int) -> None:
+    entries = rs.log("counter")
+    assert len(entries) == total
+    assert_chain(entries)
+    assert entries[-1].old is None
+    assert [counter_of(entry.new) for entry in reversed(entries)] == list(range(1, total + 1))
+    assert rs.read("counter") == counter_id(total)
+
+
+@pytest.fixture
+def memory_backed_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder on tmpfs if the host has one, else on the test disk.
+
+    The 8-process test is about the protocol, not the disk: on a busy shared disk a
+    rename over a file waits for the data to be flushed (ext4 auto_da_alloc), which
+    turns a 5 s test into a 40 s one. The disk itself is exercised by the next test.
+    """
+    if not os.path.isdir("/dev/shm") or not os.access("/dev/shm", os.W_OK):
+        yield tmp_path
+        return
+    folder = Path(tempfile.mkdtemp(prefix="refs-test-", dir="/dev/shm"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_8_processes_200_increments_each(memory_backed_folder: Path) -> None:
+    """No lost update, and a history that is a chain of exactly 1,600 updates."""
+    root = str(memory_backed_folder / ".cas")
+    run_increments(functools.partial(local_refstore, root, False), "counter", 8, 200)
+    check_counter(local_refstore(root), 1600)
+    assert not list(Path(root).rglob("*.lock"))
+
+
+def test_processes_on_disk_with_fsync(tmp_path: Path) -> None:
+    root = str(tmp_path / ".cas")
+    run_increments(functools.partial(local_refstore, root, True), "counter", 4, 15)
+    check_counter(local_refstore(root), 60)
+
+
+def shell(command: str) -> None:
+    subprocess.run(command, shell=True, check=True)
+
+
+def test_sigkilled_lock_holder(tmp_path: Path) -> None:
+    root = str(tmp_path / ".cas")
+    rs = RefStore(LocalFileSystem(), root, lock_timeout=0.5)
+    rs.set("models/fraud", A, message="committed")
+    ref = f"{root}/refs/models/fraud"
+    pid = kill_while_holding_lock(ref)
+    assert Path(ref + ".lock").exists()
+    assert rs.read("models/fraud") == A  # readers ignore the lock
+    started = time.monotonic()
+    with pytest.raises(RefLocked) as caught:
+        rs.set("models/fraud", B)
+    assert time.monotonic() - started < 5
+    error = caught.value
+    message = str(error)
+    assert f"{pid}@" in message and "no longer running" in message
+    assert f"rm '{ref}.lock'" in message and error.command == f"rm '{ref}.lock'"
+    assert error.path == ref + ".lock" and error.owner_alive is False
+    # The failed write left nothing behind: no history entry, same value.
+    assert [e.new for e in rs.log("models/fraud")] == [A]
+    assert rs.read("models/fraud") == A
+    shell(error.command)
+    assert rs.set("models/fraud", B, expected=A) == A
+    assert [(e.old, e.new) for e in rs.log("models/fraud")] == [(A, B), (None, A)]
+
+
+def test_sigkilled_between_claim_and_publish(tmp_path: Path) -> None:
+    root = str(tmp_path / ".cas")
+    rs = RefStore(LocalFileSystem(), root, lock_timeout=0.5)
+    rs.set("main", A)
+    pid = kill_between_claim_and_publish(functools.partial(local_refstore, root), "main", B)
+    assert rs.read("main") == A
+    assert [e.new for e in rs.log("main")] == [A]
+    with pytest.raises(RefLocked) as caught:
+        rs.set("main", C)
+    error = caught.value
+    assert f"{pid}@" in str(error) and "never published" in str(error)
+    assert error.path.endswith("/logs/main/~000000000002") and error.owner_alive is False
+    shell(error.command)  # rolls the unpublished update back
+    assert rs.set("main", C, expected=A) == A
+    assert [(e.old, e.new) for e in rs.log("main")] == [(A, C), (None, A)]
+
+
+def test_lock_without_owner_record(tmp_path: Path) -> None:
+    """A writer killed between creating its lock and writing its owner into it."""
+    rs = RefStore(LocalFileSystem(), str(tmp_path / ".cas"), lock_timeout=0.2)
+    rs.set("main", A)
+    Path(f"{rs.root}/refs/main.lock").write_bytes(b"")
+    with pytest.raises(RefLocked, match="unknown owner") as caught:
+        rs.set("main", B)
+    assert caught.value.owner_alive is None
+
+
+def test_lock_held_by_a_live_process(tmp_path: Path) -> None:
+    rs = RefStore(LocalFileSystem(), str(tmp_path / ".cas"), lock_timeout=0.2)
+    rs.set("main", A)
+    record = {"pid": os.getpid(), "host": os.uname().nodename, "time": time.time()}
+    Path(f"{rs.root}/refs/main.lock").write_text(json.dumps(record))
+    with pytest.raises(RefLocked, match="still running"):
+        rs.delete("main")
+    assert rs.read("main") == A
+
+
+def test_listing_skips_locks_and_temporary_files(tmp_path: Path) -> None:
+    rs = RefStore(LocalFileSystem(), str(tmp_path / ".cas"))
+    rs.set("a/main", A)
+    for junk in ("a/main.lock", "a/.main.tmp", "a/.main.123.abc.tmp", "stray.lock"):
+        Path(f"{rs.root}/refs/{junk}").write_bytes(b"junk")
+    Path(f"{rs.root}/logs/a/main/.~000000000002.1.2.tmp").write_bytes(b"junk")
+    assert rs.list() == ["a/main"] and rs.items() == [("a/main", A)]
+    assert rs.log_names() == ["a/main"] and len(rs.log("a/main")) == 1
+
+
+def test_empty_folder_where_a_ref_goes(tmp_path: Path) -> None:
+    rs = RefStore(LocalFileSystem(), str(tmp_path / ".cas"))
+    Path(f"{rs.root}/refs/a/b").mkdir(parents=True)
+    assert rs.read("a") is None and rs.list() == []
+    rs.set("a", A, expected=None)
+    assert rs.read("a") == A
+
+
+def test_relative_root_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    rs = RefStore(LocalFileSystem(), ".cas")
+    rs.set("main", A)
+    assert rs.root == str(tmp_path / ".cas")
+    assert (tmp_path / ".cas" / "refs" / "main").read_text() == A + "\n"
+
+
+def test_filesystem_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where link(2) is refused (some FUSE and SMB mounts), creates take the lock."""
+
+    def no_link(source: str, target: str) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted", target)
+
+    monkeypatch.setattr(os, "link", no_link)
+    conditional = LocalConditional(fsync=False)
+    path = str(tmp_path / "one" / "file")
+    assert conditional.create(path, b"first") is True
+    assert conditional.create(path, b"second") is False
+    got = conditional.read(path)
+    assert got is not None and got[0] == b"first"
+    assert not [p for p in os.listdir(tmp_path / "one") if p != "file"]  # no lock, no temp
+    rs = RefStore(LocalFileSystem(), str(tmp_path / ".cas"), fsync=False)
+    rs.set("main", A, expected=None)
+    rs.set("main", B, expected=A)
+    assert [(e.old, e.new) for e in rs.log("main")] == [(A, B), (None, A)]
+
+
+def test_version_tokens_move_with_every_write(tmp_path: Path) -> None:
+    conditional = LocalConditional(fsync=False)
+    path = str(tmp_path / "file")
+    assert conditional.read(path) is None
+    assert conditional.create(path, b"x")
+    first = conditional.read(path)
+    assert first is not None
+    assert conditional.replace(path, b"y", first[1])
+    assert not conditional.replace(path, b"z", first[1])  # stale version
+    second = conditional.read(path)
+    assert second is not None and second[0] == b"y"
+    assert conditional.replace(path, b"x", second[1])
+    third = conditional.read(path)
+    assert not conditional.remove(path, second[1])
+    assert third is not None and conditional.remove(path, third[1])
+    assert conditional.read(path) is None and os.listdir(tmp_path) == []

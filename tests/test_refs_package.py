@@ -1,0 +1,107 @@
+"""The refs package: its public names, its place as a leaf, and its name rules."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import fsspec
+import pytest
+from fsspec.implementations.dirfs import DirFileSystem
+from hypothesis import given
+from hypothesis import strategies as st
+
+import refs
+from refs import ANY, InvalidRefName, RefError, RefStore, check_ref_name
+from refs.names import FORBIDDEN_CHARACTERS, is_valid_ref_name
+from refs.testing import BAD_NAMES, valid_names
+
+PACKAGE = Path(refs.__file__).parent
+
+
+def test_public_names() -> None:
+    assert sorted(refs.__all__) == [
+        "ANY",
+        "Conditional",
+        "InvalidId",
+        "InvalidRefName",
+        "LocalConditional",
+        "LogEntry",
+        "NameConflict",
+        "ProcessLocalConditional",
+        "RefConflict",
+        "RefError",
+        "RefLocked",
+        "RefNotFound",
+        "RefStore",
+        "check_id",
+        "check_ref_name",
+    ]
+    for name in refs.__all__:
+        assert getattr(refs, name) is not None
+    assert repr(ANY) == "ANY"
+
+
+def test_error_tree() -> None:
+    assert issubclass(refs.InvalidRefName, RefError) and issubclass(refs.InvalidRefName, ValueError)
+    assert issubclass(refs.InvalidId, ValueError)
+    assert issubclass(refs.RefNotFound, KeyError)
+    assert issubclass(refs.NameConflict, refs.RefConflict)
+    assert issubclass(refs.RefLocked, RefError) and issubclass(refs.RefConflict, RefError)
+
+
+def test_refs_imports_neither_cas_nor_catalog() -> None:
+    for module in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in ("cas", "catalog"), (module.name, name)
+    code = "import refs, refs.stress, sys; assert not {'cas', 'catalog'} & set(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_other_filesystems_need_a_conditional() -> None:
+    fs = DirFileSystem(path="/somewhere", fs=fsspec.filesystem("memory"))
+    with pytest.raises(RefError, match="pass conditional="):
+        RefStore(fs, "x")
+
+
+@pytest.mark.parametrize(("name", "words"), BAD_NAMES)
+def test_each_rule(name: str, words: str) -> None:
+    with pytest.raises(InvalidRefName, match=None) as caught:
+        check_ref_name(name)
+    assert words in caught.value.reason and caught.value.name == name
+
+
+def test_messages_are_distinct() -> None:
+    reasons = set()
+    for name, _ in BAD_NAMES:
+        with pytest.raises(InvalidRefName) as caught:
+            check_ref_name(name)
+        reasons.add(caught.value.reason)
+    assert len(reasons) >= 20
+    with pytest.raises(InvalidRefName, match="must be a str"):
+        check_ref_name(b"main")
+
+
+@given(valid_names)
+def test_valid_names_are_accepted_whole(name: str) -> None:
+    if is_valid_ref_name(name):
+        check_ref_name(name)
+        assert all(part and not part.startswith(".") for part in name.split("/"))
+
+
+@given(st.text(max_size=40))
+def test_accepted_names_stay_below_the_root(name: str) -> None:
+    if not is_valid_ref_name(name):
+        return
+    parts = name.split("/")
+    assert "" not in parts and "." not in parts and ".." not in parts
+    assert not (set(name) & FORBIDDEN_CHARACTERS)
+    assert not any(part.endswith(".lock") or part.startswith("~") for part in parts)
