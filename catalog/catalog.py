@@ -1,0 +1,354 @@
+"""``Catalog``: the LMDB index of artifact records, tags and lineage.
+
+The catalog is an index, never the only copy: the caller keeps every put, tag and
+delete event durably elsewhere and can replay them with ``rebuild``. Operations
+commute (see ``catalog.index``), so replaying the same events in any order yields the
+same catalog, which ``dump()`` lets a test compare.
+
+A ``Catalog`` may be shared by threads (calls are serialized per environment) and
+opened by many processes on one machine at once: readers never block, a second writer
+waits for LMDB's write lock.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from catalog import keys
+from catalog.dump import dump as _dump
+from catalog.engine import Engine
+from catalog.errors import CatalogError
+from catalog.index import Writer
+from catalog.lineage import children_of, label, parents_of, render, walk
+from catalog.query import Query, parse_query
+from catalog.record import Entry, check_event, check_id, check_stamp, check_tag_values, normalize
+from catalog.record import unpack as _unpack
+from catalog.scan import AllStream, PrefixStream, Stream, TermStream, intersect
+
+if TYPE_CHECKING:
+    from catalog.engine import Txn
+
+T = TypeVar("T")
+Record = dict[str, Any]
+Records = list[Record]
+Ids = list[str]
+Names = list[str]
+Streams = list[Stream]
+Walk = tuple[list[bytes], list[tuple[bytes, bytes]]]
+Event = Mapping[str, Any]
+
+#: bytes a write is assumed to add per record, to grow the map ahead of big batches
+BYTES_PER_RECORD = 4096
+#: events per transaction during ``rebuild``
+REBUILD_BATCH = 100_000
+
+
+class Catalog:
+    """The artifact index at ``path`` (a directory; created if missing).
+
+    ``map_size`` is the initial LMDB map in bytes (default 64 MiB, grown as needed);
+    ``readonly=True`` opens an existing catalog for queries only.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, map_size: int | None = None, readonly: bool = False
+    ) -> None:
+        self._engine = Engine(path, map_size, readonly)
+        self.path = self._engine.path
+        self.readonly = readonly
+
+    def __repr__(self) -> str:
+        return f"Catalog({str(self.path)!r}{', readonly=True' if self.readonly else ''})"
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the catalog (the environment closes with its last user in the process)."""
+        self._engine.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- writes ------------------------------------------------------------------
+
+    def put(self, record: Mapping[str, Any]) -> bool:
+        """Index one record in one transaction.
+
+        Returns False when the id is already present or was deleted (deleted ids never
+        come back). Raises ``InvalidInput`` for a malformed record.
+        """
+        entry = normalize(record)
+        return self._write(lambda w: w.put(entry), 1)
+
+    def put_many(self, records: Iterable[Mapping[str, Any]]) -> int:
+        """Index many records in one transaction; returns how many were new."""
+        entries = [normalize(r) for r in records]
+        return self._write(lambda w: sum(w.put(e) for e in entries), len(entries))
+
+    def tag(self, id: str, tags: Mapping[str, str | None], stamp: str) -> None:
+        """Set tags ``key=value`` on a record (``None`` removes the key).
+
+        Last writer wins per key by ``stamp`` (a sortable text such as
+        ``"<created_at>-<event id>"``), so events applied in any order give the same
+        tags. Tags for an id not held yet are kept and apply when its record arrives;
+        tags for a deleted id are ignored.
+        """
+        id_raw = check_id(id)
+        values = check_tag_values(tags)
+        when = check_stamp(stamp)
+        self._write(lambda w: w.tag(id_raw, values, when), 0)
+
+    def delete(self, id: str, stamp: str) -> bool:
+        """Remove a record from every index and tombstone its id.
+
+        Returns True when the record was present. The tombstone stays, so a later
+        ``put`` of the same id is ignored (also when the delete arrives first).
+        """
+        id_raw = check_id(id)
+        when = check_stamp(stamp)
+        return self._write(lambda w: w.delete(id_raw, when), 0)
+
+    def apply(self, events: Iterable[Event]) -> None:
+        """Replay events in one transaction.
+
+        Each event is ``{"op": "put", "record": {...}}``, ``{"op": "tag", "id": ...,
+        "tags": {...}, "stamp": ...}`` or ``{"op": "delete", "id": ..., "stamp": ...}``.
+        All are validated before anything is written.
+        """
+        checked = [check_event(e) for e in events]
+        self._write(lambda w: _apply(w, checked), len(checked))
+
+    def rebuild(self, events: Iterable[Event]) -> None:
+        """Empty the catalog, then apply every event, in a few big transactions.
+
+        Events may come in any order; deletes and tags are applied before puts, which
+        yields the same catalog (operations commute) without re-indexing re-tagged
+        records. Readers may see a partial catalog until it returns.
+        """
+        checked = [check_event(e) for e in events]
+        # Deletes, then tags, then puts: tombstoned records are never indexed and
+        # re-tagged ones are indexed once, with their final tags. Puts go oldest first
+        # so that every index grows at one end (ids are content hashes: one id, one
+        # record, so the order among puts cannot change the result).
+        puts = [e for e in checked if e[0] == "put"]
+        puts.sort(key=lambda e: e[1].post, reverse=True)
+        checked = [e for e in checked if e[0] == "delete"] + [e for e in checked if e[0] == "tag"]
+        checked += puts
+        self._write(lambda w: w.clear(), 0)
+        for start in range(0, len(checked), REBUILD_BATCH):
+            batch = checked[start : start + REBUILD_BATCH]
+            self._write(partial(_apply, events=batch), len(batch))
+
+    # -- reads -------------------------------------------------------------------
+
+    def get(self, id: str) -> Record | None:
+        """The record as given, its ``tags`` as the tag events left them; None if absent."""
+        id_raw = check_id(id)
+
+        def run(txn: Txn) -> Record | None:
+            raw = txn.get(id_raw, db=self._db(keys.RECORDS))
+            return None if raw is None else _record(raw)
+
+        return self._engine.read(run)
+
+    def search(self, query: str, limit: int = 100) -> Records:
+        """Records matching every term of ``query``, newest first (see ``catalog.query``).
+
+        ``stage:production team:fraud resnet``: two tag filters and one word. An empty
+        query returns the newest records. Raises ``QueryError`` for a malformed query.
+        """
+        parsed = parse_query(query)
+        return self._engine.read(lambda txn: self._fetch(txn, self._streams(txn, parsed), limit))
+
+    def list(
+        self,
+        artifact_type: str | None = None,
+        limit: int = 100,
+        name: str | None = None,
+        prefix: str | None = None,
+    ) -> Records:
+        """Records newest first, optionally only of one type, one exact name (all its
+        versions) and/or names starting with ``prefix``."""
+
+        def run(txn: Txn) -> Records:
+            streams: list[Stream] = []
+            if artifact_type is not None:
+                streams.append(TermStream(txn, self._db(keys.TYPE), keys.term(artifact_type)))
+            if name is not None:
+                streams.append(TermStream(txn, self._db(keys.NAME), keys.term(name)))
+            if prefix:
+                streams.append(PrefixStream(txn, self._db(keys.NAME), prefix.encode()))
+            if not streams:
+                streams.append(AllStream(txn, self._db(keys.TIME)))
+            return self._fetch(txn, streams, limit)
+
+        return self._engine.read(run)
+
+    def names(self, prefix: str = "") -> Names:
+        """The distinct names of live records starting with ``prefix``, sorted."""
+        raw_prefix = prefix.encode()
+
+        def run(txn: Txn) -> list[str]:
+            cur = txn.cursor(db=self._db(keys.NAME))
+            out: list[str] = []
+            found = cur.set_range(raw_prefix)
+            while found:
+                k = cur.key()
+                if not k.startswith(raw_prefix):
+                    break
+                out.append(k.decode())
+                found = cur.next_nodup()
+            return out
+
+        return self._engine.read(run)
+
+    # -- lineage -----------------------------------------------------------------
+
+    def parents(self, id: str) -> Ids:
+        """The parent ids of a record, in the order its ``parent_ids`` gave them."""
+        id_raw = check_id(id)
+        db = self._db(keys.PARENTS)
+        return self._engine.read(lambda txn: [p.hex() for p in parents_of(txn, db, id_raw)])
+
+    def children(self, id: str) -> Ids:
+        """The ids of the records naming ``id`` as a parent, newest first."""
+        id_raw = check_id(id)
+        db = self._db(keys.CHILDREN)
+        return self._engine.read(lambda txn: [c.hex() for c in children_of(txn, db, id_raw)])
+
+    def ancestors(self, id: str, depth: int | None = None) -> Ids:
+        """Parents, their parents, ... up to ``depth`` generations (None: all), nearest first."""
+        id_raw = check_id(id)
+        return self._engine.read(lambda txn: _hex(self._walk(txn, id_raw, up=True, depth=depth)[0]))
+
+    def descendants(self, id: str, depth: int | None = None) -> Ids:
+        """Children, their children, ... up to ``depth`` generations (None: all)."""
+        id_raw = check_id(id)
+        return self._engine.read(
+            lambda txn: _hex(self._walk(txn, id_raw, up=False, depth=depth)[0])
+        )
+
+    def lineage(self, id: str, depth: int | None = 1) -> dict[str, Ids]:
+        """``{"parents": [...], "children": [...]}`` to ``depth`` (None: transitive)."""
+        id_raw = check_id(id)
+
+        def run(txn: Txn) -> dict[str, Ids]:
+            up = self._walk(txn, id_raw, up=True, depth=depth)[0]
+            down = self._walk(txn, id_raw, up=False, depth=depth)[0]
+            return {"parents": _hex(up), "children": _hex(down)}
+
+        return self._engine.read(run)
+
+    def lineage_graph(self, id: str, format: str = "mermaid", depth: int | None = None) -> str:
+        """The lineage around a record as Mermaid (``graph LR``) or Graphviz dot text.
+
+        Nodes read the name, the first 12 hex digits of the id and the type; ids the
+        catalog does not hold read ``(not in catalog)``. Edges point parent -> child.
+        """
+        id_raw = check_id(id)
+        if format not in ("mermaid", "dot"):
+            raise ValueError(f"lineage format must be 'mermaid' or 'dot', got {format!r}")
+
+        def run(txn: Txn) -> str:
+            up, up_edges = self._walk(txn, id_raw, up=True, depth=depth)
+            down, down_edges = self._walk(txn, id_raw, up=False, depth=depth)
+            nodes = list(dict.fromkeys([id_raw, *up, *down]))
+            edges = list(dict.fromkeys([(p, c) for c, p in up_edges] + down_edges))
+            db = self._db(keys.RECORDS)
+            labels = {}
+            for n in nodes:
+                raw = txn.get(n, db=db)
+                labels[n] = label(None if raw is None else _unpack(raw), n)
+            return render(format, id_raw, nodes, edges, labels)
+
+        return self._engine.read(run)
+
+    # -- whole-catalog views -----------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        """Every sub-database's full content, decoded (for equality tests)."""
+        return self._engine.read(lambda txn: _dump(txn, self._engine.shared.dbs))
+
+    def stats(self) -> dict[str, Any]:
+        """Counts (records, tombstones, entries per index) and the map's size and use."""
+
+        def run(txn: Txn) -> dict[str, Any]:
+            entries = {n.decode(): int(txn.stat(self._db(n))["entries"]) for n in keys.ALL_DBS}
+            return {
+                "records": entries["records"],
+                "tombstones": entries["tombstones"],
+                "entries": entries,
+            }
+
+        out = self._engine.read(run)
+        out.update(self._engine.info())
+        return out
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _db(self, name: bytes) -> Any:
+        return self._engine.db(name)
+
+    def _write(self, fn: Callable[[Writer], T], records: int) -> T:
+        engine = self._engine
+        return engine.write(
+            lambda txn: fn(Writer(txn, engine.shared.dbs)), need=records * BYTES_PER_RECORD
+        )
+
+    def _streams(self, txn: Txn, query: Query) -> Streams:
+        streams: list[Stream] = [
+            TermStream(txn, self._db(keys.TAG), keys.tag_term(k, v)) for k, v in query.tags
+        ]
+        streams += [TermStream(txn, self._db(keys.TOKEN), w.encode()) for w in query.words]
+        return streams or [AllStream(txn, self._db(keys.TIME))]
+
+    def _fetch(self, txn: Txn, streams: Streams, limit: int) -> Records:
+        if not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be a non-negative int, got {limit!r}")
+        db = self._db(keys.RECORDS)
+        out: Records = []
+        for post in intersect(streams, limit):
+            raw = txn.get(post[8:], db=db)
+            if raw is None:  # an index entry without its record: never written so
+                raise CatalogError(f"catalog {self.path} is inconsistent; rebuild it")
+            out.append(_record(raw))
+        return out
+
+    def _walk(self, txn: Txn, id_raw: bytes, *, up: bool, depth: int | None) -> Walk:
+        if up:
+            db = self._db(keys.PARENTS)
+            return walk(id_raw, lambda n: parents_of(txn, db, n), depth)
+        db = self._db(keys.CHILDREN)
+        return walk(id_raw, lambda n: children_of(txn, db, n), depth)
+
+
+def _apply(writer: Writer, events: list[tuple[str, Any]]) -> None:
+    for op, payload in events:
+        if op == "put":
+            entry: Entry = payload
+            writer.put(entry)
+        elif op == "tag":
+            writer.tag(*payload)
+        else:
+            writer.delete(*payload)
+
+
+def _record(raw: bytes) -> Record:
+    rec: Record = _unpack(raw)
+    return rec
+
+
+def _hex(ids: list[bytes]) -> Ids:
+    return [i.hex() for i in ids]

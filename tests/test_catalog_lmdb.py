@@ -1,0 +1,180 @@
+"""LMDB behaviour: the map grows instead of failing, and several processes share one
+catalog (two writers and a reader at once, the reader following the map's growth)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import catalog.catalog
+import catalog.engine
+from catalog import Catalog
+from catalog.testing import make_record, rid
+
+TINY = 1 << 18  # 256 KiB: a few hundred records at most
+REPO = Path(__file__).resolve().parents[1]
+PAD = {"note": "padding " * 60}
+
+
+def test_map_grows_past_a_tiny_initial_size(tmp_path: Path) -> None:
+    with Catalog(tmp_path / "c", map_size=TINY) as cat:
+        assert cat.stats()["map_size"] == TINY
+        for i in range(600):
+            assert cat.put(make_record(i, f"m/{i % 13}", metadata=PAD))
+        cat.put_many(make_record(i, metadata=PAD) for i in range(600, 3000))
+        s = cat.stats()
+        assert s["records"] == 3000 and s["map_size"] > 8 * TINY and s["map_growths"] >= 3
+        assert len(cat.list(limit=5000)) == 3000
+    with Catalog(tmp_path / "c") as again:  # reopening keeps the grown size, not the default
+        assert again.stats()["map_size"] == s["map_size"]
+        assert again.get(rid(2999)) is not None
+
+
+def test_map_full_error_is_retried_after_growth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the ahead-of-time growth disabled, the write must hit MapFullError, grow
+    the map and run the whole transaction again."""
+    monkeypatch.setattr(catalog.engine, "_make_room", lambda shared, need: None)
+    with Catalog(tmp_path / "c", map_size=TINY) as cat:
+        assert cat.put_many(make_record(i, metadata=PAD) for i in range(2000)) == 2000
+        for i in range(2000, 2300):
+            cat.put(make_record(i, metadata=PAD))
+        cat.apply(
+            [
+                {"op": "tag", "id": rid(i), "tags": {"k": "v" * 100}, "stamp": "s"}
+                for i in range(2300)
+            ]
+        )
+        s = cat.stats()
+        assert s["records"] == 2300 and s["map_growths"] >= 3
+        assert len(cat.search("k:" + "v" * 100, limit=3000)) == 2300
+
+
+def test_rebuild_in_several_transactions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(catalog.catalog, "REBUILD_BATCH", 7)
+    records = [make_record(i, parents=[i - 1] if i else []) for i in range(50)]
+    events = [{"op": "put", "record": r} for r in records]
+    with Catalog(tmp_path / "a", map_size=TINY) as a, Catalog(tmp_path / "b") as b:
+        a.put_many(records)
+        b.put(make_record(999))
+        b.rebuild(events[::-1])
+        assert a.dump() == b.dump()
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from catalog import Catalog
+    from catalog.testing import make_record
+    path, base, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    pad = {"note": "padding " * 60}
+    with Catalog(path, map_size=1 << 18) as cat:
+        i = base
+        while i < base + n:
+            if i % 50 == 0:
+                cat.put_many(make_record(j, f"w{base}/{j % 7}", metadata=pad) for j in range(i, i + 25))
+                i += 25
+            else:
+                assert cat.put(make_record(i, f"w{base}/{i % 7}", metadata=pad))
+                i += 1
+    """
+)
+
+READER = textwrap.dedent(
+    """
+    import os, sys, time
+    from catalog import Catalog
+    path, stop, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    reads, last = 0, 0
+    with Catalog(path, readonly=True) as cat:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            n = cat.stats()["records"]
+            assert n >= last, (n, last)
+            last = n
+            for r in cat.list(limit=20):
+                assert cat.get(r["id"]) == r
+            cat.search("padding", limit=50)
+            cat.names()
+            reads += 1
+            if os.path.exists(stop) and n == total:
+                break
+    print(reads, last)
+    """
+)
+
+
+def _spawn(code: str, *args: object) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_two_writers_and_a_reader_in_separate_processes(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    n = 400
+    with Catalog(path, map_size=1 << 18) as cat:  # created small; the writers grow it
+        cat.put(make_record(10**6))
+    stop = tmp_path / "stop"
+    reader = _spawn(READER, path, stop, 2 * n + 1)
+    writers = [_spawn(WRITER, path, base, n) for base in (0, 100_000)]
+    outs = [w.communicate(timeout=120) for w in writers]
+    stop.touch()
+    r_out, r_err = reader.communicate(timeout=150)
+    for w, (_out, err) in zip(writers, outs, strict=True):
+        assert w.returncode == 0, err
+    assert reader.returncode == 0, r_err
+    reads, seen = map(int, r_out.split())
+    assert reads > 0 and seen == 2 * n + 1
+    with Catalog(path) as cat:
+        s = cat.stats()
+        assert s["records"] == 2 * n + 1
+        assert s["map_size"] > 1 << 20
+        for base in (0, 100_000):
+            assert all(cat.get(rid(i)) is not None for i in range(base, base + n))
+            assert len(cat.list(prefix=f"w{base}/", limit=1000)) == n
+
+
+def test_second_writer_waits_for_the_first(tmp_path: Path) -> None:
+    """A writer holding LMDB's write lock makes another process's write wait, not fail."""
+    path = tmp_path / "c"
+    with Catalog(path) as cat:
+        cat.put(make_record(1))
+    holder = _spawn(
+        textwrap.dedent(
+            """
+            import sys, time
+            from catalog import Catalog
+            from catalog.testing import make_record
+            with Catalog(sys.argv[1]) as cat:
+                def slow(w):
+                    w.put(__import__("catalog.record").record.normalize(make_record(2)))
+                    print("locked", flush=True)
+                    time.sleep(1.5)
+                cat._write(slow, 1)
+            """
+        ),
+        path,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "locked"
+    t0 = time.monotonic()
+    with Catalog(path) as cat:
+        assert cat.put(make_record(3))
+        waited = time.monotonic() - t0
+        holder.communicate(timeout=30)
+        assert holder.returncode == 0
+        assert cat.get(rid(2)) is not None and cat.get(rid(3)) is not None
+    assert waited > 0.5
