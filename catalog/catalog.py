@@ -277,6 +277,24 @@ class Catalog:
 
     # -- whole-catalog views -----------------------------------------------------
 
+    def ids(self) -> list[str]:
+        """Every live record's id (gc marks from these), in key order."""
+
+        def run(txn: Txn) -> list[str]:
+            with txn.cursor(db=self._db(keys.RECORDS)) as cur:
+                return [bytes(k).hex() for k in cur.iternext(keys=True, values=False)]
+
+        return self._engine.read(run)
+
+    def tombstones(self) -> dict[str, str]:
+        """Every deleted id with its delete stamp (gc keeps these within retention)."""
+
+        def run(txn: Txn) -> dict[str, str]:
+            with txn.cursor(db=self._db(keys.TOMBSTONES)) as cur:
+                return {bytes(k).hex(): bytes(v).decode() for k, v in cur}
+
+        return self._engine.read(run)
+
     def dump(self) -> dict[str, Any]:
         """Every sub-database's full content, decoded (for equality tests)."""
         return self._engine.read(lambda txn: _dump(txn, self._engine.shared.dbs))

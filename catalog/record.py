@@ -53,7 +53,7 @@ def unpack(raw: bytes) -> Any:
 
 def check_id(value: object, what: str = "id") -> bytes:
     """The 32 raw bytes of a 64-character lowercase hex id, or ``InvalidInput``."""
-    if type(value) is str and len(value) == 64:
+    if isinstance(value, str) and len(value) == 64:
         try:
             raw = bytes.fromhex(value)
         except ValueError:
@@ -136,7 +136,8 @@ def normalize(record: object) -> Entry:
             out[k] = default if not isinstance(default, (dict, list)) else type(default)()
     _check_text(rid, "name", out["name"], MAX_NAME_BYTES)
     _check_text(rid, "artifact_type", out["artifact_type"], MAX_NAME_BYTES)
-    check_id(out["content_id"], f"record {rid}: content_id")
+    if out["content_id"] is not None:  # None: registered without data (metadata only)
+        check_id(out["content_id"], f"record {rid}: content_id")
     size = out["size"]
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise InvalidInput(f"record {rid}: size must be a non-negative int, got {size!r:.40}")
