@@ -1,0 +1,393 @@
+"""The ``cas`` command line: git's habits over an artifact store.
+
+``cas [--root URL] [--json] COMMAND``; the root also comes from ``CAS_ROOT`` (default
+``./.cas``). Quiet by default; ``--json`` prints one JSON document; exit codes: 0 success,
+1 problems found (fsck problems, gc refused, push/pull conflicts), 2 usage or runtime
+error. Errors go to stderr as ``cas: <message>``, never as a traceback. The everyday
+commands live here; maintenance and transfer (gc, fsck, reindex, sync, du, push, pull)
+in :mod:`cas.cli_admin`. docs/cli.md shows every command with an example.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, Final
+
+import catalog as _catalog
+import refs as _refs
+from cas import __version__, cli_admin
+from cas.artifacts import ArtifactStore, open_store
+from cas.catalog_api import Artifact
+from cas.cli_output import Output, human_size, local_time, progress, short
+from cas.errors import CasError, ObjectNotFound
+
+DEFAULT_ROOT: Final = ".cas"
+#: Files at least this big (and every folder) show progress while ``put`` stores them.
+PUT_PROGRESS_MIN: Final = 32 << 20
+
+EXIT_OK: Final = 0
+EXIT_PROBLEMS: Final = 1
+EXIT_ERROR: Final = 2
+
+Command = Callable[[argparse.Namespace, Output], int]
+
+
+class UsageError(CasError):
+    """A request that cannot be carried out as asked (exit 2, like argparse's errors)."""
+
+
+def open_root(args: argparse.Namespace, *, create: bool = False) -> ArtifactStore:
+    """The store at ``--root`` / ``CAS_ROOT``; only ``init`` (and pull) create one."""
+    return open_store(args.root, create=create)
+
+
+def key_values(items: Sequence[str], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{what} {item!r} is not key=value")
+        out[key] = value
+    return out
+
+
+# -- everyday commands ----------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace, out: Output) -> int:
+    try:
+        open_store(args.root, create=False).close()
+        created = False
+    except CasError:
+        created = True
+    store = open_root(args, create=True)
+    with store:
+        out.document({"root": store.url, "created": created})
+        verb = "Initialized empty" if created else "Reinitialized existing"
+        out.line(f"{verb} cas store in {store.url}")
+    return EXIT_OK
+
+
+def cmd_put(args: argparse.Namespace, out: Output) -> int:
+    path = Path(args.path)
+    if not path.exists():
+        raise UsageError(f"no such file or folder: {args.path}")
+    name = args.name or path.resolve().name
+    tags = key_values(args.tag, "tag")
+    with open_root(args) as store:
+        store.check_name(name)
+        big = path.is_dir() or path.stat().st_size >= PUT_PROGRESS_MIN
+        with progress("put", None if big else False) as bar:
+            bar(f"storing {path.name}", 0)
+            aid = store.save(
+                path, name, parent_ids=args.parent, tags=tags or None, artifact_type=args.type
+            )
+        meta = store.get_metadata(aid)
+    out.document({k: meta[k] for k in ("id", "name", "content_id", "size", "type")})
+    out.line(aid)
+    return EXIT_OK
+
+
+def _write_content(store: ArtifactStore, content_id: str, target: BinaryIO) -> None:
+    with store.space.open(content_id) as src:  # verified chunk by chunk, then whole
+        shutil.copyfileobj(src, target, 1 << 20)
+
+
+def _write_file(store: ArtifactStore, content_id: str, dest: Path, *, executable: bool) -> None:
+    """Write content to ``dest`` through a temporary file beside it: a read that fails
+    verification leaves nothing behind, and never a truncated file under ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".cas-tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as target:
+            _write_content(store, content_id, target)
+        os.chmod(tmp, 0o755 if executable else 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _own_name(info: dict[str, Any], rid: str) -> Path:
+    """The file or folder name an artifact was saved from, reduced to a plain name: a
+    record from a shared store must not steer a write outside the current folder."""
+    name = Path(str(info.get("filename") or "")).name
+    return Path(name if name not in ("", ".", "..") else rid)
+
+
+def cmd_get(args: argparse.Namespace, out: Output) -> int:
+    with open_root(args) as store:
+        rid, _ = store.resolve(args.ref)
+        record = store.record(rid)
+        content = record.get("content_id")
+        if content is None:
+            raise UsageError(f"artifact {record['name']} ({rid[:12]}) was registered without data")
+        info = record.get("content_info") or {}
+        result: dict[str, Any] = {"id": rid, "name": record["name"], "path": None}
+        if record.get("materializer") == "path":
+            own = _own_name(info, rid)
+            dest = Path(args.output) if args.output else own
+            if not args.output and (dest.exists() or dest.is_symlink()):
+                raise UsageError(f"{dest} exists; choose where to write it with -o PATH")
+            if info.get("path") == "dir":
+                store.load(rid, dest=dest)
+            else:
+                dest = dest / own if dest.is_dir() else dest
+                _write_file(store, content, dest, executable=info.get("path") == "exec")
+            result["path"] = str(dest)
+        elif args.output:
+            _write_file(store, content, Path(args.output), executable=False)
+            result["path"] = args.output
+        elif out.json:
+            if record.get("materializer") not in ("json", "text"):
+                raise UsageError(
+                    f"with --json, write a {record['artifact_type']} artifact to a file: -o PATH"
+                )
+            result["value"] = store.load(rid)
+        else:
+            sys.stdout.flush()
+            _write_content(store, content, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+    out.document(result)
+    return EXIT_OK
+
+
+def _summary(store: ArtifactStore, name: str, rid: str) -> dict[str, Any]:
+    try:
+        record = store.record(rid)
+    except ObjectNotFound:
+        return {"name": name, "id": rid, "type": None, "size": None, "missing": True}
+    return {"name": name, "id": rid, "type": record["artifact_type"], "size": record["size"]}
+
+
+def cmd_ls(args: argparse.Namespace, out: Output) -> int:
+    with open_root(args) as store:
+        if not (out.json or args.long):
+            for name in store.list_artifacts(args.prefix):
+                out.line(name)
+            return EXIT_OK
+        rows = [_summary(store, name, rid) for name, rid in store.refs.items(args.prefix)]
+    out.document(rows)
+    for row in rows:
+        size = "?" if row["size"] is None else human_size(row["size"])
+        out.line(f"{row['id'][:12]}  {row['type'] or '(missing)':<10} {size:>10}  {row['name']}")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, out: Output) -> int:
+    with open_root(args) as store:
+        meta = store.get_metadata(args.ref)
+    out.document(meta)
+    source = "/".join(
+        str(meta[k] or "-")
+        for k in ("source_project", "source_pipeline", "source_run_id", "source_step")
+    )
+    rows = [
+        ("id", meta["id"]),
+        ("name", meta["name"]),
+        ("type", meta["type"]),
+        ("content", f"{meta['content_id'] or '(none)'} ({human_size(meta['size'] or 0)})"),
+        ("created", meta["created_at"]),
+        ("parents", ", ".join(meta["parent_ids"]) or "-"),
+        ("tags", ", ".join(f"{k}={v}" for k, v in sorted(meta["tags"].items())) or "-"),
+        ("source", source if source != "-/-/-/-" else "-"),
+    ]
+    rows += [(f"metadata.{k}", repr(v)) for k, v in sorted(meta["metadata"].items())]
+    for key, value in rows:
+        out.line(f"{key + ':':<10} {value}")
+    return EXIT_OK
+
+
+def cmd_log(args: argparse.Namespace, out: Output) -> int:
+    with open_root(args) as store:
+        store.check_name(args.name)
+        entries = store.refs.log(args.name)
+        if not entries and store.refs.read(args.name) is None:
+            raise ObjectNotFound(
+                args.name, f"no artifact named {args.name!r} and no history of one in {store.url} "
+                "('cas ls' lists names)",
+            )  # fmt: skip
+    out.document(
+        [
+            {"time": e.time, "who": e.who, "old": e.old, "new": e.new, "message": e.message}
+            for e in entries
+        ]
+    )
+    for e in entries:
+        out.line(f"{local_time(e.time)}  {e.who}  {short(e.old)} -> {short(e.new)}  {e.message}")
+    return EXIT_OK
+
+
+def cmd_tag(args: argparse.Namespace, out: Output) -> int:
+    tags: dict[str, str | None] = dict(key_values(args.tags, "tag"))
+    tags.update({key: None for key in args.remove})
+    if not tags:
+        raise UsageError("nothing to tag: give key=value pairs or --remove KEY")
+    with open_root(args) as store:
+        rid, _ = store.resolve(args.ref)
+        store.catalog.tag(rid, **tags)
+        now = store.get_metadata(rid)["tags"]
+    out.document({"id": rid, "tags": now})
+    return EXIT_OK
+
+
+def _artifact_row(a: Artifact) -> str:
+    tags = " ".join(f"{k}={v}" for k, v in sorted(a.tags.items()))
+    return f"{a.id[:12]}  {a.artifact_type:<10} {a.name}" + (f"  [{tags}]" if tags else "")
+
+
+def cmd_search(args: argparse.Namespace, out: Output) -> int:
+    with open_root(args) as store:
+        found: Sequence[Artifact] = store.catalog.search(" ".join(args.query), limit=args.limit)
+    out.document([a.to_dict() for a in found])
+    for a in found:
+        out.line(_artifact_row(a))
+    return EXIT_OK
+
+
+def cmd_lineage(args: argparse.Namespace, out: Output) -> int:
+    with open_root(args) as store:
+        rid, _ = store.resolve(args.ref)
+        if args.format:
+            graph = store.catalog.lineage_graph(rid, format=args.format, depth=args.depth)
+            out.document({"id": rid, "format": args.format, "graph": graph})
+            out.line(graph.rstrip("\n"))
+            return EXIT_OK
+        found: Mapping[str, Sequence[Artifact]] = store.catalog.get_lineage(rid, depth=args.depth)
+    out.document({"id": rid, **{side: [a.to_dict() for a in found[side]] for side in found}})
+    for side in ("parents", "children"):
+        out.line(f"{side}:")
+        for a in found[side]:
+            out.line("  " + _artifact_row(a))
+        if not found[side]:
+            out.line("  (none)")
+    return EXIT_OK
+
+
+def cmd_rm(args: argparse.Namespace, out: Output) -> int:
+    with open_root(args) as store:
+        rid, name = store.resolve(args.ref)
+        store.delete(args.ref)
+    out.document({"deleted": name or args.ref, "id": rid})
+    return EXIT_OK
+
+
+# -- the parser -----------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --root and --json work before the command (git style) and after it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", default=argparse.SUPPRESS, help="store root URL")
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document"
+    )
+    parser = argparse.ArgumentParser(
+        prog="cas", description="A content-addressed artifact store for ML pipelines."
+    )
+    parser.add_argument(
+        "--root", default=os.environ.get("CAS_ROOT") or DEFAULT_ROOT,
+        help="store root: a folder, file://, memory://, s3://, gs://, az:// (env CAS_ROOT; default ./.cas)",
+    )  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print one JSON document (for scripts)")
+    parser.add_argument("--version", action="version", version=f"cas {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, run: Command, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(run=run)
+        return p
+
+    add("init", cmd_init, "create a store at the root (or check the one there)")
+    p = add("put", cmd_put, "store a file or folder; print its artifact id")
+    p.add_argument("path", metavar="FILE|DIR")
+    p.add_argument("--name", help="artifact name (default: the file's base name)")
+    p.add_argument("--tag", action="append", default=[], metavar="K=V", help="tag (repeatable)")
+    p.add_argument(
+        "--parent", action="append", default=[], metavar="ID", help="parent artifact (repeatable)"
+    )
+    p.add_argument("--type", help="artifact type (default: files)")
+    p = add("get", cmd_get, "write an artifact's content to a file, a folder or stdout")
+    p.add_argument("ref", metavar="NAME|ID")
+    p.add_argument("-o", "--output", metavar="PATH", help="where to write it")
+    p = add("ls", cmd_ls, "list artifact names")
+    p.add_argument("prefix", nargs="?", default="", metavar="PREFIX")
+    p.add_argument("-l", "--long", action="store_true", help="show id, type and size too")
+    p = add("show", cmd_show, "show an artifact's metadata")
+    p.add_argument("ref", metavar="NAME|ID")
+    p = add("log", cmd_log, "show a name's history, newest first")
+    p.add_argument("name", metavar="NAME")
+    p = add("tag", cmd_tag, "set (or remove) tags on an artifact")
+    p.add_argument("ref", metavar="NAME|ID")
+    p.add_argument("tags", nargs="*", metavar="K=V")
+    p.add_argument(
+        "--remove", action="append", default=[], metavar="KEY", help="remove a tag (repeatable)"
+    )
+    p = add("search", cmd_search, "find artifacts: 'stage:production fraud' (tags AND words)")
+    p.add_argument("query", nargs="+", metavar="QUERY")
+    p.add_argument("--limit", type=_positive, default=100, metavar="N")
+    p = add("lineage", cmd_lineage, "show what an artifact was made from and what was made from it")
+    p.add_argument("ref", metavar="NAME|ID")
+    p.add_argument("--format", choices=("mermaid", "dot"), help="print a graph instead of lists")
+    p.add_argument(
+        "--depth", type=_positive, default=None, metavar="N", help="generations (default: all)"
+    )
+    p = add("rm", cmd_rm, "remove a name (its content stays until gc)")
+    p.add_argument("ref", metavar="NAME")
+    cli_admin.add_commands(add)
+    return parser
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, CasError) and exc.filename:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return str(exc) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "run", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    out = Output(bool(args.json))
+    try:
+        code: int = args.run(args, out)
+    except KeyboardInterrupt:
+        sys.stderr.write("cas: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`cas ls | head`): not an error; silence the final flush.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except (CasError, _refs.RefError, _catalog.CatalogError, OSError) as exc:
+        sys.stderr.write(f"cas: {_message(exc)}\n")
+        return EXIT_ERROR
+    return code
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

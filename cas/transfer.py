@@ -1,0 +1,345 @@
+"""push and pull: copy from one store to another what the other lacks, then move refs.
+
+For the names chosen (default: every ref) the transfer copies the records, their
+parents' records (transitively), their content, the chunks of chunked content and the
+entries of trees, then the catalog entries (put and tag events), then moves each ref
+by compare-and-swap. Nothing from the source is trusted: every object is read with
+verification and written through the destination's normal put path, so its id is
+recomputed there, and a mismatch stops the transfer.
+
+Objects are written bottom-up (blobs, then trees deepest first, then records parents
+first), so an object present at the destination always has everything below it; an
+interrupted transfer leaves only complete pieces, and running it again copies only
+what is still missing (existence is checked in batches from listings, never one
+request per object). Records the destination's catalog already holds are not walked.
+
+A ref whose destination value differs from the source's is moved only when the
+source's history of that name (ref log or catalog versions) contains the destination's
+value, i.e. the source has moved on from it; otherwise it is reported as a conflict and
+left alone, unless ``force``. Conflicts are decided before anything is copied: a
+rejected name's artifacts are not copied, so the destination's catalog never lists them
+as versions of a name that never held them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import refs as _refs
+from cas import codec
+from cas.artifacts import ref_errors
+from cas.errors import IntegrityError, ObjectNotFound
+from cas.ids import ObjectId
+from cas.objects import ChunkList, Tree, unpack
+from cas.objectspace import object_path
+from cas.record import check_record
+
+if TYPE_CHECKING:
+    from cas.artifacts import ArtifactStore
+
+#: Parallel object copies; bounded so an object store sees steady, not bursty, load.
+DEFAULT_WORKERS: Final = 8
+
+Progress = Callable[[str, int, int | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class RefUpdate:
+    """What happened to one name at the destination."""
+
+    name: str
+    old: str | None  # the destination's value before
+    new: str  # the source's value
+    status: str  # "new" | "updated" | "forced" | "up-to-date" | "rejected"
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TransferResult:
+    objects: int  # objects written to the destination
+    bytes: int  # content bytes of those objects
+    records: int  # artifacts newly indexed at the destination
+    refs: tuple[RefUpdate, ...] = field(default=())
+
+    @property
+    def conflicts(self) -> tuple[RefUpdate, ...]:
+        return tuple(u for u in self.refs if u.status == "rejected")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "objects": self.objects,
+            "bytes": self.bytes,
+            "records": self.records,
+            "refs": [asdict(u) for u in self.refs],
+            "conflicts": len(self.conflicts),
+        }
+
+
+class _Plan:
+    """What the destination lacks, found by walking down from the chosen records."""
+
+    def __init__(self, src: ArtifactStore, dst: ArtifactStore, pool: ThreadPoolExecutor) -> None:
+        self.src = src
+        self.dst = dst
+        self.pool = pool
+        self.records: dict[ObjectId, dict[str, Any]] = {}  # not indexed at dst
+        self.record_payloads: dict[ObjectId, bytes] = {}
+        self.record_height: dict[ObjectId, int] = {}
+        self.blobs: dict[ObjectId, None] = {}  # whole or chunked content the dst lacks
+        self.trees: dict[ObjectId, bytes] = {}
+        self.tree_height: dict[ObjectId, int] = {}
+
+    def walk_records(self, roots: Iterable[str]) -> None:
+        """Records the destination's catalog does not hold, read and verified."""
+        indexed = self.dst.index.catalog
+        frontier = list(dict.fromkeys(ObjectId(r) for r in roots))
+        while frontier:
+            todo = [r for r in frontier if r not in self.records and indexed.get(r) is None]
+            nxt: list[ObjectId] = []
+            for rid, payload in zip(todo, self.pool.map(self._read_record, todo), strict=True):
+                record = check_record(rid, unpack(rid, payload))
+                self.records[rid] = record
+                self.record_payloads[rid] = payload
+                nxt.extend(ObjectId(p) for p in record.get("parent_ids") or ())
+            frontier = list(dict.fromkeys(nxt))
+        below = {
+            rid: [ObjectId(p) for p in r.get("parent_ids") or () if p in self.records]
+            for rid, r in self.records.items()
+        }
+        self.record_height = _heights(below)
+
+    def _read_record(self, rid: ObjectId) -> bytes:
+        kind, payload = self.src.space.read_object(rid)  # verified
+        if kind != "record":
+            raise IntegrityError(rid, f"object {rid} in {self.src.url} is a {kind}, not a record")
+        return payload
+
+    def walk_content(self) -> None:
+        """Blobs and trees below the records that the destination lacks (batched checks)."""
+        level = {ObjectId(r["content_id"]) for r in self.records.values() if r.get("content_id")}
+        below: dict[ObjectId, list[ObjectId]] = {}
+        while level:
+            missing = sorted(level - self.dst.space.has_many(level))
+            nxt: set[ObjectId] = set()
+            for oid, (kind, payload) in zip(
+                missing, self.pool.map(self._read_content, missing), strict=True
+            ):
+                if kind == "tree":
+                    self.trees[oid] = payload
+                    below[oid] = [e.id for e in Tree.parse(oid, payload).entries]
+                    nxt.update(below[oid])
+                else:
+                    self.blobs[oid] = None
+            level = nxt - self.trees.keys() - self.blobs.keys()
+        self.tree_height = _heights(
+            {oid: [c for c in kids if c in self.trees] for oid, kids in below.items()}
+        )
+
+    def _read_content(self, oid: ObjectId) -> tuple[str, bytes]:
+        """A tree's verified payload; for a blob only its kind (its bytes are read once,
+        when copied)."""
+        head = self.src.storage.read_head(object_path(oid), codec.HEADER_SIZE)
+        kind = codec.read_header(oid, head).kind
+        if kind == "tree":
+            return self.src.space.read_object(oid)
+        if kind not in ("blob", "chunks"):
+            raise IntegrityError(oid, f"object {oid} in {self.src.url} is a {kind}, not content")
+        return kind, b""
+
+
+def _heights(below: dict[ObjectId, list[ObjectId]]) -> dict[ObjectId, int]:
+    """1 + the tallest height below each node (0 below a leaf): writing in order of
+    height writes everything an object points at before the object itself."""
+    height: dict[ObjectId, int] = {}
+    for start in below:
+        stack = [(start, False)]
+        while stack:  # iterative: lineage chains and folder trees can be deep
+            oid, ready = stack.pop()
+            if oid in height:
+                continue
+            if ready:
+                height[oid] = 1 + max((height[c] for c in below[oid]), default=0)
+                continue
+            stack.append((oid, True))
+            stack.extend((c, False) for c in below[oid] if c not in height)
+    return height
+
+
+def _by_height(heights: dict[ObjectId, int]) -> list[list[ObjectId]]:
+    """Groups to write in order: everything in a group only points at earlier groups."""
+    groups: dict[int, list[ObjectId]] = {}
+    for oid, h in heights.items():
+        groups.setdefault(h, []).append(oid)
+    return [sorted(groups[h]) for h in sorted(groups)]
+
+
+class _Copier:
+    """Writes objects to the destination, each verified and re-hashed there."""
+
+    def __init__(self, plan: _Plan, pool: ThreadPoolExecutor, progress: Progress) -> None:
+        self.plan = plan
+        self.pool = pool
+        self.progress = progress
+        self.objects = 0
+        self.bytes = 0
+        self.total = len(plan.blobs) + len(plan.trees) + len(plan.records)
+
+    def run(self) -> None:
+        plan = self.plan
+        self.progress("copying objects", 0, self.total)
+        self._parallel(list(plan.blobs), self._copy_blob)
+        for group in _by_height(plan.tree_height):
+            self._parallel(group, lambda oid: self._put("tree", oid, plan.trees[oid]))
+        missing = set(plan.records) - plan.dst.space.has_many(plan.records)
+        for group in _by_height(plan.record_height):
+            todo = [rid for rid in group if rid in missing]
+            self._parallel(todo, lambda rid: self._put("record", rid, plan.record_payloads[rid]))
+        self.progress("copying objects", self.total, self.total)
+
+    def _parallel(self, oids: Sequence[ObjectId], copy: Callable[[ObjectId], int]) -> None:
+        for size in self.pool.map(copy, oids):
+            self.objects += 1
+            self.bytes += size
+            self.progress("copying objects", self.objects, self.total)
+
+    def _copy_blob(self, oid: ObjectId) -> int:
+        src, dst = self.plan.src.space, self.plan.dst.space
+        kind, payload = src.read_object(oid)
+        if kind == "blob":
+            got, size = dst.put(payload), len(payload)
+        else:
+            # A chunked blob: stream it (every chunk verified, then the whole) and let the
+            # destination cut it with its own parameters; chunks it has are not rewritten.
+            with src.open(oid) as stream:
+                got = dst.put(stream)
+            size = ChunkList.parse(oid, payload).size
+        self._check(oid, got)
+        return size
+
+    def _put(self, kind: str, oid: ObjectId, payload: bytes) -> int:
+        self._check(oid, self.plan.dst.space.put_payload(kind, payload))
+        return len(payload)
+
+    def _check(self, oid: ObjectId, got: ObjectId) -> None:
+        if got != oid:
+            raise IntegrityError(
+                oid,
+                f"object {oid} from {self.plan.src.url} hashed to {got} at "
+                f"{self.plan.dst.url}; nothing points at it yet: run 'cas fsck' on the source",
+            )
+
+
+def _index(plan: _Plan, roots: Iterable[str]) -> int:
+    """Journal the copied records (put) and the source's tags, then catch the
+    destination's catalog up. Tags the destination set itself are kept."""
+    src, dst = plan.src, plan.dst
+    new = 0
+    for rid in sorted(plan.records, key=lambda r: plan.record_height[r]):
+        if src.index.catalog.get(rid) is None:
+            continue  # deleted at the source: copied for lineage, not listed
+        dst.journal.append({"op": "put", "id": rid})
+        new += 1
+    for tagged in dict.fromkeys([*plan.records, *roots]):
+        rid = ObjectId(tagged)
+        theirs = src.index.catalog.get(rid)
+        if theirs is None:
+            continue
+        ours = dst.index.catalog.get(rid)
+        have = dict((ours or {}).get("tags") or {})
+        if rid in plan.records:
+            have = dict(plan.records[rid].get("tags") or {})
+        changed = {k: v for k, v in (theirs.get("tags") or {}).items() if have.get(k) != v}
+        if changed:
+            dst.journal.append({"op": "tag", "id": rid, "tags": changed})
+    dst.sync()
+    return new
+
+
+def _superseded(src: ArtifactStore, name: str, old: str) -> bool:
+    """True if the source once held ``old`` under ``name`` and has moved on from it."""
+    for entry in src.refs.log(name):
+        if old in (entry.old, entry.new):
+            return True
+    record = src.index.catalog.get(old)
+    return record is not None and record.get("name") == name
+
+
+def _decide(src: ArtifactStore, dst: ArtifactStore, name: str, new: str, force: bool) -> RefUpdate:
+    """What to do with one name, before anything is copied: a rejected name's
+    artifacts are not copied at all (nor indexed there as versions of that name)."""
+    old = dst.refs.read(name)
+    if old == new:
+        return RefUpdate(name, old, new, "up-to-date")
+    if old is None:
+        return RefUpdate(name, old, new, "new")
+    if _superseded(src, name, old):
+        return RefUpdate(name, old, new, "updated")
+    if force:
+        return RefUpdate(name, old, new, "forced")
+    return RefUpdate(
+        name, old, new, "rejected",
+        f"the destination holds {old[:12]}, which the source's history of {name!r} "
+        "does not contain; pull it first, or use --force to overwrite",
+    )  # fmt: skip
+
+
+def _move(dst: ArtifactStore, update: RefUpdate, message: str) -> RefUpdate:
+    """Move one name by compare-and-swap against the value the decision saw."""
+    if update.status in ("up-to-date", "rejected"):
+        return update
+    try:
+        dst.refs.set(update.name, update.new, expected=update.old, message=message)
+    except _refs.RefConflict as exc:  # moved meanwhile, or a parent/child name exists
+        return RefUpdate(update.name, update.old, update.new, "rejected", str(exc))
+    return update
+
+
+def select(src: ArtifactStore, names: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(name, record id) of the refs to transfer: ``names`` exactly, or the refs below a
+    name used as a folder (``models`` selects ``models/a`` and ``models/b``); all if none."""
+    if not names:
+        return src.refs.items()
+    chosen: dict[str, str] = {}
+    for name in names:
+        src.check_name(name)
+        rid = src.refs.read(name)
+        below = src.refs.items(name + "/") if rid is None else [(name, rid)]
+        if not below:
+            raise ObjectNotFound(
+                name, f"no artifact named {name!r} in {src.url} ('cas ls' lists names)"
+            )
+        chosen.update(below)
+    return sorted(chosen.items())
+
+
+def transfer(
+    src: ArtifactStore,
+    dst: ArtifactStore,
+    names: Sequence[str] = (),
+    *,
+    force: bool = False,
+    message: str = "transfer",
+    workers: int = DEFAULT_WORKERS,
+    progress: Progress | None = None,
+) -> TransferResult:
+    """Copy what ``dst`` lacks for ``names`` (default all refs) from ``src``, then move
+    the refs. Conflicting refs are reported in the result (status ``rejected``)."""
+    step: Progress = progress or (lambda what, done, total: None)
+    with ref_errors():
+        chosen = select(src, names)
+        decided = [_decide(src, dst, name, rid, force) for name, rid in chosen]
+    roots = [u.new for u in decided if u.status != "rejected"]
+    step("finding what is missing", 0, None)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cas-transfer") as pool:
+        plan = _Plan(src, dst, pool)
+        plan.walk_records(roots)
+        plan.walk_content()
+        copier = _Copier(plan, pool, step)
+        copier.run()
+    records = _index(plan, roots)
+    with ref_errors():
+        updates = tuple(_move(dst, u, message) for u in decided)
+    return TransferResult(copier.objects, copier.bytes, records, updates)
