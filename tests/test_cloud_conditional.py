@@ -14,6 +14,7 @@ from typing import Any
 import fsspec
 import pytest
 
+from cas.testing.races import increment, increment_on_server
 from cas.testing.servers import Server
 from refs.cloud import AzureConditional, GCSConditional, S3Conditional, conditional_for
 from refs.conditional import Conditional
@@ -160,23 +161,6 @@ def test_network_down_raises(cloud_server: Server) -> None:
             call()
 
 
-def _increment(cond: Conditional, path: str, times: int) -> int:
-    """Add 1 to the counter at ``path`` ``times`` times; return the lost races."""
-    lost = 0
-    for _ in range(times):
-        while True:
-            got = cond.read(path)
-            assert got is not None
-            if cond.replace(path, b"%d" % (int(got[0]) + 1), got[1]):
-                break
-            lost += 1
-    return lost
-
-
-def _process_worker(server: Server, path: str, times: int) -> int:
-    return _increment(conditional(server), path, times)
-
-
 @pytest.fixture(scope="module")
 def pool() -> Iterator[Any]:
     """Spawned worker processes, shared by the three servers' races (spawning is slow)."""
@@ -186,7 +170,7 @@ def pool() -> Iterator[Any]:
 
 def test_four_processes_lose_no_update(cloud_server: Server, path: str, pool: Any) -> None:
     assert conditional(cloud_server).create(path, b"0")
-    lost = pool.starmap(_process_worker, [(cloud_server, path, INCREMENTS)] * WORKERS, 1)
+    lost = pool.starmap(increment_on_server, [(cloud_server, path, INCREMENTS)] * WORKERS, 1)
     got = conditional(cloud_server).read(path)
     assert got is not None and got[0] == b"%d" % (WORKERS * INCREMENTS)
     assert sum(lost) > 0, "the workers never raced: the test proved nothing"
@@ -195,7 +179,7 @@ def test_four_processes_lose_no_update(cloud_server: Server, path: str, pool: An
 def test_threads_share_one_instance(cloud_server: Server, path: str) -> None:
     cond = conditional(cloud_server)
     assert cond.create(path, b"0")
-    threads = [threading.Thread(target=_increment, args=(cond, path, 10)) for _ in range(4)]
+    threads = [threading.Thread(target=increment, args=(cond, path, 10)) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
