@@ -45,7 +45,7 @@ def ref_errors() -> Iterator[None]:
     try:
         yield
     except _refs.InvalidRefName as exc:
-        raise InvalidRefName(exc.name, str(exc)) from exc
+        raise InvalidRefName(str(exc.name), str(exc)) from exc
     except _refs.RefConflict as exc:
         raise RefConflict(exc.name, exc.expected, exc.actual, str(exc)) from exc
     except _refs.RefLocked as exc:

@@ -7,6 +7,7 @@ the object space (a record object, a journal entry), so the index can always be 
 from __future__ import annotations
 
 import contextlib
+import builtins
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -100,7 +101,7 @@ class ArtifactCatalog:
         source_run_id: str | None = None,
         source_pipeline: str | None = None,
         tags: dict[str, str] | None = None,
-        parent_ids: list[str] | None = None,
+        parent_ids: builtins.list[str] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> str:
         """Record an artifact (storing ``data`` when given) and move the ref ``name``."""
@@ -137,15 +138,15 @@ class ArtifactCatalog:
         record = self._engine.get(parse_id(artifact_id))
         return Artifact.from_record(record) if record is not None else None
 
-    def list(self, artifact_type: str | None = None, limit: int = 100) -> list[Artifact]:
+    def list(self, artifact_type: str | None = None, limit: int = 100) -> builtins.list[Artifact]:
         """Newest first."""
         return [Artifact.from_record(r) for r in self._engine.list(artifact_type=artifact_type, limit=limit)]
 
-    def versions(self, name: str, limit: int = 100) -> list[Artifact]:
+    def versions(self, name: str, limit: int = 100) -> builtins.list[Artifact]:
         """Every version saved under ``name``, newest first."""
         return [Artifact.from_record(r) for r in self._engine.list(name=name, limit=limit)]
 
-    def search(self, query: str, limit: int = 100) -> list[Artifact]:
+    def search(self, query: str, limit: int = 100) -> builtins.list[Artifact]:
         """``stage:production team:fraud resnet``: tag filters AND words, newest first."""
         with _query_errors():
             return [Artifact.from_record(r) for r in self._engine.search(query, limit=limit)]
@@ -167,7 +168,7 @@ class ArtifactCatalog:
             return False
         return True
 
-    def get_lineage(self, artifact_id: str, depth: int | None = 1) -> dict[str, list[Artifact]]:
+    def get_lineage(self, artifact_id: str, depth: int | None = 1) -> dict[str, builtins.list[Artifact]]:
         """Parents and children; ``depth=None`` follows them all the way (cycle safe)."""
         rid = self._store.resolve(artifact_id)[0]
         found = self._engine.lineage(rid, depth=depth)

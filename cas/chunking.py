@@ -49,6 +49,19 @@ class _Prefixed:
         self._head = memoryview(head)
         self._stream = stream
 
+    def readinto(self, buf: Any) -> int:
+        if self._head:
+            n = min(len(buf), len(self._head))
+            buf[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        readinto = getattr(self._stream, "readinto", None)
+        if readinto is not None:
+            return int(readinto(buf))
+        part = self._stream.read(len(buf))
+        buf[: len(part)] = part
+        return len(part)
+
     def read(self, n: int = -1) -> bytes:
         if self._head:
             part = self._head[:n] if n >= 0 else self._head
@@ -73,6 +86,8 @@ def read_up_to(stream: Reader | BinaryIO, n: int) -> bytes:
 def cut(head: bytes, rest: Reader | BinaryIO, params: ChunkParams = DEFAULT_PARAMS) -> Iterator[bytes]:
     """Chunks of ``head`` followed by ``rest``, each a fresh ``bytes`` (safe to keep)."""
     cdc = FastCDC(params.avg_size, min_size=params.min_size, max_size=params.max_size)
-    for chunk in cdc.cut_stream(_Prefixed(head, rest)):
+    # pyfastcdc reads through readinto() when the stream has it (no copy per read).
+    stream = _Prefixed(head, rest) if head else rest
+    for chunk in cdc.cut_stream(stream):
         # pyfastcdc's memoryview is only valid until the next chunk: copy it out.
         yield bytes(chunk.data)

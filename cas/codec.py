@@ -116,10 +116,15 @@ def decode(oid: str, stored: bytes | memoryview) -> tuple[str, bytes]:
     body = memoryview(stored)[HEADER_SIZE:]
     if header.flags & FLAG_ZSTD:
         try:
-            # A reader bounded by the header's size: a frame that claims (or inflates to)
-            # more than the header says cannot make us allocate more than raw_size + 1.
-            reader = _decompressor().stream_reader(body, read_across_frames=False)
-            payload = _read_at_most(reader, header.raw_size + 1)
+            # Allocation is bounded by the header's size: the frame must declare exactly
+            # that content size before we decompress (zstd allocates what a frame
+            # declares), and a frame that inflates past its declaration is an error.
+            declared = zstandard.frame_content_size(body)
+            if declared != header.raw_size:
+                raise IntegrityError(
+                    oid, _msg(oid, f"holds a frame of {declared} bytes, header says {header.raw_size}")
+                )
+            payload = _decompressor().decompress(body, max_output_size=header.raw_size)
         except zstandard.ZstdError as exc:
             raise IntegrityError(oid, _msg(oid, f"does not decompress ({exc})")) from exc
     else:
@@ -129,18 +134,6 @@ def decode(oid: str, stored: bytes | memoryview) -> tuple[str, bytes]:
             oid, _msg(oid, f"decodes to {len(payload)} bytes, header says {header.raw_size}")
         )
     return header.kind, payload
-
-
-def _read_at_most(reader: zstandard.ZstdDecompressionReader, limit: int) -> bytes:
-    parts: list[bytes] = []
-    got = 0
-    while got < limit:
-        part = reader.read(limit - got)
-        if not part:
-            break
-        parts.append(part)
-        got += len(part)
-    return b"".join(parts)
 
 
 def _msg(oid: str, what: str) -> str:

@@ -7,15 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from cas.artifacts import ArtifactStore, ref_errors
 from cas.errors import CasError, IntegrityError, ObjectNotFound
 from cas.ids import ObjectId
 from cas.objects import ChunkList, references
 from cas.objectspace import object_path
-
-if TYPE_CHECKING:
-    from cas.artifacts import ArtifactStore
 
 Progress = Callable[[str, int], None]
 
@@ -88,7 +85,8 @@ def check(store: ArtifactStore, *, repair: bool = False, progress: Progress | No
         missing.update(r for r in refs if r not in present)
 
     # Which artifacts does each bad or missing object hurt? Walk every record's closure.
-    refs_items = store.refs.items()
+    with ref_errors():
+        refs_items = store.refs.items()
     report.refs = len(refs_items)
     store.sync()
     record_ids = set(store.index.catalog.ids()) | {rid for _, rid in refs_items}

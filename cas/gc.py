@@ -19,18 +19,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from cas import codec
+from cas.artifacts import ArtifactStore, ref_errors
 from cas.errors import CasError, IntegrityError, ObjectNotFound
 from cas.ids import ObjectId, is_id
 from cas.journal import stamp_time
 from cas.objects import references
 from cas.objectspace import object_path
 from cas.storage import Stat
-
-if TYPE_CHECKING:
-    from cas.artifacts import ArtifactStore
 
 DEFAULT_GRACE: Final = 24 * 3600.0
 DEFAULT_RETENTION: Final = 30 * 24 * 3600.0
@@ -84,18 +82,21 @@ class _Marker:
         self.marked: set[ObjectId] = set()
         self.missing: set[ObjectId] = set()
 
-    def mark(self, roots: Iterable[str], *, leaf: bool = False) -> None:
+    def mark(self, roots: Iterable[str], *, may_be_gone: bool = False) -> None:
+        """Mark ``roots`` and all they reach. ``may_be_gone``: roots that an earlier gc
+        may rightly have collected (old history, deleted records) are not "missing"."""
         stack = [ObjectId(r) for r in roots if is_id(r)]
+        gone_ok = set(stack) if may_be_gone else set()
         while stack:
             oid = stack.pop()
             if oid in self.marked:
                 continue
             if oid not in self.present:
-                self.missing.add(oid)
+                if oid not in gone_ok:
+                    self.missing.add(oid)
                 continue
             self.marked.add(oid)
-            if not leaf:
-                stack.extend(r for r in self._children(oid) if r not in self.marked)
+            stack.extend(r for r in self._children(oid) if r not in self.marked)
 
     def _children(self, oid: ObjectId) -> list[ObjectId]:
         storage = self.store.storage
@@ -131,20 +132,24 @@ def plan(
     step("listed objects", len(present))
     temp = tuple(rel for rel, st in store.space.iter_temp() if now - st.mtime > grace)
 
-    refs = sorted(store.refs.items())
-    roots: set[str] = {rid for _, rid in refs}
-    for name in store.refs.log_names():
-        for entry in store.refs.log(name):
-            if now - entry.time <= retention:
-                roots.update(i for i in (entry.old, entry.new) if i)
+    with ref_errors():
+        refs = sorted(store.refs.items())
+        kept: set[str] = set()  # history within retention: may have been collected
+        for name in store.refs.log_names():
+            for entry in store.refs.log(name):
+                if now - entry.time <= retention:
+                    kept.update(i for i in (entry.old, entry.new) if i)
     store.sync()
     engine = store.index.catalog
-    roots.update(engine.ids())
-    roots.update(rid for rid, stamp in engine.tombstones().items() if now - stamp_time(stamp) <= retention)
-    step("roots", len(roots))
+    roots: set[str] = {rid for _, rid in refs} | set(engine.ids())
+    kept.update(
+        rid for rid, stamp in engine.tombstones().items() if now - stamp_time(stamp) <= retention
+    )
+    step("roots", len(roots) + len(kept))
 
     marker = _Marker(store, present)
     marker.mark(roots)
+    marker.mark(kept, may_be_gone=True)
     young = [oid for oid, st in present.items() if now - st.mtime <= grace and oid not in marker.marked]
     marker.mark(young)
     step("marked", len(marker.marked))
@@ -156,7 +161,7 @@ def plan(
         retention=retention,
         started=now,
         objects=len(present),
-        roots=len(roots),
+        roots=len(roots | kept),
         reachable=len(marker.marked) - len(young),
         young=len(young),
         delete=delete,
@@ -180,7 +185,8 @@ def execute(store: ArtifactStore, gc_plan: GcPlan, *, progress: Progress | None 
     step = progress or (lambda what, n: None)
     doomed = {oid: size for oid, size in gc_plan.delete}
     # Refs that moved since planning: their targets (and all they reach) live again.
-    moved = set(store.refs.items()) - set(gc_plan.ref_snapshot)
+    with ref_errors():
+        moved = set(store.refs.items()) - set(gc_plan.ref_snapshot)
     if moved:
         marker = _Marker(store, {oid: Stat(size, 0.0) for oid, size in doomed.items()})
         marker.mark(rid for _, rid in moved)
@@ -208,6 +214,7 @@ def execute(store: ArtifactStore, gc_plan: GcPlan, *, progress: Progress | None 
     temp_removed = store.storage.delete_many(list(gc_plan.temp_files))
     pruned = 0
     cutoff = gc_plan.started - gc_plan.retention
-    for name in store.refs.log_names():
-        pruned += store.refs.prune_log(name, cutoff)
+    with ref_errors():
+        for name in store.refs.log_names():
+            pruned += store.refs.prune_log(name, cutoff)
     return GcResult(deleted, freed, spared, temp_removed, pruned)

@@ -59,9 +59,10 @@ def blob_hasher() -> blake3.blake3:
     return blake3.blake3(max_threads=blake3.blake3.AUTO)
 
 
-def blob_id(data: bytes | bytearray | memoryview) -> ObjectId:
-    """The id of a blob with these bytes: ``b3sum`` of them."""
-    if len(data) >= _THREADED_HASH_MIN:
+def blob_id(data: bytes | bytearray | memoryview, *, threads: bool = True) -> ObjectId:
+    """The id of a blob with these bytes: ``b3sum`` of them. ``threads=False`` on a
+    worker that is already one of a pool of one thread per core."""
+    if threads and len(data) >= _THREADED_HASH_MIN:
         hasher = blake3.blake3(data, max_threads=blake3.blake3.AUTO)
     else:
         hasher = blake3.blake3(data)

@@ -23,14 +23,15 @@ import platformdirs
 
 import catalog as _catalog
 from cas.errors import ObjectNotFound
-from cas.journal import Journal
+from cas.journal import Journal, parse_stamp
 from cas.objectspace import ObjectSpace
 from cas.record import check_record
 from cas.storage import LocalStorage
 
-#: Entries this much older than the newest seen are read again on sync: writers on other
-#: machines with slower clocks, or object-store listings that lag, still get in.
-RESYNC_WINDOW: Final = _dt.timedelta(minutes=10)
+#: Entries this much older than the newest seen are listed again on sync, so writers on
+#: other machines with slower clocks, or object-store listings that lag, still get in.
+#: Listing is cheap: an entry's name says what it is, so only unseen ones are read.
+RESYNC_WINDOW: Final = _dt.timedelta(hours=6)
 
 
 def cache_root() -> Path:
@@ -51,8 +52,10 @@ class Index:
         self.space = space
         self.journal = journal
         self.folder = folder or index_dir(space)
-        self.catalog = _catalog.Catalog(str(self.folder / "catalog"))
+        durable = getattr(space.storage, "fsync", True)
+        self.catalog = _catalog.Catalog(str(self.folder / "catalog"), durable=durable)
         self._state_path = self.folder / "sync.msgpack"
+        self._has_high_water = False
 
     def close(self) -> None:
         self.catalog.close()
@@ -73,19 +76,28 @@ class Index:
 
     # -- catching up ------------------------------------------------------------------
 
-    def events_for(self, stamps: list[str]) -> list[dict[str, Any]]:
-        """Journal events with the records their puts name, ready for the catalog."""
+    def events_for(self, stamps: list[str], *, skip_known: bool = False) -> list[dict[str, Any]]:
+        """Journal events with the records their puts name, ready for the catalog. With
+        ``skip_known``, puts and deletes this catalog already holds are not read."""
         events: list[dict[str, Any]] = []
-        for event in self.journal.read(stamps):
-            if event["op"] == "put":
-                record = self.read_record(event["id"])
-                if record is None:
-                    continue  # collected after its deletion: the delete event says so
-                events.append({"op": "put", "record": record, "stamp": event["stamp"]})
-            elif event["op"] == "tag":
-                events.append(event)
-            else:
-                events.append(event)
+        tags: list[str] = []
+        for stamp in stamps:
+            parsed = parse_stamp(stamp)
+            if parsed is None:
+                continue
+            op, rid = parsed
+            if op == "tag":
+                tags.append(stamp)
+                continue
+            state = self.catalog.state(rid) if skip_known else None
+            if op == "delete":
+                if state != "deleted":
+                    events.append({"op": "delete", "id": rid, "stamp": stamp})
+            elif state is None:
+                record = self.read_record(rid)
+                if record is not None:  # None: collected after its deletion
+                    events.append({"op": "put", "record": record, "stamp": stamp})
+        events.extend(self.journal.read(tags))
         return events
 
     def read_record(self, rid: str) -> dict[str, Any] | None:
@@ -106,15 +118,20 @@ class Index:
             stamps = [s for s in self.journal.stamps(since.isoformat()) if s >= cutoff]
         if not stamps:
             return 0
-        self.catalog.apply(self.events_for(stamps))
+        events = self.events_for(stamps, skip_known=True)
+        if events:
+            self.catalog.apply(events)
         self._save_high_water(max(stamps[-1], newest or ""))
-        return len(stamps)
+        return len(events)
 
     def note_written(self, stamp: str) -> None:
         """A local write went to both journal and catalog: move the high-water mark if
         this is the first entry, so a new store does not replay from the start."""
+        if self._has_high_water:
+            return
         if self._high_water() is None:
             self._save_high_water(stamp)
+        self._has_high_water = True
 
 
 def _window_start(stamp: str) -> str:

@@ -3,11 +3,13 @@
 The LMDB catalog is an index; this journal (with the record objects it names) is the
 durable truth it is rebuilt from, on this machine or any other that reads the root::
 
-    <root>/logs/.catalog/<YYYY-MM-DD>/<YYYYMMDDTHHMMSS.ffffffZ>-<8 hex>    msgpack event
+    <root>/logs/.catalog/<YYYY-MM-DD>/<YYYYMMDDTHHMMSS.ffffffZ>-<8 hex>-<op>-<id>   msgpack
 
 ``.catalog`` can never be a ref's name (no ref component starts with a dot), entries are
 never appended to or rewritten (object stores cannot append), and names sort by time,
-so an incremental sync lists only the days since its last entry. Events:
+so an incremental sync lists only the days since its last entry. The name also says
+the operation and the record it concerns, so a sync decides from a listing which
+entries it already holds and reads only the others. Events:
 ``{"op": "put", "id": record id}``, ``{"op": "tag", "id": ..., "tags": {k: v or None}}``,
 ``{"op": "delete", "id": ...}``; each carries its ``stamp`` (the file name), which orders
 tag updates last-writer-wins.
@@ -30,9 +32,20 @@ from cas.storage import LocalStorage, Storage
 JOURNAL: Final = "logs/.catalog"
 
 
-def new_stamp(moment: _dt.datetime | None = None) -> str:
+OPS: Final = ("put", "tag", "delete")
+
+
+def new_stamp(op: str, rid: str, moment: _dt.datetime | None = None) -> str:
     moment = moment or _dt.datetime.now(_dt.timezone.utc)
-    return moment.strftime("%Y%m%dT%H%M%S.%fZ") + "-" + secrets.token_hex(4)
+    return f"{moment.strftime('%Y%m%dT%H%M%S.%fZ')}-{secrets.token_hex(4)}-{op}-{rid}"
+
+
+def parse_stamp(stamp: str) -> tuple[str, str] | None:
+    """(op, record id) named by a journal entry, or None for a name that is not one."""
+    parts = stamp.split("-")
+    if len(parts) != 4 or parts[2] not in OPS or len(parts[3]) != 64:
+        return None
+    return parts[2], parts[3]
 
 
 def stamp_day(stamp: str) -> str:
@@ -52,7 +65,7 @@ class Journal:
 
     def append(self, event: dict[str, Any]) -> str:
         """Write one event durably; return its stamp."""
-        stamp = new_stamp()
+        stamp = new_stamp(event["op"], event["id"])
         self.storage.write_atomic(f"{JOURNAL}/{stamp_day(stamp)}/{stamp}", pack(event))
         return stamp
 
@@ -60,16 +73,14 @@ class Journal:
         """Every stamp (sorted); with ``since_day``, only the days from it to tomorrow,
         one listing per day, so a sync does not list the whole history."""
         if since_day is None:
-            return sorted(
-                rel.rsplit("/", 1)[-1]
-                for rel, _ in self.storage.walk(JOURNAL)
-                if not rel.rsplit("/", 1)[-1].startswith(".")
-            )
+            names = (rel.rsplit("/", 1)[-1] for rel, _ in self.storage.walk(JOURNAL))
+            return sorted(n for n in names if parse_stamp(n) is not None)
         out: list[str] = []
         day = _dt.date.fromisoformat(since_day)
         last = _dt.datetime.now(_dt.timezone.utc).date() + _dt.timedelta(days=1)
         while day <= last:
-            out.extend(n for n in self.storage.listdir(f"{JOURNAL}/{day.isoformat()}") if n[0] != ".")
+            listed = self.storage.listdir(f"{JOURNAL}/{day.isoformat()}")
+            out.extend(n for n in listed if parse_stamp(n) is not None)
             day += _dt.timedelta(days=1)
         return sorted(out)
 
@@ -80,7 +91,7 @@ class Journal:
             raw = self.storage.read(f"{JOURNAL}/{stamp_day(stamp)}/{stamp}")
             try:
                 event = msgpack.unpackb(raw, raw=False)
-                assert isinstance(event, dict) and event.get("op") in ("put", "tag", "delete")
+                assert isinstance(event, dict) and (event.get("op"), event.get("id")) == parse_stamp(stamp)
             except (ValueError, AssertionError, msgpack.UnpackException) as exc:
                 raise IntegrityError(
                     stamp, f"catalog journal entry {stamp} is corrupt ({exc!r}); run 'cas fsck'"

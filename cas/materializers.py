@@ -229,7 +229,7 @@ class PathMaterializer(Materializer):
             if ctx.dest is not None:
                 return checkout(ctx.space, ctx.content_id, ctx.dest)
             return _cached(ctx, lambda tmp: checkout(ctx.space, ctx.content_id, tmp))
-        filename = str(ctx.info.get("filename") or ctx.content_id)
+        filename = _safe_filename(ctx.info.get("filename"), ctx.content_id)
 
         def write(folder: Path) -> None:
             folder.mkdir(parents=True, exist_ok=True)
@@ -244,6 +244,17 @@ class PathMaterializer(Materializer):
             write(ctx.dest)
             return ctx.dest / filename
         return _cached(ctx, write) / filename
+
+
+def _safe_filename(name: Any, fallback: str) -> str:
+    """A record's file name as a plain name: a record in a shared bucket is data, and a
+    name like ``../../.bashrc`` must never place a file outside the destination."""
+    if not isinstance(name, str):
+        return fallback
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    if base in ("", ".", "..") or "\0" in base:
+        return fallback
+    return base
 
 
 def _cached(ctx: LoadContext, fill: Any) -> Path:

@@ -41,7 +41,7 @@ def _canonical(value: Any) -> Any:
 
 def pack(value: Any) -> bytes:
     """Canonical msgpack: map keys sorted, tuples as arrays, str and bytes kept apart."""
-    return msgpack.packb(_canonical(value), use_bin_type=True)  # type: ignore[no-any-return]
+    return msgpack.packb(_canonical(value), use_bin_type=True)
 
 
 def unpack(oid: str, payload: bytes) -> Any:

@@ -140,7 +140,7 @@ class ObjectSpace:
             view = memoryview(data)
             if len(view) <= self.params.threshold:
                 return self._put_whole(bytes(view))
-            return self._put_chunked(b"", io.BytesIO(view))  # type: ignore[arg-type]
+            return self._put_chunked(b"", io.BytesIO(view))
         head = read_up_to(data, self.params.threshold + 1)
         if len(head) <= self.params.threshold:
             return self._put_whole(head)
@@ -200,7 +200,7 @@ class ObjectSpace:
         return True
 
     def _put_chunk(self, data: bytes) -> tuple[ObjectId, int]:
-        oid = blob_id(data)
+        oid = blob_id(data, threads=False)
         self._store(oid, "blob", data)
         return oid, len(data)
 
@@ -271,8 +271,29 @@ class ObjectSpace:
             return payload
         if kind != "chunks":
             raise CasError(f"object {oid} is a {kind}, not a blob")
-        with self._open_chunked(ObjectId(oid), ChunkList.parse(oid, payload)) as reader:
-            return reader.read()
+        listing = ChunkList.parse(oid, payload)
+        total = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        parts = []
+        for part in self._chunks(listing):
+            total.update(part)
+            parts.append(part)
+        _check_total(ObjectId(oid), total.hexdigest())
+        return b"".join(parts)
+
+    def _chunks(self, listing: ChunkList) -> Iterator[bytes]:
+        """A chunk list's chunks in order, read ahead on the pool, each verified."""
+        pool = worker_pool()
+        todo = deque(listing.chunks)
+        ahead: deque[Future[bytes]] = deque()
+        try:
+            while todo or ahead:
+                while todo and len(ahead) < self.inflight:
+                    cid, size = todo.popleft()
+                    ahead.append(pool.submit(self._get_chunk, cid, size))
+                yield ahead.popleft().result()
+        finally:
+            for fut in ahead:
+                fut.cancel()
 
     def get_value(self, oid: str, kind: str) -> Any:
         """The verified, decoded value of a structured object of ``kind``."""
@@ -292,7 +313,7 @@ class ObjectSpace:
         return self._open_chunked(ObjectId(oid), ChunkList.parse(oid, payload))
 
     def _open_chunked(self, oid: ObjectId, listing: ChunkList) -> BinaryIO:
-        return io.BufferedReader(_ChunkedReader(self, oid, listing), buffer_size=1 << 20)  # type: ignore[return-value]
+        return io.BufferedReader(_ChunkedReader(self, oid, listing), buffer_size=1 << 20)
 
     def _get_chunk(self, oid: ObjectId, size: int) -> bytes:
         kind, data = self.read_object(oid)
@@ -349,35 +370,36 @@ class ObjectSpace:
         return self.storage.delete(object_path(parse_id(oid)))
 
 
+def _check_total(oid: ObjectId, got: str) -> None:
+    if got != oid:
+        raise IntegrityError(
+            oid,
+            f"object {oid} is corrupt (its chunks hash to {got[:12]}…); "
+            "run 'cas fsck' to list affected artifacts",
+        )
+
+
 class _ChunkedReader(io.RawIOBase):
     """Chunks fetched ahead on the pool, verified one by one, total hash at the end."""
 
     def __init__(self, space: ObjectSpace, oid: ObjectId, listing: ChunkList) -> None:
-        self._space = space
         self._oid = oid
-        self._todo = deque(listing.chunks)
-        self._ahead: deque[Future[bytes]] = deque()
+        self._chunks = space._chunks(listing)
         self._buf = memoryview(b"")
         self._total = blake3.blake3()
         self._done = False
-        self._fill()
-
-    def _fill(self) -> None:
-        pool = worker_pool()
-        while self._todo and len(self._ahead) < self._space.inflight:
-            cid, size = self._todo.popleft()
-            self._ahead.append(pool.submit(self._space._get_chunk, cid, size))
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b: Any) -> int:
         while not self._buf:
-            if not self._ahead:
-                self._finish()
+            data = next(self._chunks, None)
+            if data is None:
+                if not self._done:
+                    self._done = True
+                    _check_total(self._oid, self._total.hexdigest())
                 return 0
-            data = self._ahead.popleft().result()
-            self._fill()
             self._total.update(data)
             self._buf = memoryview(data)
         n = min(len(b), len(self._buf))
@@ -385,20 +407,8 @@ class _ChunkedReader(io.RawIOBase):
         self._buf = self._buf[n:]
         return n
 
-    def _finish(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        got = self._total.hexdigest()
-        if got != self._oid:
-            raise IntegrityError(
-                self._oid,
-                f"object {self._oid} is corrupt (its chunks hash to {got[:12]}…); "
-                "run 'cas fsck' to list affected artifacts",
-            )
-
     def close(self) -> None:
-        for fut in self._ahead:
-            fut.cancel()
-        self._ahead.clear()
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
         super().close()

@@ -12,6 +12,7 @@ waits for LMDB's write lock.
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
@@ -55,9 +56,14 @@ class Catalog:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, map_size: int | None = None, readonly: bool = False
+        self,
+        path: str | os.PathLike[str],
+        *,
+        map_size: int | None = None,
+        readonly: bool = False,
+        durable: bool = True,
     ) -> None:
-        self._engine = Engine(path, map_size, readonly)
+        self._engine = Engine(path, map_size, readonly, durable)
         self.path = self._engine.path
         self.readonly = readonly
 
@@ -160,6 +166,19 @@ class Catalog:
         def run(txn: Txn) -> Record | None:
             raw = txn.get(id_raw, db=self._db(keys.RECORDS))
             return None if raw is None else _record(raw)
+
+        return self._engine.read(run)
+
+    def state(self, id: str) -> str | None:
+        """"live" if the record is indexed, "deleted" if tombstoned, None if unknown."""
+        id_raw = check_id(id)
+
+        def run(txn: Txn) -> str | None:
+            if txn.get(id_raw, db=self._db(keys.RECORDS)) is not None:
+                return "live"
+            if txn.get(id_raw, db=self._db(keys.TOMBSTONES)) is not None:
+                return "deleted"
+            return None
 
         return self._engine.read(run)
 
@@ -277,10 +296,10 @@ class Catalog:
 
     # -- whole-catalog views -----------------------------------------------------
 
-    def ids(self) -> list[str]:
+    def ids(self) -> builtins.list[str]:
         """Every live record's id (gc marks from these), in key order."""
 
-        def run(txn: Txn) -> list[str]:
+        def run(txn: Txn) -> builtins.list[str]:
             with txn.cursor(db=self._db(keys.RECORDS)) as cur:
                 return [bytes(k).hex() for k in cur.iternext(keys=True, values=False)]
 

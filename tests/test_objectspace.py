@@ -185,7 +185,12 @@ def test_zstd_bomb_is_bounded_by_header() -> None:
 
     bomb = zstandard.ZstdCompressor().compress(b"\0" * (64 << 20))
     stored = codec.HEADER.pack(codec.MAGIC, 1, 1, codec.FLAG_ZSTD, 0, 10) + bomb
-    with pytest.raises(IntegrityError, match="decodes to 11 bytes"):
+    with pytest.raises(IntegrityError, match="frame of 67108864 bytes, header says 10"):
+        codec.decode("f" * 64, stored)
+    # A frame that does not declare its size is refused too: nothing is inflated blind.
+    blind = zstandard.ZstdCompressor(write_content_size=False).compress(b"\0" * (64 << 20))
+    stored = codec.HEADER.pack(codec.MAGIC, 1, 1, codec.FLAG_ZSTD, 0, 64 << 20) + blind
+    with pytest.raises(IntegrityError, match="frame of -1 bytes"):
         codec.decode("f" * 64, stored)
 
 
