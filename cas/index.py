@@ -108,7 +108,8 @@ class Index:
         return {**value, "id": rid}
 
     def sync(self, *, full: bool = False) -> int:
-        """Apply journal entries not yet seen; return how many were read."""
+        """Apply journal entries not yet seen (``full``: every entry again); return how
+        many events were applied."""
         newest = None if full else self._high_water()
         if newest is None:
             stamps = self.journal.stamps()
@@ -118,7 +119,7 @@ class Index:
             stamps = [s for s in self.journal.stamps(since.isoformat()) if s >= cutoff]
         if not stamps:
             return 0
-        events = self.events_for(stamps, skip_known=True)
+        events = self.events_for(stamps, skip_known=not full)
         if events:
             self.catalog.apply(events)
         self._save_high_water(max(stamps[-1], newest or ""))
