@@ -52,9 +52,11 @@ def main(root: str = "demo-store") -> int:
     objects_after = sum(1 for _ in store.space)
     content = store.get_metadata(again)["content_id"]
     assert content == blake3.blake3(data).hexdigest() == store.get_metadata(raw)["content_id"]
+    new = objects_after - objects_before
     print(
         f"saved the same {len(data):,} bytes under a second name: content {content[:16]} is "
-        f"stored once ({objects_after - objects_before} new objects: the record, no content)"
+        f"stored once ({new} new object{'s' if new != 1 else ''}: "
+        f"{'a record' if new else 'not even a record: that save was already there'}, no content)"
     )
 
     assert store.load("datasets/transactions") == data == store.load(raw)
