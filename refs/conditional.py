@@ -83,6 +83,14 @@ class Conditional(ABC):
     def remove(self, path: str, version: str) -> bool:
         """Delete ``path`` iff it still holds ``version``; False if it moved or went."""
 
+    def read_data(self, path: str) -> bytes | None:
+        """The content of ``path`` without a version token, or ``None``: what readers need.
+
+        Same rules as :meth:`read`; a backend overrides it when the token costs work.
+        """
+        got = self.read(path)
+        return None if got is None else got[0]
+
     def discard_empty_dirs(self, path: str, stop: str) -> None:  # noqa: B027
         """Remove the folders above ``path`` that are now empty, up to ``stop`` (kept).
 

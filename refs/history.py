@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fsspec import AbstractFileSystem
-
+from refs.files import Files
 from refs.log import LogEntry, decode_entry, entry_path, parse_entry_basename
 from refs.names import is_valid_ref_name, log_dir
 
@@ -30,46 +29,18 @@ class Stored:
     record: dict[str, Any]
 
 
-def find(fs: AbstractFileSystem, top: str) -> list[str]:
-    """Every file under ``top``, fresh (one listing); [] if there is no such folder."""
-    fs.invalidate_cache(top)
-    try:
-        return [str(path) for path in fs.find(top)]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def cat_many(fs: AbstractFileSystem, paths: list[str]) -> dict[str, bytes]:
-    """Contents of ``paths`` (concurrently where fs can); files gone meanwhile left out."""
-    found = {}
-    contents = fs.cat_ranges(paths, None, None, on_error="return")
-    for path, data in zip(paths, contents, strict=True):
-        if isinstance(data, FileNotFoundError):
-            continue
-        if isinstance(data, BaseException):
-            raise data
-        found[path] = bytes(data)
-    return found
-
-
 class History:
-    """The history files of every ref under ``root`` on ``fs``."""
+    """The history files of every ref under ``root``, read through ``files``."""
 
-    def __init__(self, fs: AbstractFileSystem, root: str) -> None:
-        self.fs = fs
+    def __init__(self, files: Files, root: str) -> None:
+        self.files = files
         self.root = root
 
     def numbers(self, name: str) -> dict[int, str]:
         """Sequence number -> file of every entry of ``name`` (one listing)."""
         folder = log_dir(self.root, name)
-        self.fs.invalidate_cache(folder)
-        try:
-            listed = self.fs.ls(folder, detail=False)
-        except (FileNotFoundError, NotADirectoryError):
-            return {}
         found = {}
-        for path in listed:
-            base = str(path).rstrip("/").rpartition("/")[2]
+        for base in self.files.listdir(folder):
             seq = parse_entry_basename(base)
             if seq is not None:
                 found[seq] = f"{folder}/{base}"
@@ -78,12 +49,15 @@ class History:
     def entry(self, name: str, seq: int) -> Stored | None:
         """Entry ``seq`` of ``name`` (one GET), or None if there is none."""
         path = entry_path(self.root, name, seq)
-        try:
-            data = self.fs.cat_file(path)
-        except FileNotFoundError:
+        data = self.files.cat(path)
+        if data is None:
             return None
         entry, record = decode_entry(data, path)
         return Stored(seq, path, data, entry, record)
+
+    def exists(self, name: str, seq: int) -> bool:
+        """True if entry ``seq`` of ``name`` is there (one GET; a stat on a local disk)."""
+        return self.files.exists(entry_path(self.root, name, seq))
 
     def newest(self, name: str, known: Stored | None, value: str | None) -> Stored | None:
         """The newest entry of ``name``, or None if it has no history.
@@ -135,7 +109,7 @@ class History:
     def all(self, name: str) -> list[Stored]:
         """Every entry of ``name``, oldest first, an update still in flight included."""
         numbers = self.numbers(name)
-        contents = cat_many(self.fs, [numbers[seq] for seq in sorted(numbers)])
+        contents = self.files.cat_many([numbers[seq] for seq in sorted(numbers)])
         history = []
         for seq in sorted(numbers):
             data = contents.get(numbers[seq])
@@ -148,7 +122,7 @@ class History:
         """Sorted names of every ref that has history (one listing)."""
         logs = f"{self.root}/logs/"
         names = set()
-        for path in find(self.fs, logs.rstrip("/")):
+        for path in self.files.find(logs.rstrip("/")):
             folder, _, base = path.rpartition("/")
             if parse_entry_basename(base) is not None and folder.startswith(logs):
                 name = folder[len(logs) :]

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 
 from refs.conditional import Conditional
 from refs.errors import RefLocked
+from refs.files import read_file, read_file_stat
 from refs.owner import describe_owner, hostname, remove_command
 
 _ABSENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
@@ -52,6 +53,12 @@ def _remove_empty_folders(path: str) -> None:
         raise IsADirectoryError(errno.EISDIR, "a folder with files in it is there", path) from None
 
 
+def _refuse_folder(path: str) -> None:
+    """Raise IsADirectoryError if a folder is at ``path``: names below it, or none left."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "a folder is there", path) from None
+
+
 class LocalConditional(Conditional):
     """Compare-and-swap on local files: ``<path>.lock`` (O_EXCL) and rename; link(2).
 
@@ -69,20 +76,31 @@ class LocalConditional(Conditional):
     def read(self, path: str) -> tuple[bytes, str] | None:
         # docstring inherited
         try:
-            with open(path, "rb") as file:
-                data = file.read()
-                stat = os.fstat(file.fileno())
+            data, stat = read_file_stat(path)
         except _ABSENT:
             return None
         return data, _stamp(stat, data)
 
+    def read_data(self, path: str) -> bytes | None:
+        # docstring inherited
+        try:
+            return read_file(path)
+        except _ABSENT:
+            return None
+
     def create(self, path: str, data: bytes) -> bool:
         # docstring inherited
-        if os.path.isdir(path) and not os.path.islink(path):
-            with self.locked(path):
-                _remove_empty_folders(path)
-                return self._create(path, data, locked=True)
-        return self._create(path, data, locked=False)
+        try:
+            return self._create(path, data, locked=False)
+        except IsADirectoryError:
+            if os.path.islink(path):
+                raise
+        # A folder is at `path`. If it holds no file (left by names deleted below it),
+        # remove it and create, under the lock so that two creators of `path` cannot
+        # remove each other's file; if it holds any, this raises IsADirectoryError.
+        with self.locked(path):
+            _remove_empty_folders(path)
+            return self._create(path, data, locked=True)
 
     def _create(self, path: str, data: bytes, *, locked: bool) -> bool:
         # Lock-free where hard links work: link(2) of a complete temporary file is
@@ -94,23 +112,24 @@ class LocalConditional(Conditional):
         temporary = os.path.join(folder, f".{base}.{unique}.tmp")
         try:
             while True:
-                os.makedirs(folder, exist_ok=True)  # a file where a folder should be raises
                 try:
                     self._write_file(temporary, data)
                     break
                 except FileNotFoundError:
-                    continue  # the folder was just removed as empty: make it again
+                    # No folder yet, or it was just removed as empty: make it (a file
+                    # where a folder should be raises), then write again.
+                    self._make_folder(folder)
             try:
                 os.link(temporary, path)
             except FileExistsError:
-                if os.path.isdir(path):  # a folder appeared: a name below was created
-                    raise IsADirectoryError(errno.EISDIR, "a folder is there", path) from None
+                _refuse_folder(path)
                 return False
             except OSError as exc:
                 if exc.errno not in _NO_LINKS:
                     raise
                 with contextlib.nullcontext() if locked else self.locked(path):
                     if os.path.lexists(path):
+                        _refuse_folder(path)
                         return False
                     self._write(path, data)
                     return True
@@ -169,8 +188,6 @@ class LocalConditional(Conditional):
         deadline = time.monotonic() + self.timeout
         delay = 0.0005
         while True:
-            # A file where a parent folder should be raises here: a name conflict.
-            os.makedirs(os.path.dirname(lock), exist_ok=True)
             try:
                 fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
@@ -181,7 +198,10 @@ class LocalConditional(Conditional):
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.01)
                 continue
-            except FileNotFoundError:  # the folder was just removed as empty: retry
+            except FileNotFoundError:
+                # No folder yet, or it was just removed as empty. A file where a
+                # parent folder should be raises here: a name conflict.
+                self._make_folder(os.path.dirname(lock))
                 continue
             try:
                 os.write(fd, owner.encode())
@@ -236,6 +256,28 @@ class LocalConditional(Conditional):
                 os.fsync(fd)
         finally:
             os.close(fd)
+
+    def _make_folder(self, folder: str) -> None:
+        """Create ``folder`` and its missing parents; with fsync, flush each new one's parent.
+
+        Called only after a write met ENOENT: most writes go to folders that exist.
+        """
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            if not os.path.isdir(folder):
+                raise  # a file where a folder should be
+            return  # a concurrent writer made it
+        except FileNotFoundError:
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                raise
+            self._make_folder(parent)
+            self._make_folder(folder)
+            return
+        # A new folder is an entry in its parent: without this a power loss could
+        # take the folder, and the fsynced file in it, away.
+        self._sync_dir(os.path.dirname(folder))
 
     def _sync_dir(self, folder: str) -> None:
         if not self.fsync:

@@ -10,6 +10,9 @@ their folder on every filesystem, and that no name can be mistaken for a lock fi
 
 from __future__ import annotations
 
+import functools
+import re
+
 from refs.errors import InvalidRefName
 
 #: Characters git forbids anywhere in a name (besides controls and DEL).
@@ -20,8 +23,29 @@ FORBIDDEN_CHARACTERS = frozenset(" ~^:?*[\\")
 MAX_COMPONENT_BYTES = 200
 
 
+# Controls, DEL and FORBIDDEN_CHARACTERS: one scan in C finds the first of them.
+_BAD_CHARACTER = re.compile(
+    "[\x00-\x1f\x7f" + re.escape("".join(sorted(FORBIDDEN_CHARACTERS))) + "]"
+)
+
+
 def check_ref_name(name: object) -> None:
     """Raise :class:`InvalidRefName` saying which rule ``name`` breaks; return if valid."""
+    # Every path made from a name checks it (``ref_path``, ``log_dir``): about ten
+    # times per ``set``, so valid names are remembered. Only an exact str: a subclass
+    # could compare equal to a cached name and behave otherwise.
+    if type(name) is str:
+        _check_str_cached(name)
+    else:
+        _check_name(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_str_cached(name: str) -> None:
+    _check_name(name)  # a refusal raises, and lru_cache keeps no exceptions
+
+
+def _check_name(name: object) -> None:
     if not isinstance(name, str):
         raise InvalidRefName(name, "a name must be a str")
     if name == "":
@@ -36,11 +60,12 @@ def check_ref_name(name: object) -> None:
         raise InvalidRefName(name, "a name cannot contain '//'")
     if ".." in name:
         raise InvalidRefName(name, "a name cannot contain '..'")
-    for char in name:
-        if ord(char) < 0x20 or ord(char) == 0x7F:
+    bad = _BAD_CHARACTER.search(name)
+    if bad is not None:
+        char = bad.group()
+        if char not in FORBIDDEN_CHARACTERS:
             raise InvalidRefName(name, f"a name cannot contain control character {char!r}")
-        if char in FORBIDDEN_CHARACTERS:
-            raise InvalidRefName(name, f"a name cannot contain {char!r}")
+        raise InvalidRefName(name, f"a name cannot contain {char!r}")
     if "@{" in name:
         raise InvalidRefName(name, "a name cannot contain '@{'")
     if name.endswith("."):

@@ -57,7 +57,8 @@ Why no update is lost:
   (the ref holds ``new``, or ``j+2`` exists), the call succeeds.
 
 Names form a tree (``a`` and ``a/b`` cannot both exist). Creating a ref first
-checks its parents (one GET each) and the names below it (one listing); after
+checks its parents (one GET each; a stat on a local disk) and the names below it
+(one listing; on a local disk one failed attempt to list ``refs/<name>``); after
 publishing it checks again, and if a concurrent writer created a conflicting name
 meanwhile, it deletes its own ref (a history entry "reverted: ...") and raises
 ``NameConflict``. Two such writers each see the other at least once (Dekker), so
@@ -66,7 +67,9 @@ also refuse it under the write's lock.
 
 Costs: ``read`` 1 GET; ``set`` 1 GET of the ref + 2 or 3 GETs of history (a listing,
 one request per 1000 entries, when the store has not seen the name before) + 2
-conditional writes; ``list`` 1 listing.
+conditional writes; ``list`` 1 listing. On a local disk reads, listings and checks
+are ``os`` calls (``refs/files.py``), about 25 system calls per ``set``, most of
+them the lock file, temporary files and renames that make it atomic.
 """
 
 from __future__ import annotations
@@ -83,7 +86,8 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from refs.conditional import Conditional
 from refs.errors import NameConflict, RefConflict, RefError, RefLocked, RefNotFound
-from refs.history import History, Stored, cat_many, find
+from refs.files import LocalFiles, files_for
+from refs.history import History, Stored
 from refs.ids import ANY, Expected, check_id, decode_ref, encode_ref
 from refs.local import LocalConditional
 from refs.log import LogEntry, encode_entry, entry_path
@@ -152,7 +156,8 @@ class RefStore:
         self.lock_timeout = lock_timeout
         # The newest settled history entry seen per name: a hint, never trusted alone.
         self._heads: dict[str, Stored] = {}
-        self._log = History(fs, self.root)
+        self._files = files_for(fs)  # os calls on a local disk, fsspec elsewhere
+        self._log = History(self._files, self.root)
         protocol = fs.protocol
         self._protocol = protocol if isinstance(protocol, str) else protocol[0]
 
@@ -164,8 +169,8 @@ class RefStore:
     def read(self, name: str) -> str | None:
         """The id ref ``name`` holds, or None if it does not exist (one GET)."""
         path = ref_path(self.root, name)
-        got = self.conditional.read(path)
-        return None if got is None else decode_ref(got[0], path)
+        data = self.conditional.read_data(path)
+        return None if data is None else decode_ref(data, path)
 
     def list(self, prefix: str = "") -> list[str]:
         """Sorted names of the refs starting with ``prefix`` (one listing).
@@ -184,7 +189,7 @@ class RefStore:
         paths = {ref_path(self.root, name): name for name in names}
         if not paths:
             return []
-        contents = cat_many(self.fs, list(paths))
+        contents = self._files.cat_many(list(paths))
         out = [
             (paths[path], decode_ref(data, path))
             for path, data in contents.items()
@@ -315,7 +320,7 @@ class RefStore:
         the past.
         """
         if seq > 1:
-            return self._log.entry(name, seq - 1) is not None
+            return self._log.exists(name, seq - 1)
         return max(self._log.numbers(name), default=0) == 1
 
     def _withdraw(self, claim: str, data: bytes) -> None:
@@ -364,12 +369,18 @@ class RefStore:
         for parent in parents(name):
             if not is_valid_ref_name(parent):
                 continue  # "a./b" is a name, "a." is not: no ref can be there
-            if self.conditional.read(ref_path(self.root, parent)) is not None:
+            if self._is_ref(parent):
                 return parent
         refs = f"{self.root}/refs"
         below = self._names_in(f"{refs}/{name}", refs)
         below = [other for other in below if other.startswith(name + "/")]
         return min(below) if below else None
+
+    def _is_ref(self, name: str) -> bool:
+        path = ref_path(self.root, name)
+        if isinstance(self._files, LocalFiles):
+            return self._files.exists(path)  # one stat: opening the usual folder takes three
+        return self.conditional.read_data(path) is not None
 
     def _check_tree(self, name: str) -> None:
         other = self._conflicting(name)
@@ -459,7 +470,7 @@ class RefStore:
         start = refs + "/"
         return [
             path[len(start) :]
-            for path in find(self.fs, top)
+            for path in self._files.find(top)
             if path.startswith(start) and is_valid_ref_name(path[len(start) :])
         ]
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from refs import LocalConditional, RefLocked, RefStore
+from refs import LocalConditional, NameConflict, RefLocked, RefStore
+from refs.files import Files, LocalFiles, files_for
 from refs.stress import (
     counter_id,
     counter_of,
@@ -210,3 +211,84 @@ def test_version_tokens_move_with_every_write(tmp_path: Path) -> None:
     assert not conditional.remove(path, second[1])
     assert third is not None and conditional.remove(path, third[1])
     assert conditional.read(path) is None and os.listdir(tmp_path) == []
+
+
+def test_local_stores_read_with_os_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a local disk every read, listing and check is an os call, not fsspec's."""
+    fs = LocalFileSystem()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("refs went through fsspec on a local disk")
+
+    for method in ("ls", "find", "info", "cat_file", "cat_ranges", "exists", "isdir", "isfile"):
+        monkeypatch.setattr(fs, method, refuse)
+    rs = RefStore(fs, str(tmp_path / ".cas"), fsync=False)
+    rs.set("a/b", A, expected=None)
+    rs.set("a/b", B, expected=A)
+    with pytest.raises(NameConflict):
+        rs.set("a", C)
+    assert RefStore(fs, rs.root).set("a/b", C, expected=B) == B  # cold cache
+    assert rs.read("a/b") == C and rs.list() == ["a/b"] and rs.items() == [("a/b", C)]
+    assert [e.new for e in rs.log("a/b")] == [C, B, A] and rs.log_names() == ["a/b"]
+    assert rs.delete("a/b") == C and rs.at("a/b", 1) == C
+
+
+def test_local_files_answer_as_fsspec_does(tmp_path: Path) -> None:
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "f").write_bytes(b"x" * 70000)  # more than one read
+    (tmp_path / "d" / "g").write_bytes(b"")
+    (tmp_path / "d" / "e" / "h").write_bytes(b"h")
+    local, generic = files_for(LocalFileSystem()), Files(LocalFileSystem())
+    assert isinstance(local, LocalFiles) and not isinstance(generic, LocalFiles)
+    paths = [str(tmp_path / p) for p in ("", "d", "d/e", "empty", "f", "f/x", "d/g", "nope")]
+    for path in paths:
+        assert local.cat(path) == generic.cat(path), path
+        assert local.exists(path) == generic.exists(path), path
+        if not os.path.isfile(path):  # fsspec lists a file as itself; no caller asks
+            assert sorted(local.listdir(path)) == sorted(generic.listdir(path)), path
+            assert sorted(local.find(path)) == sorted(generic.find(path)), path
+    assert local.cat_many(paths) == generic.cat_many(paths)
+
+
+def test_file_where_a_folder_goes(tmp_path: Path) -> None:
+    """The filesystem refuses what the name check cannot see: no ref, no history."""
+    rs = RefStore(LocalFileSystem(), str(tmp_path / ".cas"), fsync=False)
+    rs.set("x", A)
+    Path(f"{rs.root}/refs/x.").write_bytes(b"not a ref")  # "x." is no name, "x./y" is
+    with pytest.raises(NameConflict) as caught:
+        rs.set("x./y", B)
+    assert caught.value.other is None
+    assert rs.log("x./y") == [] and rs.read("x./y") is None
+    assert Path(f"{rs.root}/refs/x.").read_bytes() == b"not a ref"
+
+
+def test_empty_folder_where_a_ref_goes_without_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_link(source: str, target: str) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted", target)
+
+    monkeypatch.setattr(os, "link", no_link)
+    conditional = LocalConditional(fsync=False)
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    assert conditional.create(str(tmp_path / "a"), b"file") is True
+    assert (tmp_path / "a").read_bytes() == b"file"
+    (tmp_path / "c" / "d").mkdir(parents=True)
+    (tmp_path / "c" / "d" / "e").write_bytes(b"")
+    with pytest.raises(IsADirectoryError):
+        conditional.create(str(tmp_path / "c"), b"file")
+
+
+def test_new_folders_are_flushed_with_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power loss must not take away a new folder holding a file we reported written."""
+    conditional = LocalConditional(fsync=True)
+    synced: list[str] = []
+    monkeypatch.setattr(conditional, "_sync_dir", synced.append)
+    assert conditional.create(str(tmp_path / "a" / "b" / "file"), b"x")
+    assert synced == [str(tmp_path), str(tmp_path / "a"), str(tmp_path / "a" / "b")]
+    synced.clear()
+    assert conditional.create(str(tmp_path / "a" / "b" / "other"), b"y")
+    assert synced == [str(tmp_path / "a" / "b")]

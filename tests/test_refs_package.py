@@ -105,3 +105,17 @@ def test_accepted_names_stay_below_the_root(name: str) -> None:
     assert "" not in parts and "." not in parts and ".." not in parts
     assert not (set(name) & FORBIDDEN_CHARACTERS)
     assert not any(part.endswith(".lock") or part.startswith("~") for part in parts)
+
+
+def test_name_checks_are_remembered_only_for_valid_names() -> None:
+    """check_ref_name caches valid names (a set checks one ~10 times), never a refusal."""
+
+    class Name(str):
+        pass
+
+    for _ in range(2):
+        check_ref_name("models/fraud")
+        check_ref_name(Name("models/fraud"))
+        for bad in ("a b", Name("a b"), "a\x00"):
+            with pytest.raises(InvalidRefName):
+                check_ref_name(bad)

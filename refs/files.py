@@ -1,0 +1,163 @@
+"""Reading the store's files besides :class:`~refs.Conditional`: list, read, walk.
+
+``RefStore`` and ``History`` read history entries, list folders and walk the ref
+tree through :class:`Files`, which works on any fsspec filesystem. :class:`LocalFiles`
+does the same with ``os`` calls for a ``LocalFileSystem``: a ``set`` makes a dozen
+of these calls, and fsspec's path handling (``_strip_protocol``, ``info`` per
+listed file) cost several times more CPU than the system calls themselves. Writes
+never go through here: they are the :class:`~refs.Conditional`'s.
+
+Errors other than "nothing is there" propagate: a folder that cannot be read is
+not an empty one (fsspec's ``exists`` anti-pattern).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
+
+# Refs and history entries are a few hundred bytes: one read holds them.
+_CHUNK = 65536
+
+# What reading a missing file, a folder, or a path through a file raises.
+_ABSENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+
+class Files:
+    """Fresh reads on one fsspec filesystem; :class:`LocalFiles` for local disks."""
+
+    def __init__(self, fs: AbstractFileSystem) -> None:
+        self.fs = fs
+
+    def listdir(self, folder: str) -> list[str]:
+        """Base names of what ``folder`` holds (one listing); [] if it is not a folder."""
+        self.fs.invalidate_cache(folder)
+        try:
+            listed = self.fs.ls(folder, detail=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [str(path).rstrip("/").rpartition("/")[2] for path in listed]
+
+    def cat(self, path: str) -> bytes | None:
+        """The content of file ``path`` (one GET), or None if there is none."""
+        try:
+            return bytes(self.fs.cat_file(path))
+        except _ABSENT:
+            return None
+
+    def exists(self, path: str) -> bool:
+        """True if a file (not a folder) is at ``path``."""
+        # A fresh GET, not fs.exists: that answers from listing caches and swallows errors.
+        return self.cat(path) is not None
+
+    def find(self, top: str) -> list[str]:
+        """Every file under folder ``top`` (one listing); [] if there is no such folder."""
+        self.fs.invalidate_cache(top)
+        try:
+            return [str(path) for path in self.fs.find(top)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def cat_many(self, paths: list[str]) -> dict[str, bytes]:
+        """Contents of ``paths`` (concurrently where fs can); files gone meanwhile left out."""
+        found = {}
+        contents = self.fs.cat_ranges(paths, None, None, on_error="return")
+        for path, data in zip(paths, contents, strict=True):
+            if isinstance(data, _ABSENT):
+                continue
+            if isinstance(data, BaseException):
+                raise data
+            found[path] = bytes(data)
+        return found
+
+
+class LocalFiles(Files):
+    """:class:`Files` on a local disk, by ``os`` calls (one system call where fsspec makes several)."""
+
+    def listdir(self, folder: str) -> list[str]:
+        # docstring inherited
+        try:
+            return os.listdir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def cat(self, path: str) -> bytes | None:
+        # docstring inherited
+        try:
+            return read_file(path)
+        except _ABSENT:
+            return None
+
+    def exists(self, path: str) -> bool:
+        # docstring inherited
+        try:
+            return not stat.S_ISDIR(os.stat(path).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def find(self, top: str) -> list[str]:
+        # docstring inherited
+        try:
+            entries = list(os.scandir(top))
+        except (FileNotFoundError, NotADirectoryError):
+            return []  # also a folder removed as empty while we walk
+        found = []
+        for entry in entries:
+            if entry.is_dir():  # follows symbolic links, as fsspec's find does
+                found.extend(self.find(entry.path))
+            else:
+                found.append(entry.path)
+        return found
+
+    def cat_many(self, paths: list[str]) -> dict[str, bytes]:
+        # docstring inherited
+        found = {}
+        for path in paths:
+            data = self.cat(path)
+            if data is not None:
+                found[path] = data
+        return found
+
+
+def files_for(fs: AbstractFileSystem) -> Files:
+    """The :class:`Files` reading ``fs``: by ``os`` calls for a local filesystem."""
+    return LocalFiles(fs) if isinstance(fs, LocalFileSystem) else Files(fs)
+
+
+def read_file(path: str) -> bytes:
+    """The whole content of local file ``path``: open, read, close and nothing else.
+
+    Raises ``FileNotFoundError``, ``IsADirectoryError``, ``NotADirectoryError``, as
+    ``open`` does (which also makes two ``fstat`` and two ``lseek`` calls).
+    """
+    fd = os.open(path, os.O_RDONLY)  # close-on-exec by default (PEP 446)
+    try:
+        return _read_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def read_file_stat(path: str) -> tuple[bytes, os.stat_result]:
+    """The whole content of local file ``path`` and its ``fstat`` (same errors as :func:`read_file`)."""
+    fd = os.open(path, os.O_RDONLY)  # close-on-exec by default (PEP 446)
+    try:
+        data = _read_fd(fd)
+        return data, os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_fd(fd: int) -> bytes:
+    data = os.read(fd, _CHUNK)
+    if len(data) < _CHUNK:
+        # A regular file reads short only at its end (POSIX; Linux does not cut
+        # regular-file reads short on a signal). Were one cut short anyway, a ref or
+        # history entry would fail to decode, loudly: never a wrong value.
+        return data
+    chunks = [data]
+    while chunk := os.read(fd, _CHUNK):
+        chunks.append(chunk)
+    return b"".join(chunks)
