@@ -6,8 +6,8 @@ the object space (a record object, a journal entry), so the index can always be 
 
 from __future__ import annotations
 
-import contextlib
 import builtins
+import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import catalog as _catalog
 from cas.errors import QueryError
 from cas.ids import parse_id
-from cas.materializers import materializer_for
 from cas.record import make_record
 
 if TYPE_CHECKING:
@@ -106,31 +105,26 @@ class ArtifactCatalog:
     ) -> str:
         """Record an artifact (storing ``data`` when given) and move the ref ``name``."""
         store = self._store
-        store.check_name(name)
-        parents = [store.resolve(p)[0] for p in parent_ids or ()]
-        content: dict[str, Any] = {"content_id": None, "content_kind": None, "size": 0}
-        materializer_name = None
+        parents = list(parent_ids or ())
+        sources = {
+            "source_pipeline": source_pipeline,
+            "source_run_id": source_run_id,
+            "source_step": source_step,
+        }
         if data is not None:
-            materializer = materializer_for(data, allow_pickle=store.allow_pickle)
-            stored = materializer.save(data, store.space)
-            materializer_name = materializer.name
-            content = {
-                "content_id": stored.content_id,
-                "content_kind": stored.content_kind,
-                "content_info": stored.info,
-                "size": stored.size,
-            }
+            return store.save(
+                data, name, metadata, parents, artifact_type=artifact_type, tags=tags, **sources
+            )
+        # No data: a metadata-only record (an external artifact, a placeholder).
+        store.check_name(name)
         record = make_record(
             name=name,
             artifact_type=artifact_type,
-            materializer=materializer_name,
-            parent_ids=parents,
+            size=0,
+            parent_ids=[store.resolve(p)[0] for p in parents],
             metadata=metadata,
             tags=tags,
-            source_pipeline=source_pipeline,
-            source_run_id=source_run_id,
-            source_step=source_step,
-            **content,
+            **sources,
         )
         return str(store.commit(record))
 
