@@ -1,4 +1,4 @@
-"""Run the benchmark suite: ``python -m bench [objects] [artifacts] [catalog] [--quick]``.
+"""Run the benchmark suite: ``python -m bench [objects] [artifacts] [catalog] [s3] [--quick]``.
 
 With no names every benchmark runs in turn. Each prints its own table, with the limits
 it measured in the same run and PASS/FAIL against its targets; this runner ends with a
@@ -29,6 +29,8 @@ def _args(name: str, quick: bool) -> list[str]:
         return ["--size-mib", "64", "--rounds", "1"] if quick else []
     if name == "artifacts":
         return ["--count", "500", "--rounds", "1"] if quick else []
+    if name == "s3":
+        return ["--large-mib", "40", "--small", "200", "--sample", "50"] if quick else []
     if name == "catalog":
         if quick:
             return ["--records", "20000"]
@@ -36,7 +38,7 @@ def _args(name: str, quick: bool) -> list[str]:
     return []
 
 
-BENCHMARKS = ("objects", "artifacts", "catalog")
+BENCHMARKS = ("objects", "artifacts", "catalog", "s3")
 
 
 def _load(name: str) -> Callable[[Sequence[str]], Any] | None:

@@ -9,7 +9,7 @@
 
 from cas.artifacts import ArtifactStore, LocalArtifactStore, open_store
 from cas.catalog_api import Artifact, ArtifactCatalog
-from cas.cloud import AzureArtifactStore, GCSArtifactStore, S3ArtifactStore
+from cas.cloud import AzureArtifactStore, GCSArtifactStore, S3ArtifactStore, store_from_dict
 from cas.errors import (
     BackendError,
     CasError,
@@ -51,4 +51,5 @@ __all__ = [
     "__version__",
     "open_store",
     "register_materializer",
+    "store_from_dict",
 ]

@@ -10,7 +10,9 @@ collects, or a journal entry that the next open replays into the catalog.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,9 @@ class ArtifactStore:
 
     ``allow_pickle=False`` (the default) refuses to save or load pickles: loading one runs
     whatever code it holds. ``fsync=True`` makes every write durable before it is visible.
+    ``name_prefix`` (the cloud classes' prefix templates: ``"2026-11-23/"``) is put before
+    every name this store saves, loads, lists or deletes; ids, the catalog and the objects
+    are the whole root's.
     """
 
     def __init__(
@@ -79,9 +84,11 @@ class ArtifactStore:
         allow_pickle: bool = False,
         fsync: bool = True,
         create: bool = True,
+        name_prefix: str = "",
         **storage_options: Any,
     ) -> None:
         self.allow_pickle = allow_pickle
+        self.name_prefix = name_prefix
         self.storage = open_storage(url, fsync=fsync, **storage_options)
         self.space = ObjectSpace(self.storage, create=create)
         with ref_errors():
@@ -93,6 +100,7 @@ class ArtifactStore:
             )
         self.journal = Journal(self.storage)
         self._index: Index | None = None
+        self._index_lock = threading.Lock()  # threads share one store: open the catalog once
         from cas.catalog_api import ArtifactCatalog
 
         self.catalog = ArtifactCatalog(self)
@@ -111,8 +119,11 @@ class ArtifactStore:
     def index(self) -> Index:
         """The local catalog, opened (and caught up with the journal) on first use."""
         if self._index is None:
-            self._index = Index(self.space, self.journal)
-            self._index.sync()
+            with self._index_lock:
+                if self._index is None:
+                    index = Index(self.space, self.journal)
+                    index.sync()
+                    self._index = index
         return self._index
 
     def close(self) -> None:
@@ -135,7 +146,7 @@ class ArtifactStore:
         return name
 
     def resolve(self, name_or_id: str) -> tuple[ObjectId, str | None]:
-        """(record id, the name it was reached by, or None for an id)."""
+        """(record id, the full name it was reached by, or None for an id)."""
         if not isinstance(name_or_id, str):
             raise TypeError(f"expected an artifact name or id, got {type(name_or_id).__name__}")
         if is_id(name_or_id):
@@ -145,14 +156,14 @@ class ArtifactStore:
             with contextlib.suppress(ObjectNotFound, CasError):
                 if self.space.kind(rid) == "record":
                     return rid, None
-        self.check_name(name_or_id)
+        name = self.check_name(self.name_prefix + name_or_id)
         with ref_errors():
-            rid_text = self.refs.read(name_or_id)
+            rid_text = self.refs.read(name)
         if rid_text is None:
             raise ObjectNotFound(
-                name_or_id, f"no artifact named {name_or_id!r} in {self.url} ('cas ls' lists names)"
+                name_or_id, f"no artifact named {name!r} in {self.url} ('cas ls' lists names)"
             )
-        return parse_id(rid_text), name_or_id
+        return parse_id(rid_text), name
 
     def record(self, rid: str) -> dict[str, Any]:
         """The record of an artifact id with its current tags, from the catalog when it
@@ -170,7 +181,8 @@ class ArtifactStore:
         """Write a record, journal it, move its name, index it. Saving what the name
         already holds (same content, type, metadata, parents, source) returns the
         existing id and writes nothing: a save is idempotent."""
-        name = record["name"]
+        name = self.name_prefix + record["name"]
+        record = {**record, "name": name}
         with ref_errors():
             current = self.refs.read(name)
         if current is not None:
@@ -285,7 +297,8 @@ class ArtifactStore:
     def list_artifacts(self, prefix: str = "") -> list[str]:
         """Names (sorted) starting with ``prefix``."""
         with ref_errors():
-            return self.refs.list(prefix)
+            names = self.refs.list(self.name_prefix + prefix)
+        return [name[len(self.name_prefix) :] for name in names]
 
     def delete(self, name_or_id: str) -> None:
         """Remove a name and its record from the catalog. The content stays until gc
@@ -329,12 +342,31 @@ class ArtifactStore:
     def to_dict(self) -> dict[str, Any]:
         return {"type": type(self).__name__, "url": self.url, "allow_pickle": self.allow_pickle}
 
+    def validate(self, raise_errors: bool = False) -> bool:
+        """Check, writing nothing, that the root is reachable, the credentials work and it
+        is a cas store or empty: True, else False with the reason logged (``cas`` logger)."""
+        return validate_root(self.storage, raise_errors=raise_errors)
+
 
 class LocalArtifactStore(ArtifactStore):
     """A store in a local folder (``base_path``, default ``./.cas``)."""
 
     def __init__(self, base_path: str | os.PathLike[str] = ".cas", **options: Any) -> None:
         super().__init__(base_path, **options)
+
+
+def validate_root(storage: Storage, *, raise_errors: bool = False) -> bool:
+    """What :meth:`ArtifactStore.validate` checks, on a storage no store was opened on:
+    one listing, and a read of the CAS marker if the root holds files. Nothing is written."""
+    try:
+        if not storage.is_empty():
+            ObjectSpace(storage, create=False)  # the marker is there and of a known format
+    except (CasError, OSError) as exc:  # BackendError: missing bucket, credentials, network
+        if raise_errors:
+            raise
+        logging.getLogger("cas").warning("%s cannot be used: %s", storage.url, exc)
+        return False
+    return True
 
 
 def open_store(url: str | os.PathLike[str] = ".cas", **options: Any) -> ArtifactStore:

@@ -10,19 +10,21 @@ any other failure is raised, never read as "absent" (the fsspec ``exists()`` tra
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import os
 import secrets
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from cas.errors import BackendError
+from cas.services import S3Service, backend_failures, diagnose, mtime_of, service_for
+
+__all__ = ["FsspecStorage", "LocalStorage", "Stat", "Storage", "mtime_of", "open_storage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,9 @@ class Storage(ABC):
     fs: fsspec.AbstractFileSystem
     root: str  # the root inside ``fs``, without protocol
     url: str  # the root as a URL a user would type
+    #: Requests worth having in flight at once for chunk reads and writes: 0 for a local
+    #: disk (the CPU pool is enough), more for object stores, where each waits on the network.
+    io_threads: int = 0
 
     @abstractmethod
     def read(self, rel: str) -> bytes:
@@ -186,95 +191,172 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-#: Exceptions that mean "the service failed", translated to BackendError at this seam.
-#: FileNotFoundError is absence and is handled before these are caught.
-_BACKEND_FAILURES: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError)
+# -- fsspec filesystems: memory, S3, GCS, Azure Blob, ... ---------------------------------
+
+_ADVICE: Final = {
+    "missing": "check the {container} name in the URL, or create the {container}",
+    "auth": "check the credentials ({credentials}) and that they may read and write it",
+    "network": "check the network and the endpoint ({endpoint}; {endpoint_option})",
+}
 
 
 class FsspecStorage(Storage):
-    """Any fsspec filesystem; object stores write each file with a single PUT."""
+    """Any fsspec filesystem. On S3, GCS and Azure Blob each file is one PUT (s3fs sends a
+    single PutObject below 100 MiB, gcsfs one multipart upload below 50 MiB, adlfs one
+    Put Blob below 64 MiB: cas objects are at most a few MiB), a check for a file one
+    HEAD, a refresh one server-side copy.
+
+    Failures are translated here, by an explicit tuple of exception types
+    (:func:`backend_failures`), to :class:`BackendError` saying what to check: a missing
+    bucket, refused credentials, an unreachable service. Absence (``None``, ``False``,
+    ``FileNotFoundError``, an empty listing) is answered only once the bucket is known to
+    exist (checked once per storage, on the first absence), so a missing bucket is never
+    "an empty store" (adlfs lists a missing container as empty).
+    """
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str) -> None:
         self.fs = fs
         self.root = root.rstrip("/")
         self.url = url
+        self.service = service_for(fs)
+        self.io_threads = self.service.io_threads
+        self._failures = backend_failures()
+        self._bucket_known = not self.service.container  # nothing to check without buckets
 
     def _path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
 
-    def _fail(self, what: str, rel: str, exc: BaseException) -> BackendError:
-        return BackendError(f"{what} {self.url}/{rel} failed: {exc!r}")
+    # -- failures -----------------------------------------------------------------------
+
+    def _fail(
+        self, what: str, rel: str, exc: BaseException, *, missing: bool = False
+    ) -> BackendError:
+        """A BackendError for ``exc``, naming the file and what to check."""
+        svc = self.service
+        where = f"{self.url}/{rel}" if rel else self.url
+        kind = "missing" if missing else diagnose(exc)
+        if kind == "missing":
+            head = f"the {svc.name} {svc.container} {svc.bucket(self.root)!r} does not exist"
+        elif kind == "auth":
+            head = f"{svc.name} refused the credentials"
+        elif kind == "network":
+            head = f"could not reach {svc.name}"
+        else:
+            return BackendError(f"{what} {where} failed: {type(exc).__name__}: {exc}")
+        advice = _ADVICE[kind].format(
+            container=svc.container or "bucket", credentials=svc.credentials or "storage_options",
+            endpoint=svc.endpoint() or "the service's address", endpoint_option=svc.endpoint_option,
+        )  # fmt: skip
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        return BackendError(f"{head} ({what} {where}): {advice} [{type(exc).__name__}: {detail}]")
+
+    @contextlib.contextmanager
+    def _boundary(self, what: str, rel: str) -> Iterator[None]:
+        """Translate every service failure inside the block; let absence through."""
+        try:
+            yield
+        except (BackendError, FileNotFoundError):
+            raise
+        except self._failures as exc:
+            raise self._fail(what, rel, exc) from exc
+
+    def _check_bucket(self, what: str, rel: str) -> None:
+        """Before answering "absent": the bucket exists (asked once per storage)."""
+        if self._bucket_known:
+            return
+        try:
+            self.service.holds_any(self.root)
+        except FileNotFoundError as exc:
+            raise self._fail(what, rel, exc, missing=True) from exc
+        except self._failures as exc:
+            raise self._fail(what, rel, exc) from exc
+        self._bucket_known = True
+
+    # -- the contract -------------------------------------------------------------------
 
     # docstring inherited
     def read(self, rel: str) -> bytes:
         try:
-            data: bytes = self.fs.cat_file(self._path(rel))
+            with self._boundary("reading", rel):
+                data: bytes = self.fs.cat_file(self._path(rel))
         except FileNotFoundError:
+            self._check_bucket("reading", rel)
             raise
-        except _BACKEND_FAILURES as exc:
-            raise self._fail("reading", rel, exc) from exc
+        self._bucket_known = True
         return data
 
     def read_head(self, rel: str, n: int) -> bytes:
         try:
-            data: bytes = self.fs.cat_file(self._path(rel), start=0, end=n)
+            with self._boundary("reading", rel):
+                data: bytes = self.fs.cat_file(self._path(rel), start=0, end=n)
         except FileNotFoundError:
+            self._check_bucket("reading", rel)
             raise
-        except _BACKEND_FAILURES as exc:
-            raise self._fail("reading", rel, exc) from exc
         return data
 
     def write_atomic(self, rel: str, data: bytes) -> None:
         try:
-            self.fs.pipe_file(self._path(rel), data)
-        except _BACKEND_FAILURES as exc:
+            with self._boundary("writing", rel):
+                self.fs.pipe_file(self._path(rel), data)
+        except FileNotFoundError as exc:  # a write has nothing to be absent: the bucket is
+            self._check_bucket("writing", rel)
             raise self._fail("writing", rel, exc) from exc
 
     def stat(self, rel: str) -> Stat | None:
         try:
-            info = self.fs.info(self._path(rel))
+            with self._boundary("checking", rel):
+                size, mtime = self.service.head(self._path(rel))
         except FileNotFoundError:
+            self._check_bucket("checking", rel)
             return None
-        except _BACKEND_FAILURES as exc:
-            raise self._fail("checking", rel, exc) from exc
-        if info.get("type") == "directory":
-            return None
-        return Stat(int(info.get("size") or 0), mtime_of(info))
+        self._bucket_known = True
+        return Stat(size, mtime)
 
     def touch(self, rel: str) -> bool:
-        path = self._path(rel)
         try:
-            try:
-                self.fs.touch(path, truncate=False)
-                return True
-            except (NotImplementedError, ValueError):
-                pass
-            # No in-place touch (memory, object stores): rewrite the same bytes.
-            data = self.fs.cat_file(path)
-            self.fs.pipe_file(path, data)
-            return True
+            with self._boundary("refreshing", rel):
+                self.service.refresh(self._path(rel))
         except FileNotFoundError:
+            self._check_bucket("refreshing", rel)
             return False
-        except _BACKEND_FAILURES as exc:
-            raise self._fail("refreshing", rel, exc) from exc
+        return True
 
     def delete(self, rel: str) -> bool:
         try:
-            self.fs.rm_file(self._path(rel))
+            with self._boundary("deleting", rel):
+                self.fs.rm_file(self._path(rel))
         except FileNotFoundError:
+            self._check_bucket("deleting", rel)
             return False
-        except _BACKEND_FAILURES as exc:
-            raise self._fail("deleting", rel, exc) from exc
         return True
+
+    def delete_many(self, rels: list[str]) -> int:
+        """Remove many files: S3 in batches of 1,000 keys a request, the others
+        ``io_threads`` at a time. Returns how many went (S3: as it reports them)."""
+        if not rels:
+            return 0
+        if isinstance(self.service, S3Service):
+            try:
+                with self._boundary("deleting", rels[0]):
+                    return self.service.delete_keys([self._path(rel) for rel in rels])
+            except FileNotFoundError as exc:  # DeleteObjects has no absent keys: the bucket
+                self._check_bucket("deleting", rels[0])
+                raise self._fail("deleting", rels[0], exc) from exc
+        if not self.io_threads:
+            return super().delete_many(rels)
+        with ThreadPoolExecutor(self.io_threads, thread_name_prefix="cas-delete") as pool:
+            return sum(pool.map(self.delete, rels))
 
     def walk(self, rel_dir: str) -> Iterator[tuple[str, Stat]]:
         base = self._path(rel_dir)
         try:
-            found: dict[str, dict[str, Any]] = self.fs.find(base, detail=True)
+            with self._boundary("listing", rel_dir):
+                found: dict[str, dict[str, Any]] = self.fs.find(base, detail=True)
         except FileNotFoundError:
+            found = {}
+        if not found:
+            self._check_bucket("listing", rel_dir)  # adlfs lists a missing container as empty
             return
-        except _BACKEND_FAILURES as exc:
-            raise self._fail("listing", rel_dir, exc) from exc
         prefix = self.root.lstrip("/") + "/"
         for path in sorted(found):
             info = found[path]
@@ -286,32 +368,30 @@ class FsspecStorage(Storage):
 
     def listdir(self, rel_dir: str) -> list[str]:
         try:
-            entries = self.fs.ls(self._path(rel_dir), detail=True)
+            with self._boundary("listing", rel_dir):
+                entries = self.fs.ls(self._path(rel_dir), detail=True)
         except FileNotFoundError:
-            return []
-        except _BACKEND_FAILURES as exc:
-            raise self._fail("listing", rel_dir, exc) from exc
+            entries = []
+        if not entries:
+            self._check_bucket("listing", rel_dir)
         return sorted(
             e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "file"
         )
 
+    def is_empty(self) -> bool:
+        """One listing of at most one key (raises if the bucket is missing)."""
+        with self._boundary("listing", ""):
+            try:
+                holds = self.service.holds_any(self.root)
+            except FileNotFoundError as exc:
+                if self.service.container:
+                    raise self._fail("listing", "", exc, missing=True) from exc
+                holds = False
+        self._bucket_known = True
+        return not holds
 
-def mtime_of(info: dict[str, Any]) -> float:
-    """Modification time from an fsspec info dict, whatever the backend calls it."""
-    for key in ("mtime", "LastModified", "last_modified", "updated", "created", "ctime"):
-        value = info.get(key)
-        if value is None:
-            continue
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, _dt.datetime):
-            if value.tzinfo is None:
-                value = value.replace(tzinfo=_dt.timezone.utc)
-            return value.timestamp()
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                return _dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    return time.time()  # unknown: treat as new, so gc's grace period spares it
+
+_OBJECT_PROTOCOLS: Final = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 
 
 def open_storage(url: str | os.PathLike[str], *, fsync: bool = True, **storage_options: Any) -> Storage:
@@ -322,6 +402,10 @@ def open_storage(url: str | os.PathLike[str], *, fsync: bool = True, **storage_o
     protocol, _, rest = text.partition("://")
     if protocol in ("file", "local"):
         return LocalStorage(rest, fsync=fsync)
+    if protocol in _OBJECT_PROTOCOLS:
+        # fsspec caches listings forever by default: another machine's writes (journal
+        # entries, objects) would never show. Every listing here asks the service.
+        storage_options.setdefault("use_listings_cache", False)
     fs, root = fsspec.core.url_to_fs(text, **storage_options)
     if protocol == "memory":
         root = "/" + root.lstrip("/")
