@@ -55,6 +55,8 @@ class GcPlan:
     temp_files: tuple[str, ...]  # writers' leftovers older than the grace period
     missing: tuple[ObjectId, ...]  # referenced but absent (fsck reports these)
     ref_snapshot: tuple[tuple[str, str], ...] = field(repr=False, default=())
+    listed: frozenset[ObjectId] = field(repr=False, default=frozenset())
+    root_ids: frozenset[str] = field(repr=False, default=frozenset())
 
     @property
     def bytes_freed(self) -> int:
@@ -168,7 +170,37 @@ def plan(
         temp_files=temp,
         missing=tuple(sorted(marker.missing)),
         ref_snapshot=tuple(refs),
+        listed=frozenset(present),
+        root_ids=frozenset(roots),
     )
+
+
+def _reachable_doomed(
+    store: ArtifactStore, roots: Iterable[str], doomed: set[ObjectId], listed: frozenset[ObjectId]
+) -> set[ObjectId]:
+    """Which condemned objects the new roots reach. An object that was listed and not
+    condemned was marked by the plan with all it reaches, so the walk stops there."""
+    found: set[ObjectId] = set()
+    seen: set[ObjectId] = set()
+    stack = [ObjectId(r) for r in roots if is_id(r)]
+    while stack:
+        oid = stack.pop()
+        if oid in seen or (oid in listed and oid not in doomed):
+            continue
+        seen.add(oid)
+        if oid in doomed:
+            found.add(oid)
+        try:
+            head = store.storage.read_head(object_path(oid), codec.HEADER_SIZE)
+            if codec.read_header(oid, head).kind == "blob":
+                continue
+            kind, payload = store.space.read_object(oid)
+            stack.extend(references(kind, oid, payload))
+        except (FileNotFoundError, ObjectNotFound):
+            continue
+        except IntegrityError as exc:
+            raise GcRefused(f"gc stops before deleting: {exc}") from exc
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,14 +216,14 @@ def execute(store: ArtifactStore, gc_plan: GcPlan, *, progress: Progress | None 
     """Delete what the plan names, sparing anything that became live since."""
     step = progress or (lambda what, n: None)
     doomed = {oid: size for oid, size in gc_plan.delete}
-    # Refs that moved since planning: their targets (and all they reach) live again.
+    # Roots that appeared since planning (a ref moved, a save registered a record):
+    # they and everything they reach live again, even content the plan condemned.
     with ref_errors():
-        moved = set(store.refs.items()) - set(gc_plan.ref_snapshot)
-    if moved:
-        marker = _Marker(store, {oid: Stat(size, 0.0) for oid, size in doomed.items()})
-        marker.mark(rid for _, rid in moved)
-        for oid in marker.marked:
-            doomed.pop(oid, None)
+        now_refs = {rid for _, rid in store.refs.items()}
+    store.sync()
+    fresh = (now_refs | set(store.index.catalog.ids())) - gc_plan.root_ids
+    for oid in _reachable_doomed(store, fresh, set(doomed), gc_plan.listed):
+        doomed.pop(oid, None)
     spared = len(gc_plan.delete) - len(doomed)
     deleted = freed = 0
     batch: list[str] = []

@@ -27,7 +27,7 @@ from cas.chunking import DEFAULT_PARAMS, ChunkParams, Reader, cut, read_up_to
 from cas.errors import CasError, FormatError, IntegrityError, ObjectNotFound
 from cas.ids import ObjectId, blob_id, is_id, kind_id, parse_id
 from cas.objects import ChunkList, pack, unpack
-from cas.storage import Stat, Storage, open_storage
+from cas.storage import LocalStorage, Stat, Storage, open_storage
 
 MARKER: Final = "CAS"
 FORMAT_VERSION: Final = 1
@@ -219,7 +219,11 @@ class ObjectSpace:
         st = self.storage.stat(path)
         if st is None:
             return False
-        if time.time() - st.mtime > FRESHEN_AFTER:
+        # Locally a refresh is one utime: do it on every hit, so any grace period holds.
+        # On object stores it is a copy request: only for objects older than an hour,
+        # and gc's grace there must exceed that (docs/gc.md).
+        after = 0.0 if isinstance(self.storage, LocalStorage) else FRESHEN_AFTER
+        if time.time() - st.mtime > after:
             return self.storage.touch(path)
         return True
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cas.errors import CasError, IntegrityError
+from cas.errors import IntegrityError
 from cas.ids import ObjectId
 from cas.objects import MODE_DIR, MODE_EXEC, MODE_LINK, Tree, TreeEntry, mode_of
 from cas.objectspace import ObjectSpace
@@ -34,6 +34,18 @@ def store_dir(space: ObjectSpace, path: str | os.PathLike[str]) -> tuple[ObjectI
     return space.put_payload("tree", Tree.of(entries).payload()), total
 
 
+def read_tree(space: ObjectSpace, tree_id: str) -> Tree:
+    """A verified tree. The kind is checked: read_object leaves a chunk list's payload
+    to be verified by its content, so an object whose header claims "chunks" must never
+    be taken for a tree."""
+    kind, payload = space.read_object(tree_id)
+    if kind != "tree":
+        raise IntegrityError(
+            tree_id, f"object {tree_id} should be a tree but is a {kind}; run 'cas fsck'"
+        )
+    return Tree.parse(tree_id, payload)
+
+
 def checkout(space: ObjectSpace, tree_id: str, dest: str | os.PathLike[str]) -> Path:
     """Write a tree's files under ``dest`` (created if missing); return it.
 
@@ -43,7 +55,7 @@ def checkout(space: ObjectSpace, tree_id: str, dest: str | os.PathLike[str]) -> 
     """
     root = Path(dest)
     root.mkdir(parents=True, exist_ok=True)
-    tree = Tree.parse(tree_id, space.read_object(tree_id)[1])
+    tree = read_tree(space, tree_id)
     for entry in tree.entries:
         if entry.name in (".", "..") or "/" in entry.name or os.sep in entry.name:
             raise IntegrityError(tree_id, f"tree {tree_id} has an unsafe entry name {entry.name!r}")
@@ -67,7 +79,7 @@ def checkout(space: ObjectSpace, tree_id: str, dest: str | os.PathLike[str]) -> 
 def tree_size(space: ObjectSpace, tree_id: str) -> int:
     """Total bytes of the files under a tree."""
     total = 0
-    for entry in Tree.parse(tree_id, space.read_object(tree_id)[1]).entries:
+    for entry in read_tree(space, tree_id).entries:
         if entry.mode == MODE_DIR:
             total += tree_size(space, entry.id)
         else:
@@ -78,10 +90,7 @@ def tree_size(space: ObjectSpace, tree_id: str) -> int:
 def walk_tree(space: ObjectSpace, tree_id: str) -> list[tuple[str, TreeEntry]]:
     """Every entry under a tree with its path, depth first."""
     out: list[tuple[str, TreeEntry]] = []
-    kind, payload = space.read_object(tree_id)
-    if kind != "tree":
-        raise CasError(f"object {tree_id} is a {kind}, not a tree")
-    for entry in Tree.parse(tree_id, payload).entries:
+    for entry in read_tree(space, tree_id).entries:
         out.append((entry.name, entry))
         if entry.mode == MODE_DIR:
             out.extend((f"{entry.name}/{p}", e) for p, e in walk_tree(space, entry.id))
