@@ -54,6 +54,8 @@ def ref_errors() -> Iterator[None]:
         raise RefLocked(str(exc)) from exc
     except _refs.RefNotFound as exc:
         raise ObjectNotFound(str(exc.args[0]) if exc.args else "ref", str(exc)) from exc
+    except _refs.RefError as exc:  # a damaged ref or history file, named in the message
+        raise IntegrityError("ref", f"{exc}; run 'cas fsck'") from exc
 
 
 def _conditional_for(storage: Storage) -> Any:
@@ -165,6 +167,21 @@ class ArtifactStore:
             )
         return parse_id(rid_text), name
 
+    def lookup(self, name_or_id: str) -> tuple[ObjectId, str | None, dict[str, Any]]:
+        """(record id, the name it was reached by or None, the record): ``resolve`` and
+        ``record`` in one, with an error that names the ref when it points at nothing."""
+        rid, name = self.resolve(name_or_id)
+        try:
+            return rid, name, self.record(rid)
+        except ObjectNotFound as exc:
+            if name is None:
+                raise
+            raise ObjectNotFound(
+                name_or_id,
+                f"ref {name!r} points at {rid}, which is not an artifact in {self.url}: the "
+                "ref file is damaged or its record was deleted; run 'cas fsck'",
+            ) from exc
+
     def record(self, rid: str) -> dict[str, Any]:
         """The record of an artifact id with its current tags, from the catalog when it
         has it (fast), else from the record object (verified)."""
@@ -239,8 +256,7 @@ class ArtifactStore:
 
     def load(self, name_or_id: str, *, dest: str | os.PathLike[str] | None = None) -> Any:
         """The value saved under a name or id, verified; ``dest`` places files and folders."""
-        rid, name = self.resolve(name_or_id)
-        record = self.record(rid)
+        rid, name, record = self.lookup(name_or_id)
         if record.get("content_id") is None:
             raise ObjectNotFound(rid, f"artifact {name or rid} was registered without data")
         materializer = materializer_named(record["materializer"])
@@ -271,11 +287,18 @@ class ArtifactStore:
 
     def size(self, name_or_id: str) -> int:
         """Bytes of the artifact's serialized content."""
-        return int(self.record(self.resolve(name_or_id)[0])["size"] or 0)
+        return int(self.lookup(name_or_id)[2]["size"] or 0)
 
     def get_metadata(self, name_or_id: str) -> dict[str, Any]:
-        rid, _ = self.resolve(name_or_id)
-        record = self.record(rid)
+        rid, _, record = self.lookup(name_or_id)
+        damage = self.index.damage_of(rid)
+        if damage:
+            stamp, why = damage[0]
+            raise IntegrityError(
+                stamp,
+                f"artifact {record['name']} ({rid}): its catalog journal entry {stamp} cannot "
+                f"be read, so its tags may be incomplete ({why})",
+            )
         return {
             "id": rid,
             "name": record["name"],
@@ -393,4 +416,3 @@ def _check_metadata(metadata: Any) -> None:
         raise MaterializerError(
             f"metadata must hold only str, numbers, bools, None, bytes, lists and dicts ({exc})"
         ) from exc
-

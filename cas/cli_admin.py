@@ -123,7 +123,9 @@ def cmd_reindex(args: argparse.Namespace, out: Output) -> int:
         out.line(f"catalog {db}: {n} entries changed")
     for ref in report["dangling_refs"]:
         out.line(f"dangling ref {ref}: its record is missing; run 'cas fsck'")
-    return EXIT_OK
+    for entry in report["damaged"]:
+        out.line(f"skipped {entry}")
+    return EXIT_PROBLEMS if report["dangling_refs"] or report["damaged"] else EXIT_OK
 
 
 def cmd_sync(args: argparse.Namespace, out: Output) -> int:

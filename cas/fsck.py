@@ -9,17 +9,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cas.artifacts import ArtifactStore, ref_errors
-from cas.errors import CasError, IntegrityError, ObjectNotFound
+from cas.errors import CasError, FormatError, IntegrityError, ObjectNotFound
 from cas.ids import ObjectId
-from cas.objects import references
+from cas.journal import parse_stamp
+from cas.objects import references, unpack
 from cas.objectspace import object_path
+from cas.record import check_record
 
 Progress = Callable[[str, int], None]
 
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    kind: str  # "corrupt" | "missing" | "dangling-ref" | "unreadable-record"
+    # "corrupt" | "missing" | "dangling-ref" | "damaged-ref" | "damaged-journal"
+    kind: str
     object_id: str
     detail: str
     artifacts: tuple[str, ...] = ()  # "name (id)" of each artifact it affects
@@ -50,7 +53,9 @@ def _verify(store: ArtifactStore, oid: ObjectId) -> tuple[str | None, list[Objec
     try:
         kind, payload = store.space.read_object(oid)
         refs = references(kind, oid, payload)
-    except IntegrityError as exc:
+        if kind == "record":
+            check_record(oid, unpack(oid, payload))
+    except (IntegrityError, FormatError) as exc:
         return str(exc), []
     if kind != "chunks":
         return None, refs
@@ -68,7 +73,9 @@ def _verify(store: ArtifactStore, oid: ObjectId) -> tuple[str | None, list[Objec
     return None, refs
 
 
-def check(store: ArtifactStore, *, repair: bool = False, progress: Progress | None = None) -> FsckReport:
+def check(
+    store: ArtifactStore, *, repair: bool = False, progress: Progress | None = None
+) -> FsckReport:
     step = progress or (lambda what, n: None)
     report = FsckReport()
     present = dict(store.space.iter_stats())
@@ -88,25 +95,30 @@ def check(store: ArtifactStore, *, repair: bool = False, progress: Progress | No
                 step("verified", n)
     step("verified", len(present))
 
-    missing: set[ObjectId] = set()
-    for refs in children.values():
-        missing.update(r for r in refs if r not in present)
+    missing: dict[ObjectId, set[ObjectId]] = {}  # missing object -> who points at it
+    for parent, refs in children.items():
+        for r in refs:
+            if r not in present:
+                missing.setdefault(r, set()).add(parent)
 
-    # Which artifacts does each bad or missing object hurt? Walk every record's closure.
-    with ref_errors():
-        refs_items = store.refs.items()
-    report.refs = len(refs_items)
+    refs_items, ref_problems = _read_refs(store)
+    report.refs = len(refs_items) + len(ref_problems)
+    journal_problems, journal_records = _read_journal(store)
     store.sync()
     record_ids = set(store.index.catalog.ids()) | {rid for _, rid in refs_items}
+    record_ids |= {rid for rid in journal_records if rid in present}
     report.records = len(record_ids)
     names = {rid: name for name, rid in refs_items}
-    trouble = set(bad) | missing
+
+    # Which artifacts does each bad or missing object hurt? Walk every record's closure.
+    trouble = set(bad) | set(missing)
     affected: dict[ObjectId, set[str]] = {}
+    labels: dict[str, str] = {}
     for rid in sorted(record_ids):
         rid = ObjectId(rid)
-        label = f"{names.get(rid) or _record_name(store, rid)} ({rid[:12]})"
+        labels[rid] = label = f"{names.get(rid) or _record_name(store, rid)} ({rid[:12]})"
         if rid not in present:
-            missing.add(rid)
+            missing.setdefault(rid, set())
             trouble.add(rid)
         stack, seen = [rid], set()
         while stack:
@@ -117,14 +129,32 @@ def check(store: ArtifactStore, *, repair: bool = False, progress: Progress | No
             if oid in trouble:
                 affected.setdefault(oid, set()).add(label)
             stack.extend(children.get(oid, ()))
+
+    report.problems.extend(ref_problems)
     for name, rid in refs_items:
         if rid not in present:
-            report.problems.append(Problem("dangling-ref", rid, f"ref {name!r} points at a missing record"))
+            report.problems.append(
+                Problem("dangling-ref", rid, f"ref {name!r} points at a missing record")
+            )
+    for stamp, rid, why in journal_problems:
+        who = (
+            (labels.get(rid) or f"{_record_name(store, ObjectId(rid))} ({rid[:12]})",)
+            if rid
+            else ()
+        )
+        report.problems.append(Problem("damaged-journal", stamp, why, who))
     for oid, text in sorted(bad.items()):
         report.problems.append(Problem("corrupt", oid, text, tuple(sorted(affected.get(oid, ())))))
-    for oid in sorted(missing):
+    for oid, parents in sorted(missing.items()):
+        lists = sorted(p for p in parents if _kind(store, p) == "chunks")
+        detail = "referenced but not present"
+        if lists:
+            detail = (
+                f"chunk of chunk list {', '.join(lists)} not present: the chunk was deleted, "
+                "or the list is damaged (a flipped digest names a chunk that never existed)"
+            )
         report.problems.append(
-            Problem("missing", oid, "referenced but not present", tuple(sorted(affected.get(oid, ()))))
+            Problem("missing", oid, detail, tuple(sorted(affected.get(oid, ()))))
         )
     if repair:
         for oid in sorted(bad):
@@ -135,10 +165,57 @@ def check(store: ArtifactStore, *, repair: bool = False, progress: Progress | No
     return report
 
 
+def _read_refs(store: ArtifactStore) -> tuple[list[tuple[str, str]], list[Problem]]:
+    """Every readable ``(name, id)``, and a problem for each ref file that is not."""
+    try:
+        with ref_errors():
+            return store.refs.items(), []
+    except IntegrityError:
+        pass  # one damaged file: read them one by one to name each
+    items: list[tuple[str, str]] = []
+    problems: list[Problem] = []
+    with ref_errors():
+        names = store.refs.list()
+    for name in names:
+        try:
+            with ref_errors():
+                rid = store.refs.read(name)
+        except IntegrityError as exc:
+            problems.append(Problem("damaged-ref", name, str(exc), (name,)))
+            continue
+        if rid is not None:
+            items.append((name, rid))
+    return items, problems
+
+
+def _read_journal(store: ArtifactStore) -> tuple[list[tuple[str, str, str]], set[str]]:
+    """Read every catalog journal entry: (stamp, record id, why) of each that does not
+    read, and the ids of the records the entries name."""
+    stamps = store.journal.stamps()
+    damaged: list[tuple[str, str, str]] = []
+
+    def note(stamp: str, exc: IntegrityError) -> None:
+        parsed = parse_stamp(stamp)
+        damaged.append((stamp, parsed[1] if parsed else "", str(exc)))
+
+    for _ in store.journal.read(stamps, on_error=note):
+        pass
+    named = {parsed[1] for parsed in map(parse_stamp, stamps) if parsed is not None}
+    return damaged, named
+
+
+def _kind(store: ArtifactStore, oid: ObjectId) -> str | None:
+    try:
+        return store.space.kind(oid)
+    except CasError:
+        return None
+
+
 def _record_name(store: ArtifactStore, rid: ObjectId) -> str:
     try:
         record = store.index.catalog.get(rid)
-        return str(record["name"]) if record else "?"
+        if record:
+            return str(record["name"])
+        return str(check_record(rid, store.space.get_value(rid, "record"))["name"])
     except (CasError, KeyError):
         return "?"
-

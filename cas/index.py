@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -22,11 +23,12 @@ import msgpack
 import platformdirs
 
 import catalog as _catalog
-from cas.errors import ObjectNotFound
+from cas.errors import CasError, ObjectNotFound
 from cas.journal import Journal, parse_stamp
 from cas.objectspace import ObjectSpace
 from cas.record import check_record
 from cas.storage import LocalStorage
+from catalog.record import check_event
 
 #: Entries this much older than the newest seen are listed again on sync, so writers on
 #: other machines with slower clocks, or object-store listings that lag, still get in.
@@ -46,7 +48,14 @@ def index_dir(space: ObjectSpace) -> Path:
 
 
 class Index:
-    """The catalog engine plus its sync state for one root."""
+    """The catalog engine plus its sync state for one root.
+
+    A journal entry or record that cannot be read (damaged, or malformed by a buggy or
+    hostile writer of a shared bucket) is skipped by a sync and kept in ``damaged``
+    (stamp -> (record id, why)), so one bad file never stops the catalog: the rest of
+    the store keeps working, reads of what it concerns fail naming it, ``cas fsck``
+    lists it and gc refuses to run until it is repaired.
+    """
 
     def __init__(self, space: ObjectSpace, journal: Journal, folder: Path | None = None) -> None:
         self.space = space
@@ -56,29 +65,48 @@ class Index:
         self.catalog = _catalog.Catalog(str(self.folder / "catalog"), durable=durable)
         self._state_path = self.folder / "sync.msgpack"
         self._has_high_water = False
+        state = self._state()
+        self.damaged: dict[str, tuple[str, str]] = {
+            str(k): (str(v[0]), str(v[1])) for k, v in (state.get("damaged") or {}).items()
+        }
 
     def close(self) -> None:
         self.catalog.close()
 
     # -- sync state -------------------------------------------------------------------
 
-    def _high_water(self) -> str | None:
+    def _state(self) -> dict[str, Any]:
         try:
             state = msgpack.unpackb(self._state_path.read_bytes(), raw=False)
-            return str(state["newest"])
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            return None
+        except (FileNotFoundError, ValueError, msgpack.UnpackException):
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def _high_water(self) -> str | None:
+        newest = self._state().get("newest")
+        return newest if isinstance(newest, str) else None
 
     def _save_high_water(self, newest: str) -> None:
         tmp = self._state_path.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_bytes(msgpack.packb({"newest": newest, "root": self.space.url}))
+        damaged = {k: list(v) for k, v in self.damaged.items()}
+        tmp.write_bytes(
+            msgpack.packb({"newest": newest, "root": self.space.url, "damaged": damaged})
+        )
         os.replace(tmp, self._state_path)
+
+    def damage_of(self, rid: str) -> list[tuple[str, str]]:
+        """(stamp, why) of each damaged journal entry or record about record ``rid``."""
+        return [(stamp, why) for stamp, (of, why) in sorted(self.damaged.items()) if of == rid]
 
     # -- catching up ------------------------------------------------------------------
 
+    def _damage(self, stamp: str, rid: str, exc: Exception) -> None:
+        self.damaged[stamp] = (rid, str(exc))
+
     def events_for(self, stamps: list[str], *, skip_known: bool = False) -> list[dict[str, Any]]:
         """Journal events with the records their puts name, ready for the catalog. With
-        ``skip_known``, puts and deletes this catalog already holds are not read."""
+        ``skip_known``, puts and deletes this catalog already holds are not read. What
+        cannot be read goes to ``damaged``, not into the events."""
         events: list[dict[str, Any]] = []
         tags: list[str] = []
         for stamp in stamps:
@@ -94,10 +122,19 @@ class Index:
                 if state != "deleted":
                     events.append({"op": "delete", "id": rid, "stamp": stamp})
             elif state is None:
-                record = self.read_record(rid)
+                try:
+                    record = self.read_record(rid)
+                except CasError as exc:
+                    self._damage(stamp, rid, exc)
+                    continue
                 if record is not None:  # None: collected after its deletion
                     events.append({"op": "put", "record": record, "stamp": stamp})
-        events.extend(self.journal.read(tags))
+        events.extend(
+            self.journal.read(
+                tags,
+                on_error=lambda stamp, exc: self._damage(stamp, parse_stamp(stamp)[1], exc),  # type: ignore[index]
+            )
+        )
         return events
 
     def read_record(self, rid: str) -> dict[str, Any] | None:
@@ -107,21 +144,44 @@ class Index:
             return None
         return {**value, "id": rid}
 
+    def apply(self, events: list[dict[str, Any]], *, rebuild: bool = False) -> None:
+        """Apply (or rebuild from) events; one the catalog refuses goes to ``damaged``."""
+        good: list[dict[str, Any]] = []
+        for event in events:
+            try:
+                check_event(event)
+            except _catalog.InvalidInput as exc:
+                rid = event.get("id") or (event.get("record") or {}).get("id") or "?"
+                self._damage(str(event.get("stamp") or rid), str(rid), exc)
+            else:
+                good.append(event)
+        if rebuild:
+            self.catalog.rebuild(good)
+        elif good:
+            self.catalog.apply(good)
+
     def sync(self, *, full: bool = False) -> int:
         """Apply journal entries not yet seen (``full``: every entry again); return how
         many events were applied."""
         newest = None if full else self._high_water()
+        previous = dict(self.damaged)
         if newest is None:
             stamps = self.journal.stamps()
+            self.damaged.clear()  # every entry is read again
         else:
             since = (_dt.datetime.strptime(newest[:8], "%Y%m%d") - RESYNC_WINDOW).date()
             cutoff = _window_start(newest)
             stamps = [s for s in self.journal.stamps(since.isoformat()) if s >= cutoff]
+            for stamp in set(self.damaged) & set(stamps):  # seen again: a repair shows
+                del self.damaged[stamp]
         if not stamps:
             return 0
         events = self.events_for(stamps, skip_known=not full)
-        if events:
-            self.catalog.apply(events)
+        self.apply(events)
+        for stamp in sorted(set(self.damaged) - set(previous)):
+            logging.getLogger("cas").warning(
+                "catalog sync skipped %s: %s", stamp, self.damaged[stamp][1]
+            )
         self._save_high_water(max(stamps[-1], newest or ""))
         return len(events)
 
@@ -140,7 +200,9 @@ def _window_start(stamp: str) -> str:
     return moment.strftime("%Y%m%dT%H%M%S.%fZ")
 
 
-def rebuild(space: ObjectSpace, journal: Journal, live: Index, refs_items: list[tuple[str, str]]) -> dict[str, Any]:
+def rebuild(
+    space: ObjectSpace, journal: Journal, live: Index, refs_items: list[tuple[str, str]]
+) -> dict[str, Any]:
     """Rebuild the catalog from the journal (and records only refs name) in a fresh
     folder, compare it with the live one, and put it in place. Returns a report."""
     parent = live.folder.parent
@@ -162,7 +224,7 @@ def rebuild(space: ObjectSpace, journal: Journal, live: Index, refs_items: list[
                 continue
             events.append({"op": "put", "record": record, "stamp": "0"})
             known.add(rid)
-        fresh.catalog.rebuild(events)
+        fresh.apply(events, rebuild=True)
         before, after = live.catalog.dump(), fresh.catalog.dump()
         changed = _diff(before, after)
         if stamps:
@@ -177,7 +239,12 @@ def rebuild(space: ObjectSpace, journal: Journal, live: Index, refs_items: list[
         fresh.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"events": len(stamps), "changed": changed, "dangling_refs": missing}
+    return {
+        "events": len(stamps),
+        "changed": changed,
+        "dangling_refs": missing,
+        "damaged": [f"{stamp}: {why}" for stamp, (_, why) in sorted(fresh.damaged.items())],
+    }
 
 
 def _diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
@@ -192,4 +259,3 @@ def _diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
         if n:
             out[db] = n
     return out
-

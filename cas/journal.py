@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
+import blake3
 import msgpack
 
 from cas.errors import IntegrityError
@@ -66,7 +67,7 @@ class Journal:
     def append(self, event: dict[str, Any]) -> str:
         """Write one event durably; return its stamp."""
         stamp = new_stamp(event["op"], event["id"])
-        self.storage.write_atomic(f"{JOURNAL}/{stamp_day(stamp)}/{stamp}", pack(event))
+        self.storage.write_atomic(f"{JOURNAL}/{stamp_day(stamp)}/{stamp}", seal(event))
         return stamp
 
     def stamps(self, since_day: str | None = None) -> list[str]:
@@ -84,23 +85,71 @@ class Journal:
             day += _dt.timedelta(days=1)
         return sorted(out)
 
-    def read(self, stamps: list[str]) -> Iterator[dict[str, Any]]:
-        """The events of these stamps, in order, each with its ``stamp``."""
+    def read(
+        self, stamps: list[str], *, on_error: Callable[[str, IntegrityError], None] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The events of these stamps, in order, each with its ``stamp``. A damaged
+        entry raises ``IntegrityError`` naming it, or with ``on_error`` is passed to it
+        and skipped."""
 
-        def one(stamp: str) -> dict[str, Any]:
-            raw = self.storage.read(f"{JOURNAL}/{stamp_day(stamp)}/{stamp}")
+        def one(stamp: str) -> dict[str, Any] | IntegrityError:
             try:
-                event = msgpack.unpackb(raw, raw=False)
-                assert isinstance(event, dict) and (event.get("op"), event.get("id")) == parse_stamp(stamp)
-            except (ValueError, AssertionError, msgpack.UnpackException) as exc:
-                raise IntegrityError(
-                    stamp, f"catalog journal entry {stamp} is corrupt ({exc!r}); run 'cas fsck'"
-                ) from exc
+                raw = self.storage.read(f"{JOURNAL}/{stamp_day(stamp)}/{stamp}")
+            except FileNotFoundError:
+                return IntegrityError(
+                    stamp, f"catalog journal entry {stamp} vanished after it was listed"
+                )
+            try:
+                event = open_entry(stamp, raw)
+            except IntegrityError as exc:
+                return exc
             event["stamp"] = stamp
             return event
 
+        def settle(result: dict[str, Any] | IntegrityError) -> Iterator[dict[str, Any]]:
+            if isinstance(result, IntegrityError):
+                if on_error is None:
+                    raise result
+                on_error(result.object_id, result)
+            else:
+                yield result
+
         if isinstance(self.storage, LocalStorage) or len(stamps) < 8:
-            yield from map(one, stamps)
+            for stamp in stamps:
+                yield from settle(one(stamp))
             return
         with ThreadPoolExecutor(max_workers=16, thread_name_prefix="cas-journal") as pool:
-            yield from pool.map(one, stamps)
+            for result in pool.map(one, stamps):
+                yield from settle(result)
+
+
+def seal(event: dict[str, Any]) -> bytes:
+    """An entry's bytes: the event and a checksum of it (16 bytes of BLAKE3), so a
+    flipped bit anywhere, even inside a tag value, is detected on read."""
+    return pack({**event, "check": blake3.blake3(pack(event)).digest(16)})
+
+
+def open_entry(stamp: str, raw: bytes) -> dict[str, Any]:
+    """The event an entry holds, checked against its checksum (entries written before
+    checksums existed have none) and its name; ``IntegrityError`` naming it if not."""
+    try:
+        event = msgpack.unpackb(raw, raw=False)
+        if not isinstance(event, dict):
+            raise ValueError(f"an entry is a map, not {type(event).__name__}")
+        check = event.pop("check", None)
+        if check is not None and check != blake3.blake3(pack(event)).digest(16):
+            raise ValueError("its checksum does not match its bytes")
+        if (event.get("op"), event.get("id")) != parse_stamp(stamp):
+            raise ValueError("its op and id differ from its name")
+        if event["op"] == "tag":
+            tags = event.get("tags")
+            if not isinstance(tags, dict) or not all(
+                isinstance(k, str) and k and isinstance(v, (str, type(None)))
+                for k, v in tags.items()
+            ):
+                raise ValueError("its tags are not a map of str to str or None")
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise IntegrityError(
+            stamp, f"catalog journal entry {stamp} is damaged ({exc}); run 'cas fsck'"
+        ) from exc
+    return event

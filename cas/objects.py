@@ -134,11 +134,15 @@ def references(kind: str, oid: str, payload: bytes) -> list[ObjectId]:
         return [e.id for e in Tree.parse(oid, payload).entries]
     value = unpack(oid, payload)
     out: list[ObjectId] = []
-    if isinstance(value, dict):
-        for key in ("content_id", "target", "record"):
-            if is_id(value.get(key)):
-                out.append(ObjectId(value[key]))
-        for pid in value.get("parent_ids") or ():
-            if is_id(pid):
-                out.append(ObjectId(pid))
+    if not isinstance(value, dict):
+        if kind == "record":
+            raise IntegrityError(oid, f"artifact record {oid} is not a map; run 'cas fsck'")
+        return out
+    for key in ("content_id", "target", "record"):
+        if is_id(value.get(key)):
+            out.append(ObjectId(value[key]))
+    parents = value.get("parent_ids") or ()
+    if not isinstance(parents, (list, tuple)):
+        raise IntegrityError(oid, f"artifact record {oid} is malformed: parent_ids is not a list")
+    out.extend(ObjectId(pid) for pid in parents if is_id(pid))
     return out

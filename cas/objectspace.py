@@ -303,15 +303,15 @@ class ObjectSpace:
         # not be hashed on its own too: one hash of the whole, on every core. Only if it
         # fails are the chunks checked one by one, to name the bad one.
         listing = ChunkList.parse(oid, payload)
-        data = b"".join(self._chunks(listing, verify=False))
+        data = b"".join(self._chunks(listing, ObjectId(oid), verify=False))
         got = blob_id(data)
         if got != oid:
             for cid, size in listing.chunks:
-                self._get_chunk(cid, size)
+                self._get_chunk(cid, size, of=ObjectId(oid))
             _check_total(ObjectId(oid), got)
         return data
 
-    def _chunks(self, listing: ChunkList, *, verify: bool = True) -> Iterator[bytes]:
+    def _chunks(self, listing: ChunkList, of: ObjectId, *, verify: bool = True) -> Iterator[bytes]:
         """A chunk list's chunks in order, read ahead on the pool, each verified (unless
         the caller verifies the whole before anything leaves it)."""
         pool = self._chunk_pool()
@@ -321,7 +321,7 @@ class ObjectSpace:
             while todo or ahead:
                 while todo and len(ahead) < self.inflight:
                     cid, size = todo.popleft()
-                    ahead.append(pool.submit(self._get_chunk, cid, size, verify))
+                    ahead.append(pool.submit(self._get_chunk, cid, size, verify, of))
                 yield ahead.popleft().result()
         finally:
             for fut in ahead:
@@ -347,7 +347,21 @@ class ObjectSpace:
     def _open_chunked(self, oid: ObjectId, listing: ChunkList) -> BinaryIO:
         return io.BufferedReader(_ChunkedReader(self, oid, listing), buffer_size=1 << 20)
 
-    def _get_chunk(self, oid: ObjectId, size: int, verify: bool = True) -> bytes:
+    def _get_chunk(
+        self, oid: ObjectId, size: int, verify: bool = True, of: ObjectId | None = None
+    ) -> bytes:
+        try:
+            return self._read_chunk(oid, size, verify)
+        except ObjectNotFound as exc:
+            if of is None:
+                raise
+            raise ObjectNotFound(
+                oid,
+                f"chunk {oid} of chunk list {of} is not in {self.url}: it was deleted, or "
+                "the list is damaged; run 'cas fsck'",
+            ) from exc
+
+    def _read_chunk(self, oid: ObjectId, size: int, verify: bool) -> bytes:
         if verify:
             kind, data = self.read_object(oid)
         else:
@@ -419,7 +433,7 @@ class _ChunkedReader(io.RawIOBase):
 
     def __init__(self, space: ObjectSpace, oid: ObjectId, listing: ChunkList) -> None:
         self._oid = oid
-        self._chunks = space._chunks(listing)
+        self._chunks = space._chunks(listing, oid)
         self._buf = memoryview(b"")
         self._total = blake3.blake3()
         self._done = False

@@ -24,7 +24,9 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any, Final
 
-from cas.errors import FormatError
+from cas.errors import FormatError, IntegrityError
+from catalog.errors import InvalidInput
+from catalog.record import normalize
 
 RECORD_FORMAT: Final = 1
 
@@ -66,12 +68,45 @@ def make_record(**fields: Any) -> dict[str, Any]:
 
 
 def check_record(oid: str, value: Any) -> dict[str, Any]:
-    """A decoded record object, checked for a format this version reads."""
+    """A decoded record object, checked for a format this version reads and for fields
+    of the right types: a record that hashes right but holds anything else (a buggy or
+    hostile writer of a shared bucket) is an ``IntegrityError`` naming it, never a
+    ``TypeError`` somewhere later."""
     if not isinstance(value, dict) or "format" not in value:
-        raise FormatError(f"object {oid} is not an artifact record")
+        raise IntegrityError(oid, f"object {oid} is not an artifact record; run 'cas fsck'")
     if value["format"] != RECORD_FORMAT:
-        raise FormatError(
-            f"artifact {oid} was written by a newer cas (record format {value['format']!r}; "
-            f"this cas reads {RECORD_FORMAT}): upgrade cas to load it"
+        if isinstance(value["format"], int) and value["format"] > RECORD_FORMAT:
+            raise FormatError(
+                f"artifact {oid} was written by a newer cas (record format {value['format']}; "
+                f"this cas reads {RECORD_FORMAT}): upgrade cas to load it"
+            )
+        raise IntegrityError(
+            oid,
+            f"artifact record {oid} has no valid format ({value['format']!r:.40}); run 'cas fsck'",
         )
+    problem = _field_problem(value)
+    if problem is None:
+        try:
+            normalize({**value, "id": oid})
+        except InvalidInput as exc:
+            problem = str(exc)
+    if problem is not None:
+        raise IntegrityError(oid, f"artifact record {oid} is malformed: {problem}; run 'cas fsck'")
     return value
+
+
+def _field_problem(value: dict[str, Any]) -> str | None:
+    """What the catalog does not check but loading needs."""
+    if not isinstance(value.get("materializer"), (str, type(None))):
+        return f"materializer must be a string, got {value.get('materializer')!r:.40}"
+    if value.get("content_id") is not None and value.get("materializer") is None:
+        return "content without a materializer"
+    if value.get("content_kind") not in ("blob", "tree", None):
+        return f"content_kind must be 'blob', 'tree' or None, got {value.get('content_kind')!r:.40}"
+    if value.get("content_kind") is None and value.get("content_id") is not None:
+        return "content_id without a content_kind"
+    if not isinstance(value.get("content_info"), (dict, type(None))):
+        return "content_info must be a mapping or None"
+    if not isinstance(value.get("metadata"), (dict, type(None))):
+        return "metadata must be a mapping or None"
+    return None
