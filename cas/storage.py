@@ -109,7 +109,7 @@ class LocalStorage(Storage):
         with open(self._path(rel), "rb") as f:
             return f.read(n)
 
-    def write_atomic(self, rel: str, data: bytes) -> None:
+    def write_atomic(self, rel: str, data: bytes, *, _attempt: int = 1) -> None:
         path = self._path(rel)
         parent = os.path.dirname(path)
         if parent not in self._made_dirs:
@@ -136,7 +136,16 @@ class LocalStorage(Storage):
                 os.unlink(tmp)
             raise
         os.close(fd)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError:
+            # Its temporary file was removed under it: by `cas gc --grace 0` running
+            # beside this write (which clears every temp file it lists). The data is in
+            # hand, so write it again rather than fail the save.
+            if _attempt >= 3:
+                raise
+            self.write_atomic(rel, data, _attempt=_attempt + 1)
+            return
         if self.fsync:
             _fsync_dir(parent)
 

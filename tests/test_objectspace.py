@@ -244,3 +244,25 @@ def test_object_deleted_between_check_and_refresh_is_rewritten(tmp_path: os.Path
     assert not space._freshen(oid)
     space.storage.touch = real_touch  # type: ignore[method-assign]
     assert space.put(b"raced") == oid and space.get(oid) == b"raced"
+
+
+def test_a_temp_file_removed_by_gc_grace_0_does_not_fail_the_write(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cas gc --grace 0` clears every temp file it lists, including one a save is about
+    to rename: the save writes again instead of raising a bare FileNotFoundError."""
+    space = ObjectSpace.from_url(os.path.join(tmp_path, "store"), fsync=False)
+    real_replace = os.replace
+    removed: list[str] = []
+
+    def gc_strikes_first(src: str, dst: str) -> None:
+        if not removed and os.path.basename(src).startswith(".tmp-"):
+            os.unlink(src)  # what gc's sweep of temp files does
+            removed.append(src)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", gc_strikes_first)
+    oid = space.put(b"saved while gc ran")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert removed and space.get(oid) == b"saved while gc ran"
+    assert not list(space.iter_temp())

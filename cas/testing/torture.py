@@ -796,12 +796,8 @@ def _check_gc(base: Path, root: Target, writers: int, grace: float, out: Outcome
     events = [e for w in range(writers) for e in read_report(base / f"w{w}.jsonl")]
     gc_events = read_report(base / "gc.jsonl")
     rounds = [e for e in gc_events if e["ev"] == "round"]
-    failed_in_flight = 0
     for e in gc_events + events:
         if e["ev"] != "error":
-            continue
-        if grace == 0 and "name" in e and "FileNotFoundError" in e["error"] and "/.tmp-" in e["tb"]:
-            failed_in_flight += 1  # gc --grace 0 removed the save's temporary file: it raised
             continue
         out.fail(f"{'gc' if 'name' not in e else 'writer'} error: {e['error']}\n{e['tb'][-1500:]}")
     saves = [e for e in events if e["ev"] == "save"]
@@ -834,7 +830,7 @@ def _check_gc(base: Path, root: Target, writers: int, grace: float, out: Outcome
     out.figures.update(
         grace=grace, gc_rounds=len(rounds), objects_deleted=sum(r["deleted"] for r in rounds),
         saves=len(saves), deletes=len(deleted), artifacts_checked=len(todo),
-        failed_in_flight=failed_in_flight, lost_in_flight=lost["in_flight"],
+        lost_in_flight=lost["in_flight"],
         lost_returned_mid_round=lost["returned_mid_round"], lost_after_return=lost["after_return"],
     )  # fmt: skip
 
