@@ -211,7 +211,7 @@ def _large(srv: Any, work: Path, args: argparse.Namespace) -> dict[str, bool]:
         ["s3fs: put_file / get_file, one at a time; 'same objects': the chunk objects cas stored,"
          " by s3fs from 16 threads: what this server gives cas's layout",
          f"requests per {args.object_mib} MiB save: {requests}"
-         " (cas itself: 2 HEAD and 3 PUT; the rest is the ref update)"],
+         " (cas itself: 2 HEAD and 3 PUT, and a GET of the ref; the rest is the ref update)"],
     ))  # fmt: skip
     return marks
 
@@ -231,6 +231,8 @@ def _small(
     sample = min(sample, count - 1)
     fs = srv.filesystem()
     r = Rounds()
+    per_save: collections.Counter[str] = collections.Counter()
+    per_load: collections.Counter[str] = collections.Counter()
 
     def in_pool(fn: Callable[[int], object], indexes: range) -> float:
         t0 = time.perf_counter()
@@ -259,9 +261,11 @@ def _small(
             # pool's saves, at the bucket's average size.
             half = (count - sample) // 2
             first = in_pool(save, range(0, half))
-            r.record("save loop", one_by_one(save, range(half, half + sample)))
+            with counted_requests(per_save):
+                r.record("save loop", one_by_one(save, range(half, half + sample)))
             r.record("save pool", first + in_pool(save, range(half + sample, count)))
-            r.record("load loop", one_by_one(load, range(sample)))
+            with counted_requests(per_load):
+                r.record("load loop", one_by_one(load, range(sample)))
             r.record("load pool", in_pool(load, range(count)))
             raw = f"{bucket}/raw"
             r.record("pipe loop", one_by_one(lambda i, raw=raw: fs.pipe_file(f"{raw}/{i}", items[i]), range(sample)))  # fmt: skip
@@ -281,11 +285,18 @@ def _small(
         rows.append([label, f"{rate(what + ' loop'):,.1f}/s", f"{rate(what + ' pool'):,.1f}/s",
                      f"{x:.2f}x", mark(x >= TARGET_SMALL) if targeted else "(reference)"])  # fmt: skip
     latency = f", +{latency_ms:g} ms a request (a simulated round trip)" if latency_ms else ""
+    saves, loads = sample * args.rounds, sample * args.rounds
+
+    def each(counts: collections.Counter[str], n: int) -> str:
+        ops = ", ".join(f"{op} {k / n:g}" for op, k in sorted(counts.items()))
+        return f"{sum(counts.values()) / n:g} ({ops})"
+
     print(table(
         f"small artifacts: {count} of {SMALL_SIZE} bytes, moto S3{latency}",
         ["", f"loop ({sample})", f"{args.threads} threads", "pool / loop", f">= {TARGET_SMALL}x"], rows,
         ["s3fs's own pool/loop ratio is about the most this server and machine allow a client;",
-         "the loop's saves run half-way through the pool's (moto's listings slow as a bucket fills)"],
+         "the loop's saves run half-way through the pool's (moto's listings slow as a bucket fills)",
+         f"requests per save of a new name: {each(per_save, saves)}; per load: {each(per_load, loads)}"],
     ))  # fmt: skip
     return marks
 

@@ -212,8 +212,8 @@ _ADVICE: Final = {
 class FsspecStorage(Storage):
     """Any fsspec filesystem. On S3, GCS and Azure Blob each file is one PUT (s3fs sends a
     single PutObject below 100 MiB, gcsfs one multipart upload below 50 MiB, adlfs one
-    Put Blob below 64 MiB: cas objects are at most a few MiB), a check for a file one
-    HEAD, a refresh one server-side copy.
+    Put Blob below 64 MiB: cas objects are at most a few MiB), a read one GET, a check
+    for a file one HEAD, a refresh one server-side copy.
 
     Failures are translated here, by an explicit tuple of exception types
     (:func:`backend_failures`), to :class:`BackendError` saying what to check: a missing
@@ -231,6 +231,11 @@ class FsspecStorage(Storage):
         self.io_threads = self.service.io_threads
         self._failures = backend_failures()
         self._bucket_known = not self.service.container  # nothing to check without buckets
+        # s3fs's cat_file sends a HEAD before its GET, to split objects over 50 MiB into
+        # ranges read at once; cas objects are a few MiB at most: one GET is enough.
+        self._read_options: dict[str, Any] = (
+            {"max_concurrency": 1} if isinstance(self.service, S3Service) else {}
+        )
 
     def _path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
@@ -287,7 +292,7 @@ class FsspecStorage(Storage):
     def read(self, rel: str) -> bytes:
         try:
             with self._boundary("reading", rel):
-                data: bytes = self.fs.cat_file(self._path(rel))
+                data: bytes = self.fs.cat_file(self._path(rel), **self._read_options)
         except FileNotFoundError:
             self._check_bucket("reading", rel)
             raise

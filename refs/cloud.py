@@ -28,7 +28,10 @@ and, for replace and remove, 404 for the object (it went). Everything else raise
 an ``OSError`` subclass, as fsspec does: ``FileNotFoundError`` for a missing bucket
 or container (never "absent"), ``PermissionError`` for refused credentials,
 ``ConnectionError`` / ``TimeoutError`` for the network, ``OSError`` otherwise, each
-with the client's exception as ``__cause__``.
+with the client's exception as ``__cause__``. (A GCS 404 does not say which is
+missing: a ``GCSConditional`` asks about the bucket at its first absent read and
+remembers the answer, as cas's storage does; a bucket deleted while it runs then
+reads as empty until a write fails.)
 
 Unknown outcomes. A write that is retried after its first attempt may have landed
 can meet its own success as a failed precondition. So a write trusts a precondition
@@ -39,8 +42,8 @@ was applied); Azure turns the SDK's retries off for writes. An unknown outcome
 raises ``OSError`` saying so, and :class:`~refs.RefStore` re-reads to learn it.
 
 Threads. Each call runs the filesystem's coroutine on the filesystem's own event
-loop (``fsspec.asyn.sync``); the classes keep no state of their own, so one instance
-serves many threads. Pass a filesystem made with ``asynchronous=False`` (the
+loop (``fsspec.asyn.sync``); the classes keep no state of their own (but GCS's set
+of buckets seen), so one instance serves many threads. Pass a filesystem made with ``asynchronous=False`` (the
 default), one per process: its client sessions do not survive ``fork``.
 """
 
@@ -266,6 +269,9 @@ class GCSConditional(Conditional):
     def __init__(self, fs: Any) -> None:
         _check_fs(fs, "GCSConditional")
         self.fs = fs
+        # Buckets seen to exist: a read of a missing object there answers None without
+        # asking again (a 404 does not say whether the object or the bucket is missing).
+        self._buckets: set[str] = set()
 
     def read(self, path: str) -> tuple[bytes, str] | None:
         # docstring inherited
@@ -316,13 +322,16 @@ class GCSConditional(Conditional):
             # Through gcsfs's retry loop: a read may be repeated safely.
             headers, data = await self.fs._call("GET", url, bucket, key, alt="media")
         except FileNotFoundError:
-            await self._bucket_exists(bucket)
+            if bucket not in self._buckets:
+                await self._bucket_exists(bucket)
+                self._buckets.add(bucket)
             return None
         except Exception as exc:  # noqa: BLE001 - translated, never swallowed
             raise _gcs_error(exc) from exc
         generation = headers.get("x-goog-generation")
         if not generation:
             raise OSError(errno.EPROTO, f"GCS answered gs://{bucket}/{key} without a generation")
+        self._buckets.add(bucket)
         return bytes(data), str(generation)
 
     async def _bucket_exists(self, bucket: str) -> None:

@@ -16,6 +16,11 @@ An entry is one line of JSON (UTF-8, ASCII-escaped)::
 delete), ``time`` is seconds since the epoch on the writer's clock; ``pid`` and
 ``host`` identify the writing process, so an update that was claimed but never
 published can be reported with its owner.
+
+``logs/<name>/~pruned`` (see :func:`pruned_path`) is written once, before
+``prune_log`` deletes the first entry of ``name``: while it is absent, entry 1 was
+never deleted, so a writer that has just created entry 1 knows the history holds
+nothing else without listing it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from refs.ids import check_id
 from refs.names import log_dir
 
 _ENTRY = re.compile(r"~([0-9]{12,})")
+
+#: The base name of the marker :func:`pruned_path`; no entry or ref name looks like it.
+PRUNED = "~pruned"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +67,11 @@ def parse_entry_basename(basename: str) -> int | None:
 def entry_path(root: str, name: str, seq: int) -> str:
     """The file of update number ``seq`` of ref ``name`` under ``root``."""
     return f"{log_dir(root, name)}/{entry_basename(seq)}"
+
+
+def pruned_path(root: str, name: str) -> str:
+    """The marker saying that entries of ref ``name`` were pruned (entry 1 among them)."""
+    return f"{log_dir(root, name)}/{PRUNED}"
 
 
 def encode_entry(entry: LogEntry, *, pid: int, host: str) -> bytes:

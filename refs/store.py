@@ -9,9 +9,12 @@ It needs nothing but the four primitives of :class:`~refs.Conditional` on single
 files, so it runs unchanged on object stores, which have neither locks nor appends.
 To update ref ``N`` to ``new``:
 
-1. Read the ref: value ``v``, version ``t``. Find the newest entry ``E_j`` (none:
-   ``j = 0``): a few reads past the newest one this store saw before, else a
-   listing of ``logs/N/``.
+1. Read the ref: value ``v``, version ``t`` (this thread's own read of ``N`` a
+   moment before may stand in: callers ``read`` then ``set``). Find the newest entry
+   ``E_j`` (none: ``j = 0``). If the newest entry this store saw settled says
+   ``new == v`` (or it saw none and ``v`` is absent), take it as ``E_j`` without a
+   read: the claim in step 4 and the check after it prove it or fail. Otherwise a
+   few reads past the newest one this store saw, else a listing of ``logs/N/``.
 2. If ``E_j.new != v``, update ``j`` is in flight: its claimant wrote the entry but
    not yet the ref (``v == E_j.old``). Wait with backoff. If nothing moves for
    ``lock_timeout`` seconds, raise ``RefLocked`` naming the entry, its owner
@@ -19,14 +22,26 @@ To update ref ``N`` to ``new``:
 3. Compare ``expected`` with ``v``: a mismatch raises ``RefConflict(actual=v)``.
 4. **Claim**: ``create(logs/N/~<j+1>, {old: v, new, time, who, message})``, an
    exclusive create: of all writers that read state ``j``, exactly one wins; the
-   others start again at 1.
+   others start again at 1 (finding the newest entry by reading, not by step 1's
+   guess). The winner checks that entry ``j`` is still there, or for ``j = 0`` that
+   no entry was ever pruned (see below).
 5. **Publish**: ``replace(refs/N, new, t)`` (``create`` if ``v`` is absent,
    ``remove`` for a delete; nothing if ``new == v``).
 
+Why taking a remembered entry as the newest is safe: a claim of ``j+1`` that wins
+and finds ``E_j`` still there proves that ``E_j`` was the newest entry until that
+moment (entries past a settled one are numbered without gaps, and pruning deletes
+oldest first, so ``j+1`` was never there before). ``E_j`` was settled when this
+store saw it, and stays so until ``j+1`` is claimed: so the ref holds
+``E_j.new == v``. For ``j = 0``: entry 1 is deleted only by ``prune_log``, which
+first writes ``logs/N/~pruned``; with no marker, a won claim of entry 1 is the
+whole history, and the ref, which only history holders write, is absent.
+
 Why the history is a chain in update order, on every backend:
 
-- Entry ``j+1`` is created only by a writer that read entry ``j`` and found the ref
-  settled at ``E_j.new``; it records ``old = E_j.new``. Entries are created
+- Entry ``j+1`` is created only by a writer that knows entry ``j`` (read now, or
+  seen settled before and proved newest by the claim) and found the ref settled at
+  ``E_j.new``; it records ``old = E_j.new``. Entries are created
   exclusively and never rewritten, so ``E_{j+1}.old == E_j.new`` and sequence order
   is update order, whatever clocks, machines or crashes do.
 - The entry is the serialization point, so there is no window in which the ref has
@@ -51,34 +66,51 @@ Why no update is lost:
   claim and starts again instead of writing into the past.
 - A claim whose answer is lost (a timeout: did it land?) is read back: if the entry
   holds our bytes, the update carries on.
+- The version ``t`` read in step 1 can be stale while the value is not: the ref
+  went ``v -> w -> v`` between that read and the finding of ``E_j`` (S3 ETags
+  repeat then, GCS generations and Azure ETags do not). The conditional write then
+  fails; the claimant re-reads, and if the ref still holds ``v`` writes again on
+  the new version: holding the newest claim, it is the ref's only writer.
 - A publish that fails (an I/O error, a stale lock, a name conflict) is resolved
   by the claimant: if the ref still holds ``v`` and nobody claimed ``j+2``, it
   deletes its own entry, so the failed call leaves no trace; if the update did land
   (the ref holds ``new``, or ``j+2`` exists), the call succeeds.
 
 Names form a tree (``a`` and ``a/b`` cannot both exist). Creating a ref first
-checks its parents (one GET each; a stat on a local disk) and the names below it
-(one listing; on a local disk one failed attempt to list ``refs/<name>``); after
-publishing it checks again, and if a concurrent writer created a conflicting name
+checks its parents (one GET each, sent at once; a stat on a local disk) and the
+names below it (a listing of one key; on a local disk one failed attempt to list
+``refs/<name>``), so that a refused write leaves no trace; parents that this store
+saw holding refs are not read in this first check. After publishing it checks
+again, reading every parent, and if a concurrent writer created a conflicting name
 meanwhile, it deletes its own ref (a history entry "reverted: ...") and raises
-``NameConflict``. Two such writers each see the other at least once (Dekker), so
-at most one survives; both may lose. On a local filesystem the folders themselves
-also refuse it under the write's lock.
+``NameConflict``. Two such writers each see the other at least once in the check
+after publishing (Dekker), so at most one survives; both may lose. On a local
+filesystem the folders themselves also refuse it under the write's lock.
 
-Costs: ``read`` 1 GET; ``set`` 1 GET of the ref + 2 or 3 GETs of history (a listing,
-one request per 1000 entries, when the store has not seen the name before) + 2
-conditional writes; ``list`` 1 listing. On a local disk reads, listings and checks
-are ``os`` calls (``refs/files.py``), about 25 system calls per ``set``, most of
-them the lock file, temporary files and renames that make it atomic.
+Costs on an object store, in requests. ``read`` 1 GET. ``set`` of a name that
+moves: 1 GET of the ref (none after a ``read`` of it by the same thread), 1 PUT of
+the claim, 1 GET of the entry before it, 1 PUT of the ref; a store that has not
+seen the name lists its history folder first (1 listing per 1000 entries, 1 GET).
+``set`` of a new name ``a/b``: the same, with a GET of the prune marker instead of
+the entry before, plus the name-tree checks: GET of ``a`` (not in the first check
+once this store saw ``a`` as a folder) and a listing of one key below ``a/b``,
+before claiming and again after publishing. ``list`` 1 listing per 1000 refs. On a
+local disk reads, listings and checks are ``os`` calls (``refs/files.py``), about
+25 system calls per ``set``, most of them the lock file, temporary files and
+renames that make it atomic.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import json
 import os
 import random
+import threading
 import time
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
@@ -86,11 +118,11 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from refs.conditional import Conditional
 from refs.errors import NameConflict, RefConflict, RefError, RefLocked, RefNotFound
-from refs.files import LocalFiles, files_for
+from refs.files import AzureFiles, GCSFiles, LocalFiles, S3Files, files_for
 from refs.history import History, Stored
 from refs.ids import ANY, Expected, check_id, decode_ref, encode_ref
 from refs.local import LocalConditional
-from refs.log import LogEntry, encode_entry, entry_path
+from refs.log import LogEntry, encode_entry, entry_path, pruned_path
 from refs.memory import ProcessLocalConditional
 from refs.names import check_ref_prefix, is_valid_ref_name, parents, ref_path
 from refs.owner import default_identity, describe_owner, hostname, remove_command
@@ -101,6 +133,27 @@ _MAX_WAIT = 0.004
 
 # Writes that meet a file where a folder should be, or a folder where a file should.
 _TREE_ERRORS = (NotADirectoryError, IsADirectoryError, FileExistsError)
+
+# How long a ref this thread read may stand in for the read that starts an update of
+# the same name (seconds), and how many folder names a store remembers at most.
+_SEEN_FOR = 10.0
+_MAX_FOLDERS = 4096
+# Claims in a row taken back as landing in pruned history before an update gives up:
+# one is a rare race with prune_log; many mean the history cannot be listed.
+_MAX_STALE = 16
+# Writes of the ref by the writer holding the newest claim, when the version it read
+# went stale while the value did not (see _publish).
+_PUBLISH_TRIES = 4
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """What one read of ref ``name`` returned: content and version (None: absent)."""
+
+    name: str
+    current: tuple[bytes, str] | None
+    value: str | None
+    at: float
 
 
 class _Patience:
@@ -156,7 +209,13 @@ class RefStore:
         self.lock_timeout = lock_timeout
         # The newest settled history entry seen per name: a hint, never trusted alone.
         self._heads: dict[str, Stored] = {}
-        self._files = files_for(fs)  # os calls on a local disk, fsspec elsewhere
+        # Per thread, the last ref read: the next update of that name starts from it.
+        self._seen = threading.local()
+        # Names this store saw holding refs below them: the first, courtesy check of a
+        # new name skips reading them (the check after publishing never does).
+        self._folders: set[str] = set()
+        # os calls on a local disk, the service's requests on S3, GCS and Azure, else fsspec
+        self._files = files_for(fs, conditional)
         self._log = History(self._files, self.root)
         protocol = fs.protocol
         self._protocol = protocol if isinstance(protocol, str) else protocol[0]
@@ -169,8 +228,10 @@ class RefStore:
     def read(self, name: str) -> str | None:
         """The id ref ``name`` holds, or None if it does not exist (one GET)."""
         path = ref_path(self.root, name)
-        data = self.conditional.read_data(path)
-        return None if data is None else decode_ref(data, path)
+        current = self.conditional.read(path)
+        value = None if current is None else decode_ref(current[0], path)
+        self._seen.last = _Seen(name, current, value, time.monotonic())
+        return value
 
     def list(self, prefix: str = "") -> list[str]:
         """Sorted names of the refs starting with ``prefix`` (one listing).
@@ -228,14 +289,26 @@ class RefStore:
         if not isinstance(message, str):
             raise TypeError(f"message must be a str, not {type(message).__name__}")
         patience = _Patience(self.lock_timeout)
+        seen = self._take_seen(name, new, expected)
+        guess = True  # until a claim fails: then find the newest entry by reading
+        stale = 0  # claims taken back because they landed in a pruned slot
         while True:
-            current = self.conditional.read(path)
-            value = None if current is None else decode_ref(current[0], path)
-            head = self._log.newest(name, self._heads.get(name), value)
-            if head is not None and head.entry.new != value:
-                if patience.exhausted((head.data, current)):
-                    raise self._stuck(name, head, value)
-                continue
+            known = self._heads.get(name)  # before the ref is read: settled before it
+            if seen is not None:
+                current, value, seen = seen.current, seen.value, None
+            else:
+                current = self.conditional.read(path)
+                value = None if current is None else decode_ref(current[0], path)
+            if guess and (value is None if known is None else known.entry.new == value):
+                # Probably still the newest entry (none at all for a name never seen):
+                # the exclusive claim of the next number and the check after it prove it.
+                head = known
+            else:
+                head = self._log.newest(name, known, value)
+                if head is not None and head.entry.new != value:
+                    if patience.exhausted((head.data, current)):
+                        raise self._stuck(name, head, value)
+                    continue
             if head is not None:
                 self._heads[name] = head  # settled: it can no longer be taken back
             if new is None and value is None:
@@ -249,16 +322,47 @@ class RefStore:
             entry = LogEntry(value, new, time.time(), self.identity, message)
             data = encode_entry(entry, pid=os.getpid(), host=hostname())
             if not self._claim(claim, data):
-                continue  # another writer claimed update `seq`: start again
+                # Another writer claimed update `seq`: start again. Unless its entry
+                # stays invisible to the reads that find the newest one (a listing
+                # that misses files): then this would go on for ever.
+                if not guess and patience.exhausted(("claimed", claim)):
+                    raise self._unlisted(name, claim)
+                guess = False
+                continue
             if not self._fresh(name, seq):
                 self._withdraw(claim, data)
                 self._heads.pop(name, None)
+                guess = False
+                stale += 1
+                if stale >= _MAX_STALE:
+                    raise self._unlisted(name, claim)
                 continue
             self._publish(name, seq, claim, data, entry, current)
             self._heads[name] = Stored(seq, claim, data, entry, {})
             if value is None and new is not None:
                 self._recheck_tree(name, new)
             return value
+
+    def _take_seen(self, name: str, new: str | None, expected: Expected) -> _Seen | None:
+        """This thread's last read of ``name``, if it may start an update to ``new``.
+
+        Only a recent read that cannot decide the outcome on its own: one that would
+        raise (a conflict with ``expected``, a delete of nothing) is read again, so
+        those answers always come from a fresh read. Whether the value read is still
+        current is proved the same way as for a fresh read: the claim of the next
+        history entry after the one that published it (see the module docstring).
+        """
+        seen: _Seen | None = getattr(self._seen, "last", None)
+        if seen is None or seen.name != name:
+            return None
+        self._seen.last = None
+        if time.monotonic() - seen.at > _SEEN_FOR:
+            return None
+        if new is None and seen.value is None:
+            return None
+        if expected is not ANY and expected != seen.value:
+            return None
+        return seen
 
     def _publish(
         self,
@@ -273,29 +377,45 @@ class RefStore:
         if entry.old == entry.new:
             return  # the ref already holds it
         path = ref_path(self.root, name)
-        try:
-            if entry.new is None:
-                assert current is not None
-                done = self.conditional.remove(path, current[1])
-            elif current is None:
-                done = self.conditional.create(path, encode_ref(entry.new))
-            else:
-                done = self.conditional.replace(path, encode_ref(entry.new), current[1])
-        except _TREE_ERRORS as exc:
-            self._undo_claim(name, seq, claim, data, entry)
-            raise NameConflict(name, self._conflicting(name)) from exc
-        except BaseException as exc:
-            landed = self._undo_claim(name, seq, claim, data, entry)
-            if landed and isinstance(exc, OSError):
-                return
-            raise
-        if not done and self.read(name) != entry.new:
+        for _ in range(_PUBLISH_TRIES):
+            try:
+                if self._write_ref(path, entry.new, current):
+                    break
+                current = self.conditional.read(path)
+            except _TREE_ERRORS as exc:
+                self._undo_claim(name, seq, claim, data, entry)
+                raise NameConflict(name, self._conflicting(name)) from exc
+            except BaseException as exc:
+                landed = self._undo_claim(name, seq, claim, data, entry)
+                if landed and isinstance(exc, OSError):
+                    return
+                raise
+            value = None if current is None else decode_ref(current[0], path)
+            if value == entry.new:
+                break  # it landed after all (an answer lost, then the write repeated)
+            if value != entry.old:
+                raise RefError(
+                    f"ref {name!r} was changed by something other than refs while update "
+                    f"{claim} was being published; the history and the ref now disagree"
+                )
+            # The value this update expects, under a version other than the one read:
+            # updates that went A -> B -> A between that read and our claim (the claim
+            # now makes this writer the ref's only one). Write again on the new version.
+        else:
             raise RefError(
-                f"ref {name!r} was changed by something other than refs while update "
-                f"{claim} was being published; the history and the ref now disagree"
+                f"ref {name!r} keeps changing under update {claim} although it holds the value"
+                f" the update expects: something other than refs writes it"
             )
         if entry.new is None:
             self.conditional.discard_empty_dirs(path, f"{self.root}/refs")
+
+    def _write_ref(self, path: str, new: str | None, current: tuple[bytes, str] | None) -> bool:
+        """One conditional write of ref ``path`` from ``current`` (content, version) to ``new``."""
+        if new is None:
+            return current is None or self.conditional.remove(path, current[1])
+        if current is None:
+            return self.conditional.create(path, encode_ref(new))
+        return self.conditional.replace(path, encode_ref(new), current[1])
 
     def _claim(self, claim: str, data: bytes) -> bool:
         """Create our history entry; an error whose outcome is unknown is resolved by reading."""
@@ -321,7 +441,22 @@ class RefStore:
         """
         if seq > 1:
             return self._log.exists(name, seq - 1)
+        # Entry 1 is deleted only after the marker is written: no marker, no pruning,
+        # and entries are numbered without gaps, so ours is the only one.
+        if not self._files.exists(pruned_path(self.root, name)):
+            return True
         return max(self._log.numbers(name), default=0) == 1
+
+    def _unlisted(self, name: str, claim: str) -> RefError:
+        """The error when the history of ``name`` does not read as the entries it holds."""
+        folder = claim.rpartition("/")[0]
+        return RefError(
+            f"ref {name!r} was not updated: its history entry {claim} (the one this update"
+            f" claimed, or the one that beat it) does not show when {folder}/ is listed, so"
+            f" the newest entry cannot be found; the filesystem's listing misses files it"
+            f" holds (a client or server bug): compare the listing with the files, and"
+            f" report it with the filesystem's name and version"
+        )
 
     def _withdraw(self, claim: str, data: bytes) -> None:
         """Delete our own claim ``claim`` (holding ``data``) if it is still there."""
@@ -364,33 +499,57 @@ class RefStore:
 
     # -- names form a tree --------------------------------------------------------
 
-    def _conflicting(self, name: str) -> str | None:
-        """A ref that is a parent or a child of ``name``, if any."""
-        for parent in parents(name):
-            if not is_valid_ref_name(parent):
-                continue  # "a./b" is a name, "a." is not: no ref can be there
-            if self._is_ref(parent):
-                return parent
+    def _conflicting(self, name: str, *, folders: AbstractSet[str] = frozenset()) -> str | None:
+        """A ref that is a parent or a child of ``name``, if any; parents in
+        ``folders`` are not read."""
+        return self._parent_ref(name, folders) or self._child_ref(name)
+
+    def _parent_ref(self, name: str, folders: AbstractSet[str]) -> str | None:
+        """The shortest parent of ``name`` that is a ref (one GET each, at once)."""
+        # "a./b" is a name, "a." is not: no ref can be there
+        candidates = [p for p in parents(name) if p not in folders and is_valid_ref_name(p)]
+        paths = [ref_path(self.root, parent) for parent in candidates]
+        if isinstance(self._files, LocalFiles):  # one stat each: opening takes three
+            present = {path for path in paths if self._files.exists(path)}
+        elif isinstance(self._files, (S3Files, GCSFiles, AzureFiles)) and len(paths) > 1:
+            present = set(self._files.cat_many(paths))
+        else:
+            present = {path for path in paths if self.conditional.read_data(path) is not None}
+        return next((p for p, path in zip(candidates, paths, strict=True) if path in present), None)
+
+    def _child_ref(self, name: str) -> str | None:
+        """The first ref below ``name`` in name order (one listing of one key, usually)."""
         refs = f"{self.root}/refs"
-        below = self._names_in(f"{refs}/{name}", refs)
-        below = [other for other in below if other.startswith(name + "/")]
+        top = f"{refs}/{name}"
+        first = self._files.find(top, limit=1)
+        if not first:
+            return None
+        below = [n for n in self._names_in(top, refs, first) if n.startswith(name + "/")]
+        if not below:  # something else sorts first: look at everything
+            below = [n for n in self._names_in(top, refs) if n.startswith(name + "/")]
         return min(below) if below else None
 
-    def _is_ref(self, name: str) -> bool:
-        path = ref_path(self.root, name)
-        if isinstance(self._files, LocalFiles):
-            return self._files.exists(path)  # one stat: opening the usual folder takes three
-        return self.conditional.read_data(path) is not None
-
     def _check_tree(self, name: str) -> None:
-        other = self._conflicting(name)
+        """Before claiming a new name: refuse it if a parent or child is a ref.
+
+        A courtesy, so that a refused write leaves no history: parents this store saw
+        as folders are not read again. :meth:`_recheck_tree` after publishing is what
+        makes two racing writers see each other.
+        """
+        other = self._conflicting(name, folders=self._folders)
         if other is not None:
+            self._folders.discard(other)
             raise NameConflict(name, other)
 
     def _recheck_tree(self, name: str, new: str) -> None:
         other = self._conflicting(name)
         if other is None:
+            self._folders.discard(name)
+            if len(self._folders) > _MAX_FOLDERS:
+                self._folders.clear()
+            self._folders.update(parents(name))
             return
+        self._folders.discard(other)
         # A concurrent writer created `other`: take ours back, unless it moved on already.
         with contextlib.suppress(RefConflict, RefNotFound):
             self._update(name, None, new, f"reverted: ref {other!r} exists")
@@ -439,6 +598,19 @@ class RefStore:
         """Sorted names of every ref that has history, deleted ones included (one listing)."""
         return self._log.names()
 
+    def unpublished(self, name: str) -> tuple[LogEntry, str, bool | None, str] | None:
+        """``(entry, owner "pid@host", owner alive, command that deletes the entry)`` if
+        the newest history entry of ``name`` says something the ref does not hold: an
+        update claimed and not (yet) published (a writer in flight, or killed between
+        the two steps), or a ref file deleted or rewritten outside refs. None when the
+        ref agrees with its history. For checkers (``cas fsck``); writers wait on it."""
+        history = self._log.all(name)
+        if not history or history[-1].entry.new == self.read(name):
+            return None
+        head = history[-1]
+        owner, alive = describe_owner(head.record.get("pid"), head.record.get("host"))
+        return head.entry, owner, alive, remove_command(self._protocol, head.path)
+
     def prune_log(self, name: str, older_than: float) -> int:
         """Delete the oldest history entries written before ``older_than``; return how many.
 
@@ -452,9 +624,18 @@ class RefStore:
             if stored.entry.time >= older_than:
                 break
             doomed.append(stored.path)
+        if doomed or (history and history[0].seq > 1):
+            # Before entry 1 goes (see _fresh); also for histories pruned before markers.
+            marker = json.dumps({"time": time.time(), "who": self.identity}) + "\n"
+            self.conditional.create(pruned_path(self.root, name), marker.encode())
+        deleted = 0
         for path in doomed:
-            self.fs.rm_file(path)
-        return len(doomed)
+            try:
+                self.fs.rm_file(path)
+            except FileNotFoundError:
+                continue  # a claim in a freed slot, taken back by its writer meanwhile
+            deleted += 1
+        return deleted
 
     # -- helpers ------------------------------------------------------------------
 
@@ -465,12 +646,15 @@ class RefStore:
             history.pop()  # claimed, not (yet) published: it has not happened
         return history
 
-    def _names_in(self, top: str, refs: str) -> builtins.list[str]:
-        """Valid ref names of the files under ``top`` (inside folder ``refs``)."""
+    def _names_in(
+        self, top: str, refs: str, found: builtins.list[str] | None = None
+    ) -> builtins.list[str]:
+        """Valid ref names of the files under ``top`` (inside folder ``refs``), or of
+        the files ``found`` there."""
         start = refs + "/"
         return [
             path[len(start) :]
-            for path in self._files.find(top)
+            for path in (self._files.find(top) if found is None else found)
             if path.startswith(start) and is_valid_ref_name(path[len(start) :])
         ]
 

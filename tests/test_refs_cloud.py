@@ -4,38 +4,38 @@ servers: compare-and-swap by the services' conditional requests (refs/cloud.py).
 Each test gets a fresh bucket: the suite lists the root's parent to check that no
 name escapes the root, so the parent must hold nothing else.
 
-Azure: two gaps of adlfs (the client library, so real Azure has them too), each
-pinned by a deterministic strict xfail below. ``find("c/refs/a")`` answers with the
-blob ``c/refs/a`` itself when there is one, not with ``c/refs/a/b`` below it, so the
-name-tree check of ``refs`` misses a child created concurrently; and ``find`` of a
-folder whose name holds ``#`` answers ``[]``, so ``list(prefix)`` misses its refs, and
-``set`` of a name whose last part holds ``#`` loops for ever (its history folder reads
-as empty: ``_fresh`` is False on every try). The property test excludes ``#``.
+Azure: refs lists blobs with the SDK itself (``refs.files.AzureFiles``), not with
+adlfs, which has two gaps pinned below as regression tests: ``find("c/refs/a")``
+answers the blob ``c/refs/a`` itself when there is one, not ``c/refs/a/b`` below it
+(the name-tree check missed a child created concurrently), and ``find`` of a folder
+whose name holds ``#`` answers ``[]`` (``list(prefix)`` missed its refs, and ``set``
+of a name whose last part holds ``#`` looped for ever: its history folder read as
+empty, so ``_fresh`` was False on every try).
 """
 
 from __future__ import annotations
 
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import fsspec
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from fsspec.implementations.local import LocalFileSystem
 
 from cas.testing.servers import Server
-from refs import RefStore
+from refs import Conditional, NameConflict, RefError, RefStore
 from refs.cloud import conditional_for
-from refs.testing import A, MakeRefStore, RefStoreTests, valid_names
+from refs.files import Files
+from refs.history import History
+from refs.log import pruned_path
+from refs.stress import counter_of, increment
+from refs.testing import A, B, C, D, MakeRefStore, RefStoreTests, assert_chain
 
 pytestmark = pytest.mark.slow  # about two minutes for the three servers
-
-ADLFS_FIND_FILE = (
-    "adlfs gap: find('refs/a') answers the blob 'refs/a' itself, not 'refs/a/b' below it,"
-    " so refs' name-tree recheck misses a concurrent child on Azure"
-)
-ADLFS_FIND_HASH = (
-    "adlfs gap: find() of a folder whose name holds '#' answers [], so list() misses refs"
-    " below it (and set() of a name ending in '#' never returns: its history folder reads"
-    " as empty, so refs withdraws its claim and tries again, forever)"
-)
 
 
 def _make(server: Server) -> MakeRefStore:
@@ -49,45 +49,243 @@ def _make(server: Server) -> MakeRefStore:
     return make
 
 
-class TestS3RefStore(RefStoreTests):
+class _RacingRead(Conditional):
+    """Delegates to ``inner``; the first read of ``path`` runs ``race`` before answering."""
+
+    def __init__(self, inner: Conditional, path: str, race: Callable[[], object]) -> None:
+        self.inner, self.path, self.race = inner, path, race
+
+    def read(self, path: str) -> tuple[bytes, str] | None:
+        got = self.inner.read(path)
+        if path == self.path and self.race is not None:
+            race, self.race = self.race, None  # type: ignore[assignment]
+            race()
+        return got
+
+    def create(self, path: str, data: bytes) -> bool:
+        return self.inner.create(path, data)
+
+    def replace(self, path: str, data: bytes, version: str) -> bool:
+        return self.inner.replace(path, data, version)
+
+    def remove(self, path: str, version: str) -> bool:
+        return self.inner.remove(path, version)
+
+
+class ShortcutTests:
+    """What the request-saving paths of RefStore.set must get right (refs/store.py)."""
+
+    def test_a_version_read_before_an_a_b_a_is_written_again(
+        self, make_refstore: MakeRefStore
+    ) -> None:
+        """The ref goes A -> B -> A between a writer's read and its claim: GCS
+        generations, Azure ETags and local stamps change, the value does not."""
+        first = make_refstore()
+        first.set("main", A)
+        other = make_refstore()
+
+        def a_b_a() -> None:
+            other.set("main", B)
+            other.set("main", A)
+
+        path = f"{first.root}/refs/main"
+        racing = make_refstore(conditional=_RacingRead(first.conditional, path, a_b_a))
+        assert racing.set("main", C, expected=A) == A
+        assert first.read("main") == C
+        assert [(e.old, e.new) for e in first.log("main")] == [(A, C), (B, A), (A, B), (None, A)]
+
+    def test_a_remembered_entry_that_is_no_longer_the_newest(
+        self, make_refstore: MakeRefStore
+    ) -> None:
+        mine, other = make_refstore(), make_refstore()
+        mine.set("main", A)
+        other.set("main", B)
+        other.set("main", A)  # back to what `mine` remembers: its guess of entry 1 is wrong
+        assert mine.read("main") == A
+        assert mine.set("main", C, expected=A) == A
+        assert [e.new for e in mine.log("main")] == [C, A, B, A]
+        assert_chain(mine.log("main"))
+
+    def test_a_pruned_name_created_again(self, make_refstore: MakeRefStore) -> None:
+        rs = make_refstore()
+        for value in (A, B, C):
+            rs.set("gone", value)
+        rs.delete("gone")
+        assert rs.prune_log("gone", time.time() + 10) == 3  # entries 1-3 go, 4 stays
+        assert rs.fs.exists(pruned_path(rs.root, "gone"))
+        last = C
+        for store in (rs, make_refstore()):  # one that remembers entry 4, one that does not
+            assert store.read("gone") is None
+            assert store.set("gone", D, expected=None) is None  # entry 1 is free: not for us
+            assert [(e.old, e.new) for e in store.log("gone")][:2] == [(None, D), (last, None)]
+            assert_chain(store.log("gone"))
+            store.delete("gone")
+            last = D
+        assert len(rs.log("gone")) == 5  # entries 4 to 8
+
+    def test_threads_sharing_one_store_lose_no_update(self, make_refstore: MakeRefStore) -> None:
+        """Threads of one store share what it remembers (its newest entries, its folders)."""
+        rs = make_refstore()
+        errors: list[BaseException] = []
+
+        def work(n: int) -> None:
+            try:
+                increment(rs, "shared/counter", 10)
+                rs.set(f"shared/{n}", A, expected=None)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        workers = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert errors == []
+        entries = rs.log("shared/counter")
+        assert len(entries) == 40 and counter_of(rs.read("shared/counter")) == 40
+        assert_chain(entries)
+        assert len(rs.list("shared/")) == 5
+
+    def test_writers_beside_a_pruner_lose_no_update(self, make_refstore: MakeRefStore) -> None:
+        """Claims that land in slots pruning freed are taken back, whichever path found them."""
+        pruner, stop = make_refstore(), threading.Event()
+        errors: list[BaseException] = []
+
+        def prune() -> None:
+            while not stop.is_set():
+                try:
+                    pruner.prune_log("pruned/counter", time.time() + 10)
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    errors.append(exc)
+                    return
+
+        def work() -> None:
+            try:
+                increment(make_refstore(), "pruned/counter", 8)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        pruning = threading.Thread(target=prune)
+        pruning.start()
+        workers = [threading.Thread(target=work) for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        stop.set()
+        pruning.join()
+        assert errors == []
+        assert counter_of(pruner.read("pruned/counter")) == 24
+        entries = pruner.log("pruned/counter")
+        assert_chain(entries)
+        assert entries[0].new == pruner.read("pruned/counter")
+
+    def test_a_folder_remembered_that_became_a_ref(self, make_refstore: MakeRefStore) -> None:
+        mine, other = make_refstore(), make_refstore()
+        mine.set("a/b", A)  # `mine` now knows "a" as a folder
+        other.delete("a/b")
+        other.set("a", B)
+        with pytest.raises(NameConflict) as caught:
+            mine.set("a/c", C)  # the first check trusts the memory, the second does not
+        assert caught.value.other == "a"
+        assert mine.list() == ["a"] and mine.read("a/c") is None
+        with pytest.raises(NameConflict):
+            mine.set("a/d", C)  # and it is forgotten
+        assert mine.log("a/d") == []
+
+
+class TestS3RefStore(RefStoreTests, ShortcutTests):
     @pytest.fixture
     def make_refstore(self, s3_server: Server) -> MakeRefStore:
         return _make(s3_server)
 
 
-class TestGCSRefStore(RefStoreTests):
+class TestGCSRefStore(RefStoreTests, ShortcutTests):
     @pytest.fixture
     def make_refstore(self, gcs_server: Server) -> MakeRefStore:
         return _make(gcs_server)
 
 
-class TestAzureRefStore(RefStoreTests):
+class TestLocalShortcuts(ShortcutTests):
+    @pytest.fixture
+    def make_refstore(self, tmp_path: Path) -> MakeRefStore:
+        def make(**options: Any) -> RefStore:
+            return RefStore(LocalFileSystem(), str(tmp_path / ".cas"), fsync=False, **options)
+
+        return make
+
+
+class TestMemoryShortcuts(ShortcutTests):
+    @pytest.fixture
+    def make_refstore(self) -> MakeRefStore:
+        root = f"/shortcuts-{uuid.uuid4().hex}"
+
+        def make(**options: Any) -> RefStore:
+            return RefStore(fsspec.filesystem("memory"), root, **options)
+
+        return make
+
+
+class TestAzureRefStore(RefStoreTests, ShortcutTests):
     @pytest.fixture
     def make_refstore(self, azure_server: Server) -> MakeRefStore:
         return _make(azure_server)
 
-    @settings(
-        max_examples=40,
-        deadline=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors],
-    )
-    @given(name=valid_names)
-    def test_valid_names_round_trip(self, rs: RefStore, name: str) -> None:
-        assume("#" not in name)  # see ADLFS_FIND_HASH: test_hash_in_a_folder_name pins it
-        inner = RefStoreTests.test_valid_names_round_trip.hypothesis.inner_test  # type: ignore[attr-defined]
-        inner(self, rs, name)
-
-    @pytest.mark.xfail(strict=True, reason=ADLFS_FIND_HASH)
     def test_hash_in_a_folder_name(self, rs: RefStore) -> None:
+        """adlfs find() of a folder whose name holds '#' answers []."""
         rs.set("x#/y", A)
         assert rs.list("x#/") == ["x#/y"]
+        assert rs.list() == ["x#/y"]
 
-    @pytest.mark.xfail(strict=False, reason=ADLFS_FIND_FILE + " (when the race goes that way)")
-    def test_parent_and_child_created_at_once(self, make_refstore: MakeRefStore) -> None:
-        super().test_parent_and_child_created_at_once(make_refstore)
+    def test_hash_at_the_end_of_a_name_returns(self, make_refstore: MakeRefStore) -> None:
+        """set() of such a name looped for ever when history was listed through adlfs."""
+        make_refstore().set("x/y#", A)
+        rs = make_refstore()  # knows nothing of it: lists its history
+        rs.set("x/y#", B, expected=A)
+        assert rs.read("x/y#") == B
+        assert [(e.old, e.new) for e in rs.log("x/y#")] == [(A, B), (None, A)]
+        assert rs.log_names() == ["x/y#"]
 
-    @pytest.mark.xfail(strict=True, reason=ADLFS_FIND_FILE)
     def test_a_child_written_behind_a_ref_is_seen(self, rs: RefStore) -> None:
+        """adlfs find('refs/a') answers the blob 'refs/a' itself, not 'refs/a/b'."""
         rs.set("a", A)
         rs.fs.pipe_file(f"{rs.root}/refs/a/b", (A + "\n").encode())  # as a racing writer would
         assert rs._conflicting("a") == "a/b"
+
+
+class _Blind(Files):
+    """Lists nothing, as adlfs did for a folder whose name holds '#'."""
+
+    def listdir(self, folder: str) -> list[str]:
+        return []
+
+    def find(self, top: str, limit: int | None = None) -> list[str]:
+        return []
+
+
+def _blind_store(**options: Any) -> RefStore:
+    fs = fsspec.filesystem("memory")
+    rs = RefStore(fs, f"/blind-{uuid.uuid4().hex}", **options)
+    rs._files = _Blind(fs)
+    rs._log = History(rs._files, rs.root)
+    return rs
+
+
+def test_a_listing_that_misses_entries_ends_with_an_error() -> None:
+    """A call that never returns is a defect: the update gives up, saying why."""
+    rs = _blind_store(lock_timeout=0.3)
+    RefStore(rs.fs, rs.root).set("x", A)  # entry 1 exists, the listing never shows it
+    started = time.monotonic()
+    with pytest.raises(RefError, match="listing misses files") as caught:
+        rs.set("x", B, expected=A)
+    assert "logs/x/~000000000001" in str(caught.value)
+    assert time.monotonic() - started < 5
+    assert rs.read("x") == A
+
+
+def test_a_listing_that_misses_entries_after_pruning_ends_with_an_error() -> None:
+    rs = _blind_store()
+    rs.conditional.create(pruned_path(rs.root, "y"), b"{}\n")  # as prune_log leaves it
+    with pytest.raises(RefError, match="listing misses files"):
+        rs.set("y", A)  # entry 1 is ours, yet the listing says the history is empty
+    assert rs.read("y") is None
