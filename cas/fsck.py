@@ -4,6 +4,7 @@ to ``<root>/quarantine/`` (never deleting data) and says which artifacts to re-s
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -74,8 +75,15 @@ def _verify(store: ArtifactStore, oid: ObjectId) -> tuple[str | None, list[Objec
 
 
 def check(
-    store: ArtifactStore, *, repair: bool = False, progress: Progress | None = None
+    store: ArtifactStore,
+    *,
+    repair: bool = False,
+    progress: Progress | None = None,
+    settle: float | None = None,
 ) -> FsckReport:
+    """Verify the store. An update of a name claimed in its history more than ``settle``
+    seconds ago (default: the refs lock timeout) and not published is reported: a
+    writer died mid-update, or the ref file was deleted or rewritten."""
     step = progress or (lambda what, n: None)
     report = FsckReport()
     present = dict(store.space.iter_stats())
@@ -131,6 +139,9 @@ def check(
             stack.extend(children.get(oid, ()))
 
     report.problems.extend(ref_problems)
+    damaged_names = {p.object_id for p in ref_problems}
+    wait = store.refs.lock_timeout if settle is None else settle
+    report.problems.extend(_unpublished(store, damaged_names, wait))
     for name, rid in refs_items:
         if rid not in present:
             report.problems.append(
@@ -186,6 +197,42 @@ def _read_refs(store: ArtifactStore) -> tuple[list[tuple[str, str]], list[Proble
         if rid is not None:
             items.append((name, rid))
     return items, problems
+
+
+def _unpublished(store: ArtifactStore, skip: set[str], settle: float) -> list[Problem]:
+    """A problem for each name whose ref disagrees with its newest history entry."""
+    problems = []
+    with ref_errors():
+        names = store.refs.log_names()
+    for name in names:
+        if name in skip:
+            continue
+        try:
+            with ref_errors():
+                found = store.refs.unpublished(name)
+        except IntegrityError as exc:
+            problems.append(Problem("damaged-ref", name, str(exc), (name,)))
+            continue
+        if found is None:
+            continue
+        entry, owner, alive, command = found
+        age = time.time() - entry.time
+        if age <= settle:
+            continue  # a save in flight, most likely
+        state = "" if alive is None else ", still running" if alive else ", no longer running"
+        problems.append(
+            Problem(
+                "unpublished-update",
+                name,
+                f"ref {name!r} does not hold {entry.new or 'nothing'}, which its newest "
+                f"history entry ({age:.0f} s old, by {owner}{state}) says it holds: a writer "
+                "died between claiming and publishing the update, or the ref file was "
+                f"deleted or rewritten. If no save of {name!r} is running, roll the update "
+                f"back with: {command} (then save it again)",
+                (name,),
+            )
+        )
+    return problems
 
 
 def _read_journal(store: ArtifactStore) -> tuple[list[tuple[str, str, str]], set[str]]:

@@ -81,3 +81,21 @@ def test_repair_quarantines_and_never_deletes(store: cas.ArtifactStore) -> None:
     store.save(b"small model", "models/small-again")
     assert fsck.check(store).ok
     assert store.load("models/small") == b"small model"
+
+
+def test_deleted_ref_file_is_named_with_the_command_that_settles_it(
+    store: cas.ArtifactStore,
+) -> None:
+    """A ref file deleted behind cas's back disagrees with the name's history: fsck says
+    so, naming the ref and the command that rolls the update back; after it, saving the
+    name again works (it would otherwise wait for a writer that will never publish)."""
+    Path(store.storage.root, "refs", "models", "small").unlink()
+    report = fsck.check(store, settle=0)
+    [problem] = report.problems
+    assert problem.kind == "unpublished-update" and problem.object_id == "models/small"
+    command = problem.detail.rsplit("roll the update back with: ", 1)[1].split(" (then")[0]
+    assert command.startswith("rm '") and "/logs/models/small/~" in command
+    os.unlink(command[len("rm '") : -1])
+    assert fsck.check(store, settle=0).ok
+    store.save(b"small model", "models/small")
+    assert store.load("models/small") == b"small model"
