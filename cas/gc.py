@@ -12,12 +12,25 @@ deleted. :func:`execute` deletes only what the plan names, after re-reading the 
 (a ref that moved meanwhile makes its new target and all it reaches live again) and
 re-checking each object's age just before deleting it (a writer that found it present
 refreshed it, and keeps it).
+
+Memory stays small at millions of objects: the listing is kept as 32-byte digests in
+one sorted buffer (:class:`Digests`), the mark set as one byte per listed object, and
+the plan's deletions as digests and sizes (:class:`Condemned`): about 33 bytes per
+object on a local root (49 on object stores, whose listings also carry size and age),
+plus 40 per object condemned, not a Python object per object. Locally only objects
+that nothing reaches are stat-ed (for their age and size); object stores give both in
+the listing, read one fan-out folder at a time, several in parallel.
 """
 
 from __future__ import annotations
 
+import itertools
+import sys
 import time
-from collections.abc import Callable, Iterable
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -26,18 +39,124 @@ from cas.artifacts import ArtifactStore, ref_errors
 from cas.errors import CasError, IntegrityError, ObjectNotFound
 from cas.ids import ObjectId, is_id
 from cas.journal import stamp_time
-from cas.objects import references
-from cas.objectspace import object_path
-from cas.storage import Stat
+from cas.objects import MODE_DIR, ChunkList, Tree, unpack
+from cas.objectspace import OBJECTS, object_path
+from cas.storage import LocalStorage, Stat, Storage
 
 DEFAULT_GRACE: Final = 24 * 3600.0
 DEFAULT_RETENTION: Final = 30 * 24 * 3600.0
 
+#: Object stores delete up to this many keys a request; local deletes go in such batches too.
+DELETE_BATCH: Final = 1000
+#: How many pending objects one marking round takes off the stack; each round's reads
+#: run in parallel, in slices of :data:`_SLICE`.
+_ROUND: Final = 256
+_SLICE: Final = 32
+#: Threads reading records, trees and headers while marking, and deleting, on a local
+#: disk: reads of objects not in the page cache and unlinks wait on the disk, and
+#: overlap (measured here: 100,000 cold header reads 10-36 s on one thread, 4-5 s on
+#: eight; 30,000 unlinks 3-5 s on one, 1-2 s on eight).
+_LOCAL_THREADS: Final = 8
+
 Progress = Callable[[str, int], None]
+
+_DIGEST: Final = 32
+_FANS: Final = tuple(f"{i:02x}" for i in range(256))
 
 
 class GcRefused(CasError):
     """gc could not read a root source, so it deletes nothing."""
+
+
+# -- compact sets of ids -----------------------------------------------------------------
+
+
+class Digests:
+    """A sorted set of 32-byte object digests in one buffer: 32 bytes an object. A lookup
+    goes to the digests sharing its first two bytes (a table of 65,537 offsets), then
+    searches those few at C speed."""
+
+    __slots__ = ("_buf", "_n", "_off")
+
+    def __init__(self, sorted_digests: bytes | bytearray = b"") -> None:
+        if len(sorted_digests) % _DIGEST:
+            raise ValueError("a digest buffer holds whole 32-byte digests")
+        self._buf = sorted_digests
+        self._n = n = len(sorted_digests) // _DIGEST
+        pairs = bytearray(2 * n)  # each digest's first two bytes, as big-endian u16
+        pairs[0::2] = sorted_digests[0::_DIGEST]
+        pairs[1::2] = sorted_digests[1::_DIGEST]
+        prefixes = array("H", bytes(pairs))
+        if sys.byteorder == "little":
+            prefixes.byteswap()
+        self._off = off = array("q", bytes(8 * 65537))
+        lo = 0
+        for p in range(65536):
+            lo = off[p] = bisect_left(prefixes, p, lo)
+        off[65536] = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def find(self, digest: bytes) -> int:
+        """The position of ``digest``, or -1."""
+        p = digest[0] << 8 | digest[1]
+        hi = self._off[p + 1] * _DIGEST
+        pos = self._buf.find(digest, self._off[p] * _DIGEST, hi)
+        while pos >= 0 and pos % _DIGEST:  # a match straddling two digests: look on
+            pos = self._buf.find(digest, pos + 1, hi)
+        return pos // _DIGEST if pos >= 0 else -1
+
+    def __contains__(self, digest: object) -> bool:
+        return isinstance(digest, bytes) and len(digest) == _DIGEST and self.find(digest) >= 0
+
+    def digest(self, i: int) -> bytes:
+        return bytes(self._buf[i * _DIGEST : (i + 1) * _DIGEST])
+
+    def oid(self, i: int) -> ObjectId:
+        return ObjectId(self._buf[i * _DIGEST : (i + 1) * _DIGEST].hex())
+
+    def fan(self, first: int) -> range:
+        """Positions of the digests whose first byte is ``first`` (one fan-out folder)."""
+        return range(self._off[first << 8], self._off[(first + 1) << 8])
+
+    def __repr__(self) -> str:
+        return f"Digests({self._n} ids)"
+
+
+class Condemned:
+    """What a plan deletes, sorted by id: it iterates as (id, stored bytes) pairs, kept
+    as 40 bytes an object (digest and size), not as a Python tuple each."""
+
+    def __init__(self, digests: Digests, sizes: array[int]) -> None:
+        if len(digests) != len(sizes):
+            raise ValueError("one size per digest")
+        self.digests = digests
+        self.sizes = sizes
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes)
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+    def __iter__(self) -> Iterator[tuple[ObjectId, int]]:
+        for i in range(len(self)):
+            yield self.digests.oid(i), self.sizes[i]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, (Condemned, tuple, list)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Condemned({len(self)} objects, {self.total} bytes)"
+
+
+# -- the plan ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,16 +170,16 @@ class GcPlan:
     roots: int
     reachable: int
     young: int
-    delete: tuple[tuple[ObjectId, int], ...]  # (id, stored bytes), unreachable and old
+    delete: Condemned  # (id, stored bytes) pairs, unreachable and old, sorted by id
     temp_files: tuple[str, ...]  # writers' leftovers older than the grace period
     missing: tuple[ObjectId, ...]  # referenced but absent (fsck reports these)
     ref_snapshot: tuple[tuple[str, str], ...] = field(repr=False, default=())
-    listed: frozenset[ObjectId] = field(repr=False, default=frozenset())
+    listed: Digests = field(repr=False, compare=False, default_factory=Digests)
     root_ids: frozenset[str] = field(repr=False, default=frozenset())
 
     @property
     def bytes_freed(self) -> int:
-        return sum(size for _, size in self.delete)
+        return self.delete.total
 
     def summary(self) -> dict[str, int | float]:
         return {
@@ -75,47 +194,206 @@ class GcPlan:
         }
 
 
-class _Marker:
-    """Marks everything reachable from given roots, reading only what can point on."""
+@dataclass(slots=True)
+class _Listing:
+    digests: Digests
+    stats: tuple[array[int], array[float]] | None  # sizes, mtimes; None: stat when needed
+    temp: list[tuple[str, Stat | None]]
 
-    def __init__(self, store: ArtifactStore, present: dict[ObjectId, Stat]) -> None:
+
+def _fan_listings(storage: Storage) -> Iterator[tuple[str, list[tuple[str, Stat | None]]]]:
+    """Each fan-out folder's file names, sorted, with their size and age when the
+    listing gives them (object stores). Locally a directory read gives names alone."""
+    if isinstance(storage, LocalStorage):
+        for fan in _FANS:
+            yield fan, [(name, None) for name in storage.listdir(f"{OBJECTS}/{fan}")]
+        return
+
+    def one(fan: str) -> list[tuple[str, Stat | None]]:
+        out: list[tuple[str, Stat | None]] = []
+        for rel, st in storage.walk(f"{OBJECTS}/{fan}"):
+            parts = rel.split("/")
+            if len(parts) == 3 and parts[1] == fan:
+                out.append((parts[2], st))
+        return sorted(out, key=lambda e: e[0])
+
+    # A few folders at a time: requests in parallel, and only those folders' listings
+    # held in memory.
+    threads = storage.io_threads
+    if not threads:
+        yield from ((fan, one(fan)) for fan in _FANS)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="cas-gc-list") as pool:
+        for i in range(0, len(_FANS), threads):
+            group = _FANS[i : i + threads]
+            yield from zip(group, pool.map(one, group), strict=True)
+
+
+def _list(storage: Storage) -> _Listing:
+    buf = bytearray()
+    sizes: array[int] = array("q")
+    mtimes: array[float] = array("d")
+    with_stats = not isinstance(storage, LocalStorage)
+    temp: list[tuple[str, Stat | None]] = []
+    for fan, entries in _fan_listings(storage):
+        last = b""
+        for name, st in entries:
+            if name.startswith(".tmp-"):
+                temp.append((f"{OBJECTS}/{fan}/{name}", st))
+                continue
+            hexid = fan + name
+            if not is_id(hexid):
+                continue
+            digest = bytes.fromhex(hexid)
+            if digest == last:
+                continue
+            last = digest
+            buf += digest
+            if with_stats:
+                assert st is not None
+                sizes.append(st.size)
+                mtimes.append(st.mtime)
+    return _Listing(Digests(buf), (sizes, mtimes) if with_stats else None, temp)
+
+
+# -- marking ---------------------------------------------------------------------------
+
+# How to learn what an object points at: a chunk points at nothing (a chunk list names
+# blobs only); a file's content is read by its 16-byte header first (a blob, or a chunk
+# list hiding behind a file entry); a tree or record is read whole.
+_PROBE, _READ = 1, 2
+
+Pending = tuple[bytes, int]
+
+
+def _references(kind: str, oid: str, payload: bytes) -> tuple[list[bytes], list[Pending]]:
+    """What one object points at, as (chunks, other ids with how to read them): the ids
+    of :func:`cas.objects.references`, with what the parent says of their kind."""
+    if kind == "blob":
+        return [], []
+    if kind == "chunks":
+        return [bytes.fromhex(c) for c, _ in ChunkList.parse(oid, payload).chunks], []
+    if kind == "tree":
+        entries = Tree.parse(oid, payload).entries
+        return [], [(bytes.fromhex(e.id), _READ if e.mode == MODE_DIR else _PROBE) for e in entries]
+    value = unpack(oid, payload)
+    pending: list[Pending] = []
+    if isinstance(value, dict):
+        for key in ("content_id", "target", "record"):
+            ref = value.get(key)
+            if isinstance(ref, str) and is_id(ref):
+                tree = key == "content_id" and value.get("content_kind") == "tree"
+                pending.append((bytes.fromhex(ref), _READ if tree else _PROBE))
+        parents = value.get("parent_ids")
+        for pid in parents if isinstance(parents, (list, tuple)) else ():
+            if isinstance(pid, str) and is_id(pid):
+                pending.append((bytes.fromhex(pid), _READ))
+    return [], pending
+
+
+def _children(
+    store: ArtifactStore, digest: bytes, how: int
+) -> tuple[list[bytes], list[Pending]] | None:
+    """What one object points at; None if it is absent."""
+    oid = ObjectId(digest.hex())
+    try:
+        if how == _PROBE:
+            head = store.storage.read_head(object_path(oid), codec.HEADER_SIZE)
+            if codec.read_header(oid, head).kind == "blob":
+                return [], []
+        kind, payload = store.space.read_object(oid)
+        return _references(kind, oid, payload)
+    except (FileNotFoundError, ObjectNotFound):
+        return None
+    except IntegrityError as exc:
+        raise GcRefused(
+            f"gc deletes nothing: {exc}. Repair first ('cas fsck --repair'), then run gc again"
+        ) from exc
+
+
+class _Marker:
+    """Marks everything reachable from given roots, reading only what can point on:
+    one byte per listed object, a stack of what is still to read."""
+
+    def __init__(self, store: ArtifactStore, listed: Digests, pool: ThreadPoolExecutor) -> None:
         self.store = store
-        self.present = present
-        self.marked: set[ObjectId] = set()
+        self.listed = listed
+        self.pool = pool
+        self.marked = bytearray(len(listed))
+        self.count = 0
         self.missing: set[ObjectId] = set()
 
-    def mark(self, roots: Iterable[str], *, may_be_gone: bool = False) -> None:
+    def _take(self, digest: bytes, gone_ok: set[bytes]) -> bool:
+        """Mark one object: True if it is listed and was not marked yet."""
+        pos = self.listed.find(digest)
+        if pos < 0:
+            if digest not in gone_ok:
+                self.missing.add(ObjectId(digest.hex()))
+            return False
+        if self.marked[pos]:
+            return False
+        self.marked[pos] = 1
+        self.count += 1
+        return True
+
+    def mark(self, roots: Iterable[bytes], how: int, *, may_be_gone: bool = False) -> None:
         """Mark ``roots`` and all they reach. ``may_be_gone``: roots that an earlier gc
         may rightly have collected (old history, deleted records) are not "missing"."""
-        stack = [ObjectId(r) for r in roots if is_id(r)]
-        gone_ok = set(stack) if may_be_gone else set()
+        stack: list[Pending] = [(d, how) for d in roots]
+        gone_ok = {d for d, _ in stack} if may_be_gone else set()
         while stack:
-            oid = stack.pop()
-            if oid in self.marked:
-                continue
-            if oid not in self.present:
-                if oid not in gone_ok:
-                    self.missing.add(oid)
-                continue
-            self.marked.add(oid)
-            stack.extend(r for r in self._children(oid) if r not in self.marked)
+            batch = stack[-_ROUND:]
+            del stack[-_ROUND:]
+            todo = [(d, h) for d, h in batch if self._take(d, gone_ok)]
+            for digest, found in zip((d for d, _ in todo), self._read(todo), strict=True):
+                if found is None:
+                    self.missing.add(ObjectId(digest.hex()))  # listed, then gone
+                    continue
+                chunks, pending = found
+                for chunk in chunks:
+                    self._take(chunk, set())
+                stack.extend(pending)
 
-    def _children(self, oid: ObjectId) -> list[ObjectId]:
-        storage = self.store.storage
-        try:
-            head = storage.read_head(object_path(oid), codec.HEADER_SIZE)
-            kind = codec.read_header(oid, head).kind
-            if kind == "blob":
-                return []
-            _, payload = self.store.space.read_object(oid)
-            return references(kind, oid, payload)
-        except ObjectNotFound:
-            self.missing.add(oid)
-            return []
-        except IntegrityError as exc:
-            raise GcRefused(
-                f"gc deletes nothing: {exc}. Repair first ('cas fsck --repair'), then run gc again"
-            ) from exc
+    def _read(self, todo: list[Pending]) -> list[tuple[list[bytes], list[Pending]] | None]:
+        """Each object's references, read in parallel slices."""
+        if len(todo) <= _SLICE:
+            return [_children(self.store, d, h) for d, h in todo]
+        slices = [todo[i : i + _SLICE] for i in range(0, len(todo), _SLICE)]
+        out: list[tuple[list[bytes], list[Pending]] | None] = []
+        for part in self.pool.map(lambda s: [_children(self.store, d, h) for d, h in s], slices):
+            out.extend(part)
+        return out
+
+
+def _digests(ids: Iterable[str]) -> list[bytes]:
+    return [bytes.fromhex(i) for i in ids if is_id(i)]
+
+
+def _ages(
+    storage: Storage, listing: _Listing, positions: Iterator[int], pool: ThreadPoolExecutor
+) -> Iterator[tuple[int, Stat | None]]:
+    """Size and age of listed objects: from the listing, or (locally) one stat each,
+    a round at a time in parallel (an inode not in the cache waits on the disk)."""
+    if listing.stats is not None:
+        sizes, mtimes = listing.stats
+        for pos in positions:
+            yield pos, Stat(sizes[pos], mtimes[pos])
+        return
+
+    def stat(part: list[int]) -> list[Stat | None]:
+        return [storage.stat(object_path(listing.digests.oid(pos))) for pos in part]
+
+    while group := list(itertools.islice(positions, 4 * _ROUND)):
+        parts = [group[i : i + _SLICE] for i in range(0, len(group), _SLICE)]
+        stats = itertools.chain.from_iterable(pool.map(stat, parts))
+        yield from zip(group, stats, strict=True)
+
+
+def _unmarked(marked: bytearray) -> Iterator[int]:
+    pos = marked.find(0)
+    while pos >= 0:
+        yield pos
+        pos = marked.find(0, pos + 1)
 
 
 def plan(
@@ -130,9 +408,14 @@ def plan(
     now = time.time() if now is None else now
     step = progress or (lambda what, n: None)
     # Listing first: anything written after this moment is not a candidate at all.
-    present = dict(store.space.iter_stats())
-    step("listed objects", len(present))
-    temp = tuple(rel for rel, st in store.space.iter_temp() if now - st.mtime > grace)
+    listing = _list(store.storage)
+    listed = listing.digests
+    step("listed objects", len(listed))
+    temp = []
+    for rel, st in listing.temp:
+        st = st or store.storage.stat(rel)
+        if st is not None and now - st.mtime > grace:
+            temp.append(rel)
 
     with ref_errors():
         refs = sorted(store.refs.items())
@@ -147,59 +430,87 @@ def plan(
     kept.update(
         rid for rid, stamp in engine.tombstones().items() if now - stamp_time(stamp) <= retention
     )
-    step("roots", len(roots) + len(kept))
+    step("roots", len(roots | kept))
 
-    marker = _Marker(store, present)
-    marker.mark(roots)
-    marker.mark(kept, may_be_gone=True)
-    young = [oid for oid, st in present.items() if now - st.mtime <= grace and oid not in marker.marked]
-    marker.mark(young)
-    step("marked", len(marker.marked))
-    delete = tuple(
-        (oid, st.size) for oid, st in sorted(present.items()) if oid not in marker.marked
-    )
+    threads = store.storage.io_threads or _LOCAL_THREADS
+    with ThreadPoolExecutor(threads, thread_name_prefix="cas-gc") as pool:
+        marker = _Marker(store, listed, pool)
+        marker.mark(_digests(roots), _READ)
+        marker.mark(_digests(kept), _READ, may_be_gone=True)
+        # Only what nothing reaches needs its age: young ones are roots (marked as they
+        # come, a round at a time), old ones go unless a young one reaches them.
+        young = 0
+        batch: list[bytes] = []
+        old_pos: array[int] = array("q")
+        old_size: array[int] = array("q")
+        for pos, st in _ages(store.storage, listing, _unmarked(marker.marked), pool):
+            if st is None or marker.marked[pos]:
+                continue  # gone since the listing, or reached from a young one meanwhile
+            if now - st.mtime <= grace:
+                young += 1
+                batch.append(listed.digest(pos))
+                if len(batch) >= _ROUND:
+                    marker.mark(batch, _PROBE)
+                    batch = []
+            else:
+                old_pos.append(pos)
+                old_size.append(st.size)
+        marker.mark(batch, _PROBE)
+    step("marked", marker.count)
+    doomed = bytearray()
+    sizes: array[int] = array("q")
+    for pos, size in zip(old_pos, old_size, strict=True):
+        if not marker.marked[pos]:
+            doomed += listed.digest(pos)
+            sizes.append(size)
     return GcPlan(
         grace=grace,
         retention=retention,
         started=now,
-        objects=len(present),
+        objects=len(listed),
         roots=len(roots | kept),
-        reachable=len(marker.marked) - len(young),
-        young=len(young),
-        delete=delete,
-        temp_files=temp,
+        reachable=marker.count - young,
+        young=young,
+        delete=Condemned(Digests(doomed), sizes),
+        temp_files=tuple(temp),
         missing=tuple(sorted(marker.missing)),
         ref_snapshot=tuple(refs),
-        listed=frozenset(present),
+        listed=listed,
         root_ids=frozenset(roots),
     )
 
 
+# -- execution -------------------------------------------------------------------------
+
+
 def _reachable_doomed(
-    store: ArtifactStore, roots: Iterable[str], doomed: set[ObjectId], listed: frozenset[ObjectId]
-) -> set[ObjectId]:
-    """Which condemned objects the new roots reach. An object that was listed and not
-    condemned was marked by the plan with all it reaches, so the walk stops there."""
-    found: set[ObjectId] = set()
-    seen: set[ObjectId] = set()
-    stack = [ObjectId(r) for r in roots if is_id(r)]
+    store: ArtifactStore, roots: Iterable[str], doomed: Condemned, listed: Digests
+) -> set[bytes]:
+    """Which condemned objects the new roots reach (their digests). An object that was
+    listed and not condemned was marked by the plan with all it reaches, so the walk
+    stops there."""
+    found: set[bytes] = set()
+    seen: set[bytes] = set()
+    stack: list[Pending] = [(d, _READ) for d in _digests(roots)]
     while stack:
-        oid = stack.pop()
-        if oid in seen or (oid in listed and oid not in doomed):
+        digest, how = stack.pop()
+        if digest in seen:
             continue
-        seen.add(oid)
-        if oid in doomed:
-            found.add(oid)
+        condemned = digest in doomed.digests
+        if not condemned and digest in listed:
+            continue
+        seen.add(digest)
+        if condemned:
+            found.add(digest)
         try:
-            head = store.storage.read_head(object_path(oid), codec.HEADER_SIZE)
-            if codec.read_header(oid, head).kind == "blob":
-                continue
-            kind, payload = store.space.read_object(oid)
-            stack.extend(references(kind, oid, payload))
-        except (FileNotFoundError, ObjectNotFound):
+            children = _children(store, digest, how)
+        except GcRefused as exc:
+            raise GcRefused(f"gc stops before deleting: {exc.__cause__}") from exc.__cause__
+        if children is None:
             continue
-        except IntegrityError as exc:
-            raise GcRefused(f"gc stops before deleting: {exc}") from exc
+        chunks, pending = children
+        found.update(c for c in chunks if c in doomed.digests)
+        stack.extend(pending)
     return found
 
 
@@ -212,36 +523,74 @@ class GcResult:
     log_entries_pruned: int
 
 
+def _current_ages(
+    store: ArtifactStore, gc_plan: GcPlan, fan: int, todo: list[int]
+) -> dict[int, Stat | None]:
+    """The age of condemned objects now, by fewest requests: locally one stat each; on
+    an object store a fresh listing of their fan-out folder (one request per 1,000 keys)
+    unless a request per object is fewer."""
+    doomed = gc_plan.delete.digests
+    storage = store.storage
+    listed_here = len(gc_plan.listed.fan(fan))
+    if isinstance(storage, LocalStorage) or len(todo) <= -(-listed_here // 1000):
+        return {i: storage.stat(object_path(doomed.oid(i))) for i in todo}
+    now: dict[str, Stat] = {}
+    for rel, st in storage.walk(f"{OBJECTS}/{fan:02x}"):
+        now[rel] = st
+    return {i: now.get(object_path(doomed.oid(i))) for i in todo}
+
+
+def _sweep(
+    store: ArtifactStore, gc_plan: GcPlan, fan: int, revived: set[bytes]
+) -> tuple[int, int, int]:
+    """Delete one fan-out folder's condemned objects that are still old and not reached
+    again: (deleted, bytes freed, spared)."""
+    doomed = gc_plan.delete
+    todo = [i for i in doomed.digests.fan(fan) if doomed.digests.digest(i) not in revived]
+    if not todo:
+        return 0, 0, 0
+    deleted = freed = spared = 0
+    batch: list[str] = []
+    # Ages re-read just before deleting: a writer that found an object present
+    # refreshed it, and it is in use.
+    for i, st in _current_ages(store, gc_plan, fan, todo).items():
+        if st is None:
+            continue
+        if time.time() - st.mtime <= gc_plan.grace:
+            spared += 1
+            continue
+        batch.append(object_path(doomed.digests.oid(i)))
+        freed += doomed.sizes[i]
+        if len(batch) >= DELETE_BATCH:
+            deleted += store.storage.delete_many(batch)
+            batch = []
+    if batch:
+        deleted += store.storage.delete_many(batch)
+    return deleted, freed, spared
+
+
 def execute(store: ArtifactStore, gc_plan: GcPlan, *, progress: Progress | None = None) -> GcResult:
     """Delete what the plan names, sparing anything that became live since."""
     step = progress or (lambda what, n: None)
-    doomed = {oid: size for oid, size in gc_plan.delete}
     # Roots that appeared since planning (a ref moved, a save registered a record):
     # they and everything they reach live again, even content the plan condemned.
     with ref_errors():
         now_refs = {rid for _, rid in store.refs.items()}
     store.sync()
     fresh = (now_refs | set(store.index.catalog.ids())) - gc_plan.root_ids
-    for oid in _reachable_doomed(store, fresh, set(doomed), gc_plan.listed):
-        doomed.pop(oid, None)
-    spared = len(gc_plan.delete) - len(doomed)
+    revived = _reachable_doomed(store, fresh, gc_plan.delete, gc_plan.listed)
     deleted = freed = 0
-    batch: list[str] = []
-    for oid, size in doomed.items():
-        st = store.storage.stat(object_path(oid))
-        if st is None:
-            continue
-        if time.time() - st.mtime <= gc_plan.grace:
-            spared += 1  # a writer found it present and refreshed it: it is in use
-            continue
-        batch.append(object_path(oid))
-        freed += size
-        if len(batch) >= 1000:
-            deleted += store.storage.delete_many(batch)
-            step("deleted", deleted)
-            batch = []
-    if batch:
-        deleted += store.storage.delete_many(batch)
+    spared = len(revived)
+    # Fan-out folders are swept in parallel: a local unlink waits on the disk's
+    # journal, and an object store's delete request on the network. (An object store's
+    # storage runs its own requests in parallel too: fewer folders at once there.)
+    local = isinstance(store.storage, LocalStorage)
+    threads = _LOCAL_THREADS if local else max(1, store.storage.io_threads // 4)
+    with ThreadPoolExecutor(threads, thread_name_prefix="cas-gc-sweep") as pool:
+        for d, f, s in pool.map(lambda fan: _sweep(store, gc_plan, fan, revived), range(256)):
+            deleted, freed, spared = deleted + d, freed + f, spared + s
+            if d:
+                step("deleted", deleted)
     step("deleted", deleted)
     temp_removed = store.storage.delete_many(list(gc_plan.temp_files))
     pruned = 0

@@ -1,11 +1,14 @@
 """push and pull: copy from one store to another what the other lacks, then move refs.
 
-For the names chosen (default: every ref) the transfer copies the records, their
-parents' records (transitively), their content, the chunks of chunked content and the
-entries of trees, then the catalog entries (put and tag events), then moves each ref
-by compare-and-swap. Nothing from the source is trusted: every object is read with
-verification and written through the destination's normal put path, so its id is
-recomputed there, and a mismatch stops the transfer.
+For the names chosen the transfer copies their records, their parents' records
+(transitively), their content, the chunks of chunked content and the entries of trees,
+then the catalog entries (put and tag events), then moves each ref by compare-and-swap.
+With no names, it copies the whole store: every ref, and every artifact the source's
+catalog holds (older versions of a name too: they are artifacts of the store, kept by
+gc, listed and loadable by id, so a store round trips exactly). Nothing from the source
+is trusted: every object is read with verification and written through the
+destination's normal put path, so its id is recomputed there, and a mismatch stops the
+transfer.
 
 Objects are written bottom-up (blobs, then trees deepest first, then records parents
 first), so an object present at the destination always has everything below it; an
@@ -315,6 +318,18 @@ def select(src: ArtifactStore, names: Sequence[str] = ()) -> list[tuple[str, str
     return sorted(chosen.items())
 
 
+def _versions(src: ArtifactStore, refused: set[str]) -> list[str]:
+    """Every artifact the source's catalog holds, but those of a refused name (the
+    destination's catalog must not list them as versions of a name that never held them)."""
+    catalog = src.index.catalog
+    out: list[str] = []
+    for rid in catalog.ids():
+        record = catalog.get(rid)
+        if record is not None and record.get("name") not in refused:
+            out.append(rid)
+    return out
+
+
 def transfer(
     src: ArtifactStore,
     dst: ArtifactStore,
@@ -325,13 +340,16 @@ def transfer(
     workers: int = DEFAULT_WORKERS,
     progress: Progress | None = None,
 ) -> TransferResult:
-    """Copy what ``dst`` lacks for ``names`` (default all refs) from ``src``, then move
-    the refs. Conflicting refs are reported in the result (status ``rejected``)."""
+    """Copy what ``dst`` lacks for ``names`` (default: every ref and every artifact)
+    from ``src``, then move the refs. Conflicting refs are reported in the result
+    (status ``rejected``)."""
     step: Progress = progress or (lambda what, done, total: None)
     with ref_errors():
         chosen = select(src, names)
         decided = [_decide(src, dst, name, rid, force) for name, rid in chosen]
     roots = [u.new for u in decided if u.status != "rejected"]
+    if not names:
+        roots += _versions(src, {u.name for u in decided if u.status == "rejected"})
     step("finding what is missing", 0, None)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cas-transfer") as pool:
         plan = _Plan(src, dst, pool)

@@ -10,14 +10,13 @@ name, and 3 for a load. docs/backends.md explains each request.
 from __future__ import annotations
 
 import collections
-import contextlib
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import cas
-from cas.testing.servers import Server
+from cas.testing.servers import Server, s3_calls
 from refs import RefStore
 from refs.cloud import conditional_for
 from refs.testing import A, B
@@ -25,25 +24,6 @@ from refs.testing import A, B
 pytestmark = pytest.mark.slow
 
 Requests = collections.Counter[str]
-
-
-@contextlib.contextmanager
-def counted() -> Iterator[Requests]:
-    """Count the S3 operations sent (by name) while the block runs."""
-    from aiobotocore.client import AioBaseClient
-
-    counts: Requests = collections.Counter()
-    real = AioBaseClient._make_api_call
-
-    async def counting(self: Any, operation_name: str, api_params: Any) -> Any:
-        counts[operation_name] += 1
-        return await real(self, operation_name, api_params)
-
-    AioBaseClient._make_api_call = counting  # type: ignore[method-assign]
-    try:
-        yield counts
-    finally:
-        AioBaseClient._make_api_call = real  # type: ignore[method-assign]
 
 
 @pytest.fixture
@@ -60,7 +40,7 @@ def _total(counts: Requests) -> int:
 
 
 def test_save_of_a_new_name(store: Any) -> None:
-    with counted() as counts:
+    with s3_calls() as counts:
         store.save(b"fraud v1", "models/fraud")
     # cas: HEAD + PUT of content and of record, PUT of the journal entry (5); refs:
     # GET of the ref (cas reads it first; the update starts from that read), GET of
@@ -69,7 +49,7 @@ def test_save_of_a_new_name(store: Any) -> None:
     # the listing again (8).
     assert _total(counts) <= 13, counts
     assert counts["ListObjectsV2"] <= 2, counts
-    with counted() as counts:
+    with s3_calls() as counts:
         store.save(b"fraud v1", "models/other")
     # The parent "models" is known to be a folder now: the first check skips it.
     assert _total(counts) <= 12, counts
@@ -77,7 +57,7 @@ def test_save_of_a_new_name(store: Any) -> None:
 
 def test_ref_move(store: Any) -> None:
     store.save(b"fraud v1", "models/fraud")
-    with counted() as counts:
+    with s3_calls() as counts:
         store.save(b"fraud v2", "models/fraud")
     # cas 5; refs: GET of the ref, PUT of history entry 2, GET of entry 1 (still
     # there: not pruned meanwhile), PUT of the ref if it still holds what was read.
@@ -89,7 +69,7 @@ def test_ref_move_by_a_store_that_never_saw_the_name(store: Any, s3_server: Serv
     store.save(b"fraud v1", "models/fraud")
     with cas.open_store(store.url, **s3_server.storage_options) as other:
         other.index  # noqa: B018 - opens the catalog, outside the count
-        with counted() as counts:
+        with s3_calls() as counts:
             other.save(b"fraud v2", "models/fraud")
     # refs lists the name's history once to find its newest entry: 1 listing, 1 GET.
     assert _total(counts) <= 11, counts
@@ -98,7 +78,7 @@ def test_ref_move_by_a_store_that_never_saw_the_name(store: Any, s3_server: Serv
 
 def test_load(store: Any) -> None:
     store.save(b"fraud v1", "models/fraud")
-    with counted() as counts:
+    with s3_calls() as counts:
         assert store.load("models/fraud") == b"fraud v1"
     assert _total(counts) <= 2, counts  # GET of the ref, GET of the object
 
@@ -106,11 +86,11 @@ def test_load(store: Any) -> None:
 def test_refstore_set_without_a_read_first(s3_server: Server) -> None:
     fs = s3_server.filesystem()
     rs = RefStore(fs, f"{s3_server.new_bucket()}/.cas", conditional=conditional_for(fs))
-    with counted() as counts:
+    with s3_calls() as counts:
         rs.set("a/b", A, expected=None)
     # GET of the ref, GET of "a", a listing below "a/b", PUT of entry 1, GET of the
     # prune marker, PUT of the ref, GET of "a" and the listing again.
     assert _total(counts) <= 8, counts
-    with counted() as counts:
+    with s3_calls() as counts:
         rs.set("a/b", B, expected=A)
     assert _total(counts) <= 4, counts  # GET of the ref, PUT entry 2, GET entry 1, PUT ref

@@ -65,6 +65,7 @@ these into builtin ``OSError`` subclasses.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import os
@@ -77,7 +78,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -471,3 +472,27 @@ def start(kind: str) -> contextlib.AbstractContextManager[Server]:
         raise ValueError(
             f"unknown server kind {kind!r}; expected one of {sorted(_STARTERS)}"
         ) from None
+
+
+@contextlib.contextmanager
+def s3_calls(
+    count: Callable[[str, dict[str, Any]], str | None] = lambda op, params: op,
+) -> Iterator[collections.Counter[str]]:
+    """Count the S3 requests aiobotocore sends while the block runs, by the key
+    ``count(operation, params)`` returns (None: not counted); default: by operation."""
+    from aiobotocore.client import AioBaseClient
+
+    counts: collections.Counter[str] = collections.Counter()
+    real = AioBaseClient._make_api_call
+
+    async def counting(self: Any, operation_name: str, api_params: Any) -> Any:
+        key = count(operation_name, api_params)
+        if key is not None:
+            counts[key] += 1
+        return await real(self, operation_name, api_params)
+
+    AioBaseClient._make_api_call = counting
+    try:
+        yield counts
+    finally:
+        AioBaseClient._make_api_call = real
