@@ -132,6 +132,12 @@ def cmd_get(args: argparse.Namespace, out: Output) -> int:
             raise UsageError(f"artifact {record['name']} ({rid[:12]}) was registered without data")
         info = record.get("content_info") or {}
         result: dict[str, Any] = {"id": rid, "name": record["name"], "path": None}
+        to_stdout = args.output == "-" and info.get("path") != "dir"  # as curl and tar do
+        if to_stdout:
+            sys.stdout.flush()
+            _write_content(store, content, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+            return EXIT_OK
         if record.get("materializer") == "path":
             own = _own_name(info, rid)
             dest = Path(args.output) if args.output else own
@@ -327,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", help="artifact type (default: files)")
     p = add("get", cmd_get, "write an artifact's content to a file, a folder or stdout")
     p.add_argument("ref", metavar="NAME|ID")
-    p.add_argument("-o", "--output", metavar="PATH", help="where to write it")
+    p.add_argument("-o", "--output", metavar="PATH", help="where to write it ('-': standard output)")
     p = add("ls", cmd_ls, "list artifact names")
     p.add_argument("prefix", nargs="?", default="", metavar="PREFIX")
     p.add_argument("-l", "--long", action="store_true", help="show id, type and size too")

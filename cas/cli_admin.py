@@ -96,7 +96,7 @@ def cmd_fsck(args: argparse.Namespace, out: Output) -> int:
         report = fsck.check(store, repair=args.repair, progress=lambda w, n: bar(w, n))
     out.document({
         "ok": report.ok, "objects": report.objects, "bytes": report.bytes, "refs": report.refs,
-        "records": report.records, "quarantined": report.quarantined,
+        "records": report.records, "quarantined": report.quarantined, "repaired": report.repaired,
         "problems": [
             {"kind": p.kind, "object_id": p.object_id, "detail": p.detail, "artifacts": list(p.artifacts)}
             for p in report.problems
@@ -106,6 +106,8 @@ def cmd_fsck(args: argparse.Namespace, out: Output) -> int:
         out.line(problem.describe())
     for oid in report.quarantined:
         out.line(f"quarantined {oid}")
+    for line in report.repaired:
+        out.line(line)
     if report.quarantined:
         hurt = sorted(
             {a for p in report.problems if p.object_id in report.quarantined for a in p.artifacts}
@@ -219,8 +221,10 @@ def add_commands(add: Add) -> None:
     )  # fmt: skip
     p = add("fsck", cmd_fsck, "verify every object; list problems and the artifacts they affect")
     p.add_argument(
-        "--repair", action="store_true", help="move corrupt objects to <root>/quarantine/"
-    )
+        "--repair", action="store_true",
+        help="move corrupt objects, damaged journal entries and ref files to "
+        "<root>/quarantine/; put damaged refs back from their history",
+    )  # fmt: skip
     add("reindex", cmd_reindex, "rebuild the catalog from the object space; print what changed")
     p = add("sync", cmd_sync, "bring the local catalog (cache) up to date with the store")
     p.add_argument("--full", action="store_true", help="read the whole journal again")

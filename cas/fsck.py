@@ -1,6 +1,8 @@
 """fsck: read and verify every object, check every ref and record points at something
-present, and name the artifacts each problem affects. ``repair`` moves corrupt objects
-to ``<root>/quarantine/`` (never deleting data) and says which artifacts to re-save."""
+present, and name the artifacts each problem affects. ``repair`` moves corrupt objects,
+damaged catalog journal entries and damaged ref files to ``<root>/quarantine/`` (never
+deleting data), puts each such ref back from its history, writes again the journal
+entry of a record that still reads, and says which artifacts to re-save."""
 
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ class FsckReport:
     records: int = 0
     problems: list[Problem] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)  # what --repair did, one line each
 
     @property
     def ok(self) -> bool:
@@ -173,7 +176,70 @@ def check(
             store.storage.write_atomic(f"quarantine/{oid}", data)
             store.storage.delete(object_path(oid))
             report.quarantined.append(oid)
+        for found in report.problems:
+            if found.kind == "damaged-ref":
+                _restore_ref(store, found.object_id, report)
+            elif found.kind == "damaged-journal":
+                _set_entry_aside(store, found, report)
+        store.sync()  # what was set aside is no longer damaged
     return report
+
+
+def _restore_ref(store: ArtifactStore, name: str, report: FsckReport) -> None:
+    """Keep a damaged ref file's bytes in quarantine and put the ref back from history."""
+    try:
+        with ref_errors():
+            restored = store.refs.restore(name)
+    except IntegrityError as exc:
+        report.repaired.append(f"ref {name!r} left as it is: {exc}")
+        return
+    if restored is None:
+        return  # it reads again
+    damaged, rid = restored
+    store.storage.write_atomic(f"quarantine/refs/{name}", damaged)
+    report.quarantined.append(f"refs/{name}")
+    now = f"points at {rid} again" if rid else "is deleted, as its history says"
+    report.repaired.append(f"ref {name!r} restored from its history: it {now}")
+
+
+def _set_entry_aside(store: ArtifactStore, problem: Problem, report: FsckReport) -> None:
+    """Move a damaged catalog journal entry to quarantine; write again what can be known."""
+    stamp = problem.object_id
+    parsed = parse_stamp(stamp)
+    path = store.journal.path(stamp)
+    try:
+        data = store.storage.read(path)
+    except FileNotFoundError:
+        return
+    store.storage.write_atomic(f"quarantine/journal/{stamp}", data)
+    store.storage.delete(path)
+    report.quarantined.append(f"journal/{stamp}")
+    op, rid = parsed if parsed else ("", "")
+    who = problem.artifacts[0] if problem.artifacts else rid
+    if op == "put":
+        try:
+            reads = store.index.read_record(rid) is not None
+        except CasError:
+            reads = False
+        if reads:
+            store.journal.append({"op": "put", "id": rid})
+            report.repaired.append(
+                f"journal entry {stamp} written again: the record of {who} reads"
+            )
+        else:
+            report.repaired.append(
+                f"journal entry {stamp} set aside: the record of {who} does not read; "
+                "save it again"
+            )
+    elif op == "tag":
+        report.repaired.append(
+            f"journal entry {stamp} set aside: the tags it set on {who} are lost; tag it again"
+        )
+    elif op == "delete":
+        report.repaired.append(
+            f"journal entry {stamp} set aside: {who} is listed again; "
+            f"'cas rm' it again if it should be gone"
+        )
 
 
 def _read_refs(store: ArtifactStore) -> tuple[list[tuple[str, str]], list[Problem]]:

@@ -64,6 +64,9 @@ _DIGEST: Final = 32
 _FANS: Final = tuple(f"{i:02x}" for i in range(256))
 
 
+_REPAIR = "Run 'cas fsck' to see every problem, 'cas fsck --repair' to set them aside, then gc again"
+
+
 class GcRefused(CasError):
     """gc could not read a root source, so it deletes nothing."""
 
@@ -306,9 +309,7 @@ def _children(
     except (FileNotFoundError, ObjectNotFound):
         return None
     except IntegrityError as exc:
-        raise GcRefused(
-            f"gc deletes nothing: {exc}. Repair first ('cas fsck --repair'), then run gc again"
-        ) from exc
+        raise GcRefused(f"gc deletes nothing: {exc}. {_REPAIR}") from exc
 
 
 class _Marker:
@@ -417,14 +418,27 @@ def plan(
         if st is not None and now - st.mtime > grace:
             temp.append(rel)
 
-    with ref_errors():
-        refs = sorted(store.refs.items())
-        kept: set[str] = set()  # history within retention: may have been collected
-        for name in store.refs.log_names():
-            for entry in store.refs.log(name):
-                if now - entry.time <= retention:
-                    kept.update(i for i in (entry.old, entry.new) if i)
+    try:
+        with ref_errors():
+            refs = sorted(store.refs.items())
+            kept: set[str] = set()  # history within retention: may have been collected
+            for name in store.refs.log_names():
+                for entry in store.refs.log(name):
+                    if now - entry.time <= retention:
+                        kept.update(i for i in (entry.old, entry.new) if i)
+    except IntegrityError as exc:
+        why = str(exc).removesuffix("; run 'cas fsck'")
+        raise GcRefused(f"gc deletes nothing: {why}. {_REPAIR}") from exc
     store.sync()
+    if store.index.damaged:
+        _, (_, why) = min(store.index.damaged.items())
+        why = why.removesuffix("; run 'cas fsck'")
+        more = len(store.index.damaged) - 1
+        raise GcRefused(
+            f"gc deletes nothing: {why}"
+            + (f" (and {more} more catalog entries do not read)" if more else "")
+            + f": what it names may be a root. {_REPAIR}"
+        )
     engine = store.index.catalog
     roots: set[str] = {rid for _, rid in refs} | set(engine.ids())
     kept.update(

@@ -172,9 +172,15 @@ class Index:
             since = (_dt.datetime.strptime(newest[:8], "%Y%m%d") - RESYNC_WINDOW).date()
             cutoff = _window_start(newest)
             stamps = [s for s in self.journal.stamps(since.isoformat()) if s >= cutoff]
-            for stamp in set(self.damaged) & set(stamps):  # seen again: a repair shows
-                del self.damaged[stamp]
+            # Damaged entries are tried again, so a repair shows: an entry moved to
+            # quarantine is gone, a record that reads again is applied.
+            listed = set(stamps)
+            retry = {s for s in self.damaged if s in listed or self.journal.exists(s)}
+            self.damaged.clear()
+            stamps = sorted(listed | retry)
         if not stamps:
+            if previous and newest:
+                self._save_high_water(newest)  # what was damaged is gone
             return 0
         events = self.events_for(stamps, skip_known=not full)
         self.apply(events)

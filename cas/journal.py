@@ -67,8 +67,14 @@ class Journal:
     def append(self, event: dict[str, Any]) -> str:
         """Write one event durably; return its stamp."""
         stamp = new_stamp(event["op"], event["id"])
-        self.storage.write_atomic(f"{JOURNAL}/{stamp_day(stamp)}/{stamp}", seal(event))
+        self.storage.write_atomic(self.path(stamp), seal(event))
         return stamp
+
+    def path(self, stamp: str) -> str:
+        return f"{JOURNAL}/{stamp_day(stamp)}/{stamp}"
+
+    def exists(self, stamp: str) -> bool:
+        return parse_stamp(stamp) is not None and self.storage.stat(self.path(stamp)) is not None
 
     def stamps(self, since_day: str | None = None) -> list[str]:
         """Every stamp (sorted); with ``since_day``, only the days from it to tomorrow,
@@ -94,7 +100,7 @@ class Journal:
 
         def one(stamp: str) -> dict[str, Any] | IntegrityError:
             try:
-                raw = self.storage.read(f"{JOURNAL}/{stamp_day(stamp)}/{stamp}")
+                raw = self.storage.read(self.path(stamp))
             except FileNotFoundError:
                 return IntegrityError(
                     stamp, f"catalog journal entry {stamp} vanished after it was listed"

@@ -611,6 +611,36 @@ class RefStore:
         owner, alive = describe_owner(head.record.get("pid"), head.record.get("host"))
         return head.entry, owner, alive, remove_command(self._protocol, head.path)
 
+    def restore(self, name: str) -> tuple[bytes, str | None] | None:
+        """Put back a ref file that does not hold an id (truncated, emptied, rewritten
+        outside refs) from the newest entry of its history, by compare-and-swap on the
+        damaged bytes. Returns ``(the damaged bytes, the id it holds now)`` (None: the
+        history says deleted, so the file is removed), or None if the file reads.
+
+        Raises :class:`RefError` if there is no history to restore from or the file
+        changed meanwhile."""
+        path = ref_path(self.root, name)
+        current = self.conditional.read(path)
+        if current is None:
+            return None
+        try:
+            decode_ref(current[0], path)
+        except RefError:
+            pass
+        else:
+            return None
+        history = self._log.all(name)
+        if not history:
+            raise RefError(f"ref file {path} is corrupt and {name!r} has no history to restore it")
+        new = history[-1].entry.new
+        if new is None:
+            done = self.conditional.remove(path, current[1])
+        else:
+            done = self.conditional.replace(path, encode_ref(new), current[1])
+        if not done:
+            raise RefError(f"ref file {path} changed while it was being restored; run again")
+        return current[0], new
+
     def prune_log(self, name: str, older_than: float) -> int:
         """Delete the oldest history entries written before ``older_than``; return how many.
 

@@ -156,6 +156,11 @@ def test_get_writes_values_to_stdout(
     assert doc["value"] == {"auc": 0.91, "layers": [1, 2]}
     cas_cli("get", "blobs/raw", "-o", "out/raw.bin", cwd=tmp_path, env=env)
     assert (tmp_path / "out" / "raw.bin").read_bytes() == b"\x00raw\xffbytes"
+    (tmp_path / "f.txt").write_text("a put file\n")
+    cas_cli("put", "f.txt", "--name", "files/f", cwd=tmp_path, env=env)
+    for name, raw in (("blobs/raw", b"\x00raw\xffbytes"), ("files/f", b"a put file\n")):
+        assert cas_cli("get", name, "-o", "-", cwd=tmp_path, env=env).raw == raw
+    assert not (tmp_path / "-").exists()
     assert "-o PATH" in cas_cli("get", "blobs/raw", "--json", cwd=tmp_path, env=env, code=2).err
     assert "without data" in cas_cli("get", "models/meta", cwd=tmp_path, env=env, code=2).err
 

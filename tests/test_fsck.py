@@ -99,3 +99,27 @@ def test_deleted_ref_file_is_named_with_the_command_that_settles_it(
     assert fsck.check(store, settle=0).ok
     store.save(b"small model", "models/small")
     assert store.load("models/small") == b"small model"
+
+
+def test_damaged_ref_stops_gc_and_repair_puts_it_back_from_history(
+    store: cas.ArtifactStore,
+) -> None:
+    """A ref file truncated behind cas's back: gc deletes nothing (it cannot know what
+    the name held); ``fsck --repair`` keeps the damaged bytes in quarantine/ and puts the
+    ref back from the name's history; the name loads and moves again."""
+    from cas import gc
+
+    ref = Path(store.storage.root, "refs", "models", "small")
+    ref.write_bytes(ref.read_bytes()[:20])
+    with pytest.raises(gc.GcRefused, match="models/small"):
+        gc.plan(store, grace=0)
+    report = fsck.check(store, repair=True, settle=0)
+    assert [p.kind for p in report.problems] == ["damaged-ref"]
+    assert "refs/models/small" in report.quarantined
+    assert Path(store.storage.root, "quarantine", "refs", "models", "small").exists()
+    assert store.load("models/small") == b"small model"
+    assert fsck.check(store, settle=0).ok
+    gc.execute(store, gc.plan(store, grace=0))
+    store.save(b"small model v2", "models/small")
+    assert store.load("models/small") == b"small model v2"
+    assert store.load("datasets/big")[:0] == b""

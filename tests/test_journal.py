@@ -92,3 +92,51 @@ def test_reindex_cli_exits_1_on_a_damaged_entry(
     path.write_bytes(b"")
     assert main(["--root", str(root), "reindex"]) == 1
     assert stamp in capsys.readouterr().out
+
+
+def test_gc_refuses_past_a_damaged_entry_until_fsck_repair_sets_it_aside(
+    tagged: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gc cannot know what a damaged entry named, so it deletes nothing (exit 1, saying
+    what to run); ``cas fsck --repair`` moves the entry to quarantine/ and says the tags
+    it set are lost; then gc runs and every artifact still loads."""
+    from cas.cli import main
+
+    root, stamp = tagged
+    path = _entry(root, stamp)
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes()[:-3])
+    objects = sorted((root / "objects").rglob("*"))
+    assert main(["--root", str(root), "gc", "--grace", "0"]) == 1
+    err = capsys.readouterr().err
+    assert stamp in err and "cas fsck --repair" in err
+    assert sorted((root / "objects").rglob("*")) == objects  # nothing deleted
+    assert main(["--root", str(root), "fsck", "--repair"]) == 1  # problems were found
+    out = capsys.readouterr().out
+    assert f"quarantined journal/{stamp}" in out and "tag it again" in out
+    assert (root / "quarantine" / "journal" / stamp).exists() and not path.exists()
+    assert main(["--root", str(root), "fsck"]) == 0
+    assert main(["--root", str(root), "gc", "--grace", "0"]) == 0
+    with cas.open_store(str(root)) as store:
+        assert store.load("models/a") == b"model bytes"
+        assert store.load("models/b") == b"other bytes"
+
+
+def test_repair_writes_a_damaged_put_entry_again(tmp_path: Path) -> None:
+    """A damaged entry of a record that still reads is written again, so the record
+    stays in every machine's catalog (and stays a gc root)."""
+    root = tmp_path / "store"
+    with cas.open_store(str(root), fsync=False) as store:
+        rid = store.save(b"first version", "k")
+        store.save(b"second version", "k")  # no ref holds the first: the catalog does
+        [stamp] = [s for s in store.journal.stamps() if f"-put-{rid}" in s]
+    _entry(root, stamp).chmod(0o644)
+    _entry(root, stamp).write_bytes(b"\xc1")
+    shutil.rmtree(root / "index")
+    with cas.open_store(str(root)) as store:
+        report = fsck.check(store, repair=True)
+        assert [p.kind for p in report.problems] == ["damaged-journal"]
+        assert any("written again" in line for line in report.repaired)
+        assert rid in set(store.index.catalog.ids())
+        assert store.load(rid) == b"first version"
+        assert fsck.check(store).ok

@@ -561,7 +561,7 @@ def test_one_malformed_record_does_not_break_the_store(
 ) -> None:
     """One malformed record in a shared store: a CasError when it is loaded; every other
     artifact still loads on a machine that syncs the journal; fsck reports it; gc
-    refuses or ignores it."""
+    refuses to run until ``fsck --repair`` sets it aside."""
     root = tmp_path / "store"
     with cas.open_store(str(root)) as store:
         store.save(b"genuine", "good")
@@ -576,8 +576,12 @@ def test_one_malformed_record_does_not_break_the_store(
             with pytest.raises(CasError):
                 call(bad)
         assert any(p.object_id == bad for p in fsck.check(store).problems)
-        with contextlib.suppress(gc.GcRefused):
+        with pytest.raises(gc.GcRefused, match=bad):
             gc.plan(store, grace=0, retention=0)
+        fsck.check(store, repair=True)  # the record goes to quarantine/
+        gc.execute(store, gc.plan(store, grace=0, retention=0))
+        assert store.load("good") == b"genuine"
+        assert fsck.check(store).ok
 
 
 BAD_MARKERS = [
