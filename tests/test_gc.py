@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import cas
 from cas import gc
+from cas.digests import Condemned, Digests
 from cas.objectspace import object_path
 
 ops = st.lists(
@@ -207,29 +208,29 @@ def test_digests_find_every_member_and_nothing_else() -> None:
     # Digests sharing their first two bytes, and one whose bytes straddle two members.
     members += [b"\xff\xff" + bytes(30), b"\xff\xff" + b"\x01" * 30]
     members.sort()
-    digests = gc.Digests(b"".join(members))
+    digests = Digests(b"".join(members))
     assert len(digests) == len(members)
     for i, d in enumerate(members):
         assert digests.find(d) == i and digests.digest(i) == d and digests.oid(i) == d.hex()
     straddling = members[-1][16:] + members[-1][:16]  # inside the buffer, not aligned
     for absent in [rnd.randbytes(32) for _ in range(500)] + [straddling, bytes(32)]:
         assert digests.find(absent) == -1 and absent not in digests
-    assert gc.Digests().find(bytes(32)) == -1 and len(gc.Digests()) == 0
+    assert Digests().find(bytes(32)) == -1 and len(Digests()) == 0
     assert list(digests.fan(0xFF)) == [i for i, d in enumerate(members) if d[0] == 0xFF]
     with pytest.raises(ValueError):
-        gc.Digests(b"x" * 33)
+        Digests(b"x" * 33)
 
 
 def test_condemned_reads_as_a_sequence_of_pairs() -> None:
     from array import array
 
     ids = sorted(os.urandom(32) for _ in range(5))
-    doomed = gc.Condemned(gc.Digests(b"".join(ids)), array("q", [1, 2, 3, 4, 5]))
+    doomed = Condemned(Digests(b"".join(ids)), array("q", [1, 2, 3, 4, 5]))
     pairs = [(d.hex(), n) for d, n in zip(ids, range(1, 6), strict=True)]
     assert list(doomed) == pairs and doomed == tuple(pairs) and doomed != ()
     assert len(doomed) == 5 and doomed == pairs and repr(doomed) == "Condemned(5 objects, 15 bytes)"
     assert doomed.total == 15 and {o for o, _ in doomed} == {o for o, _ in pairs}
-    empty = gc.Condemned(gc.Digests(), array("q"))
+    empty = Condemned(Digests(), array("q"))
     assert empty == () and not empty
 
 
