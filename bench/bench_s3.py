@@ -211,7 +211,8 @@ def _large(srv: Any, work: Path, args: argparse.Namespace) -> dict[str, bool]:
         ["s3fs: put_file / get_file, one at a time; 'same objects': the chunk objects cas stored,"
          " by s3fs from 16 threads: what this server gives cas's layout",
          f"requests per {args.object_mib} MiB save: {requests}"
-         " (cas itself: 2 HEAD and 3 PUT, and a GET of the ref; the rest is the ref update)"],
+         " (cas itself: a HEAD and a PUT of the content, a PUT each of record and journal"
+         " entry, and a GET of the ref; the rest is the ref update)"],
     ))  # fmt: skip
     return marks
 

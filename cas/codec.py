@@ -52,6 +52,14 @@ DEFAULT_LEVEL: Final = 3
 #: data (Parquet, images, model weights in zip) is stored raw and read back at memcpy speed.
 MIN_SAVING: Final = 0.03
 
+#: Above this size a payload is first sampled: three windows of :data:`PROBE_WINDOW`
+#: bytes (start, middle, end) are compressed, and if together they do not shrink by
+#: MIN_SAVING the payload is stored raw without a full compression. Random or already-
+#: compressed chunks (the bulk of large artifacts: weights, Parquet, images) then cost
+#: ~3% of a compression; a chunk compressible only outside the windows is stored raw.
+PROBE_ABOVE: Final = 256 * 1024
+PROBE_WINDOW: Final = 16 * 1024
+
 _local = threading.local()
 
 
@@ -87,11 +95,23 @@ def encode(kind: str, payload: bytes | memoryview, level: int = DEFAULT_LEVEL) -
         raise ValueError(f"object of {raw_size} bytes exceeds the {MAX_RAW_SIZE}-byte limit")
     flags = 0
     body: bytes | memoryview = payload
-    if raw_size >= 64:
+    if raw_size >= 64 and _may_compress(payload, level):
         packed = _compressor(level).compress(payload)
         if len(packed) <= raw_size * (1 - MIN_SAVING):
             flags, body = FLAG_ZSTD, packed
     return HEADER.pack(MAGIC, FORMAT, KINDS[kind], flags, 0, raw_size) + bytes(body)
+
+
+def _may_compress(payload: bytes | memoryview, level: int) -> bool:
+    """False if a sample of a large payload does not compress (see PROBE_ABOVE)."""
+    size = len(payload)
+    if size <= PROBE_ABOVE:
+        return True
+    view, w = memoryview(payload), PROBE_WINDOW
+    cctx = _compressor(level)
+    starts = (0, size // 2 - w // 2, size - w)
+    packed = sum(len(cctx.compress(view[i : i + w])) for i in starts)
+    return packed <= 3 * w * (1 - MIN_SAVING)
 
 
 def read_header(oid: str, stored: bytes | memoryview) -> Header:

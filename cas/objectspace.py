@@ -37,6 +37,13 @@ OBJECTS: Final = "objects"
 #: day, never below this) counts from the latest write that relied on it.
 FRESHEN_AFTER: Final = 3600.0
 
+#: On object stores, after this many chunks of one put in a row were new, the next ones
+#: are written with a conditional create (one request) instead of a HEAD and then a PUT;
+#: the first chunk found present goes back to checking first. So new content costs one
+#: request a chunk, and content that is mostly stored already (a new version of a large
+#: file) uploads at most a window of chunks (``inflight``) twice per run of new ones.
+CREATE_AFTER: Final = 8
+
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
@@ -188,7 +195,8 @@ class ObjectSpace:
         """Store a structured object (tree, record, event) by its canonical msgpack."""
         payload = pack(value)
         oid = kind_id(kind, payload)
-        self._store(oid, kind, payload)
+        # A record carries its creation time: it is new but for a copy between stores.
+        self._store(oid, kind, payload, create_first=kind == "record")
         return oid
 
     def put_payload(self, kind: str, payload: bytes) -> ObjectId:
@@ -202,11 +210,30 @@ class ObjectSpace:
         self._store(oid, "blob", data)
         return oid
 
-    def _store(self, oid: ObjectId, kind: str, payload: bytes | memoryview) -> bool:
-        """Write one object unless present; True if this call wrote it."""
+    def _store(
+        self, oid: ObjectId, kind: str, payload: bytes | memoryview, *, create_first: bool = False
+    ) -> bool:
+        """Write one object unless present; True if this call wrote it.
+
+        By default a check for presence (dedup: a hit uploads nothing), then a write. With
+        ``create_first``, for objects that are most likely new, on storage whose service
+        checks a conditional create itself: the write is the check, one request for a
+        new object; only if the object was there does a second request ask its age, to
+        refresh it as a dedup hit must (gc's grace counts from that refresh).
+        """
+        path = object_path(oid)
+        if create_first and self.storage.creates:
+            encoded = codec.encode(kind, payload, self.level)
+            if self.storage.create(path, encoded):
+                return True
+            if self._freshen(oid):
+                return False
+            # It went between the two requests (a gc deleted it): write it again.
+            self.storage.write_atomic(path, encoded)
+            return True
         if self._freshen(oid):
             return False
-        self.storage.write_atomic(object_path(oid), codec.encode(kind, payload, self.level))
+        self.storage.write_atomic(path, codec.encode(kind, payload, self.level))
         return True
 
     def _freshen(self, oid: ObjectId) -> bool:
@@ -227,9 +254,9 @@ class ObjectSpace:
             return self.storage.touch(path)
         return True
 
-    def _put_chunk(self, data: bytes) -> tuple[ObjectId, int]:
+    def _put_chunk(self, data: bytes, run: _NewRun) -> tuple[ObjectId, int]:
         oid = blob_id(data, threads=False)
-        self._store(oid, "blob", data)
+        run.saw(new=self._store(oid, "blob", data, create_first=run.likely_new()))
         return oid, len(data)
 
     def _put_chunked(
@@ -240,12 +267,13 @@ class ObjectSpace:
         # long the stream is.
         pool = self._chunk_pool()
         total = blake3.blake3()
+        run = _NewRun()
         pending: deque[Future[tuple[ObjectId, int]]] = deque()
         chunks: list[tuple[ObjectId, int]] = []
         try:
             for data in cut(head, rest, self.params):
                 total.update(data)
-                pending.append(pool.submit(self._put_chunk, data))
+                pending.append(pool.submit(self._put_chunk, data, run))
                 while len(pending) >= self.inflight:
                     chunks.append(pending.popleft().result())
             while pending:
@@ -257,7 +285,11 @@ class ObjectSpace:
         if expect is not None and oid != expect:
             raise CasError(f"file changed while it was stored (hashed {expect}, read {oid})")
         listing = ChunkList(sum(n for _, n in chunks), tuple(chunks))
-        self._store(oid, "chunks", listing.payload())
+        # put_file checked just now that the content is not stored (the chunk list's id
+        # is the content's): its list is new, as it is after a run of new chunks.
+        self._store(
+            oid, "chunks", listing.payload(), create_first=expect is not None or run.likely_new()
+        )
         return oid
 
     # -- reading ----------------------------------------------------------------------
@@ -417,6 +449,23 @@ class ObjectSpace:
 
     def delete(self, oid: str) -> bool:
         return self.storage.delete(object_path(parse_id(oid)))
+
+
+class _NewRun:
+    """How many chunks of one put in a row were new: past :data:`CREATE_AFTER`, the next
+    chunk is most likely new too, and is written without a check first. Chunks finish
+    on many threads; a race between them only blurs the count, never what is stored."""
+
+    __slots__ = ("misses",)
+
+    def __init__(self) -> None:
+        self.misses = 0
+
+    def likely_new(self) -> bool:
+        return self.misses >= CREATE_AFTER
+
+    def saw(self, *, new: bool) -> None:
+        self.misses = self.misses + 1 if new else 0
 
 
 def _check_total(oid: ObjectId, got: str) -> None:

@@ -119,6 +119,7 @@ class Service:
     credentials = ""  # where the client looks for credentials, for error messages
     endpoint_option = "storage_options"  # where the address is set, for error messages
     io_threads = 0  # requests worth running at once (0: the CPU pool is enough)
+    creates = False  # pipe_file(mode="create") is one request the service checks
 
     def __init__(self, fs: fsspec.AbstractFileSystem) -> None:
         self.fs: Any = fs  # each subclass calls its own client's methods
@@ -152,6 +153,7 @@ class Service:
 
 class S3Service(Service):
     name, container, io_threads = "S3", "bucket", 16
+    creates = True
     endpoint_option = "endpoint_url in storage_options"
     credentials = (
         "key/secret in storage_options, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_PROFILE"
@@ -214,6 +216,7 @@ class S3Service(Service):
 
 class GCSService(Service):
     name, container, io_threads = "GCS", "bucket", 16
+    creates = True
     endpoint_option = "endpoint_url in storage_options, or STORAGE_EMULATOR_HOST"
     credentials = "token in storage_options, or GOOGLE_APPLICATION_CREDENTIALS / gcloud login"
 
@@ -238,6 +241,7 @@ class GCSService(Service):
 
 class AzureService(Service):
     name, container, io_threads = "Azure Blob", "container", 16
+    creates = True
     endpoint_option = "account_name, or the BlobEndpoint of the connection string"
     credentials = (
         "connection_string, or account_name with account_key / sas_token / credential in"

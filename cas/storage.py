@@ -51,9 +51,27 @@ class Storage(ABC):
         """The first ``n`` bytes (all of a shorter file); ``FileNotFoundError`` if absent."""
         return self.read(rel)[:n]
 
+    #: True if :meth:`create` is a single request the service itself checks (S3, GCS,
+    #: Azure Blob): a writer that expects its object to be new may then skip the check
+    #: for presence before the write.
+    creates: bool = False
+
     @abstractmethod
     def write_atomic(self, rel: str, data: bytes) -> None:
         """Create or replace ``rel`` so that no reader sees a partial file."""
+
+    def create(self, rel: str, data: bytes) -> bool:
+        """Write ``rel`` as :meth:`write_atomic` does unless a file is there: True if this
+        call wrote it, False if a file was there (nothing is written then).
+
+        Only where ``creates`` is True is this one request that the service checks; here
+        it is a check, then a write. Callers use it for content-addressed files, where
+        two writers racing write the same bytes, so either form is safe for them.
+        """
+        if self.stat(rel) is not None:
+            return False
+        self.write_atomic(rel, data)
+        return True
 
     @abstractmethod
     def stat(self, rel: str) -> Stat | None:
@@ -192,6 +210,19 @@ class LocalStorage(Storage):
             return []
 
 
+def _is_conflict(exc: BaseException) -> bool:
+    """S3's answer to a conditional write racing another one to the same key (409)."""
+    seen = 0
+    err: BaseException | None = exc
+    while err is not None and seen < 6:
+        response = getattr(err, "response", None)
+        error = response.get("Error") if isinstance(response, dict) else None
+        if isinstance(error, dict) and error.get("Code") == "ConditionalRequestConflict":
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -229,6 +260,7 @@ class FsspecStorage(Storage):
         self.url = url
         self.service = service_for(fs)
         self.io_threads = self.service.io_threads
+        self.creates = self.service.creates
         self._failures = backend_failures()
         self._bucket_known = not self.service.container  # nothing to check without buckets
         # s3fs's cat_file sends a HEAD before its GET, to split objects over 50 MiB into
@@ -315,6 +347,34 @@ class FsspecStorage(Storage):
         except FileNotFoundError as exc:  # a write has nothing to be absent: the bucket is
             self._check_bucket("writing", rel)
             raise self._fail("writing", rel, exc) from exc
+
+    def create(self, rel: str, data: bytes) -> bool:
+        """On S3, GCS and Azure Blob one conditional write: PutObject ``If-None-Match: *``,
+        an upload with ``ifGenerationMatch=0``, Put Blob ``If-None-Match: *`` (the
+        clients' ``pipe_file(mode="create")``); elsewhere the base's check, then write.
+        A retried request that meets its own first attempt reads as "was there", which
+        for a content-addressed file is the truth. A conditional write that loses to
+        another one still in flight (S3's 409 ConditionalRequestConflict) is written
+        again unconditionally: the same name holds the same bytes."""
+        if not self.creates:
+            return super().create(rel, data)
+        try:
+            with self._boundary("writing", rel):
+                try:
+                    self.fs.pipe_file(self._path(rel), data, mode="create")
+                except FileExistsError:
+                    return False
+                except self._failures as exc:
+                    if not _is_conflict(exc):
+                        raise
+                else:
+                    self._bucket_known = True
+                    return True
+        except FileNotFoundError as exc:  # a write has nothing to be absent: the bucket is
+            self._check_bucket("writing", rel)
+            raise self._fail("writing", rel, exc) from exc
+        self.write_atomic(rel, data)
+        return True
 
     def stat(self, rel: str) -> Stat | None:
         try:
