@@ -24,7 +24,8 @@ Progress = Callable[[str, int], None]
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    # "corrupt" | "missing" | "dangling-ref" | "damaged-ref" | "damaged-journal"
+    # "corrupt" | "missing" | "dangling-ref" | "damaged-ref" | "damaged-journal" |
+    # "unjournaled" | "unpublished-update"
     kind: str
     object_id: str
     detail: str
@@ -114,7 +115,8 @@ def check(
 
     refs_items, ref_problems = _read_refs(store)
     report.refs = len(refs_items) + len(ref_problems)
-    journal_problems, journal_records = _read_journal(store)
+    journal_problems, stamps = _read_journal(store)
+    journal_records = {p[1] for p in map(parse_stamp, stamps) if p is not None}
     store.sync()
     record_ids = set(store.index.catalog.ids()) | {rid for _, rid in refs_items}
     record_ids |= {rid for rid in journal_records if rid in present}
@@ -142,6 +144,8 @@ def check(
             stack.extend(children.get(oid, ()))
 
     report.problems.extend(ref_problems)
+    live = (record_ids & set(present)) - _puts(stamps)
+    report.problems.extend(_unjournaled(store, live, labels))
     damaged_names = {p.object_id for p in ref_problems}
     wait = store.refs.lock_timeout if settle is None else settle
     report.problems.extend(_unpublished(store, damaged_names, wait))
@@ -181,6 +185,9 @@ def check(
                 _restore_ref(store, found.object_id, report)
             elif found.kind == "damaged-journal":
                 _set_entry_aside(store, found, report)
+            elif found.kind == "unjournaled":
+                store.journal.append({"op": "put", "id": found.object_id})
+                report.repaired.append(f"journal entry of {found.artifacts[0]} written again")
         store.sync()  # what was set aside is no longer damaged
     return report
 
@@ -265,6 +272,29 @@ def _read_refs(store: ArtifactStore) -> tuple[list[tuple[str, str]], list[Proble
     return items, problems
 
 
+def _puts(stamps: list[str]) -> set[str]:
+    return {p[1] for p in map(parse_stamp, stamps) if p is not None and p[0] == "put"}
+
+
+def _unjournaled(store: ArtifactStore, live: set[str], labels: dict[str, str]) -> list[Problem]:
+    """A problem for each record a name or this machine's catalog holds that no journal
+    entry registers (the entry was deleted): a catalog built from the journal elsewhere
+    lacks it, and a gc there keeps it only while a name or kept history reaches it."""
+    doubt = live - set(store.index.catalog.tombstones())
+    if doubt:
+        doubt -= _puts(store.journal.stamps())  # listed again: after any save fsck saw
+    return [
+        Problem(
+            "unjournaled",
+            rid,
+            "no catalog journal entry registers this record (deleted?): a catalog rebuilt "
+            "from the journal lacks it; 'cas fsck --repair' writes the entry again",
+            (labels.get(rid, rid[:12]),),
+        )
+        for rid in sorted(doubt)
+    ]
+
+
 def _unpublished(store: ArtifactStore, skip: set[str], settle: float) -> list[Problem]:
     """A problem for each name whose ref disagrees with its newest history entry."""
     problems = []
@@ -301,9 +331,9 @@ def _unpublished(store: ArtifactStore, skip: set[str], settle: float) -> list[Pr
     return problems
 
 
-def _read_journal(store: ArtifactStore) -> tuple[list[tuple[str, str, str]], set[str]]:
+def _read_journal(store: ArtifactStore) -> tuple[list[tuple[str, str, str]], list[str]]:
     """Read every catalog journal entry: (stamp, record id, why) of each that does not
-    read, and the ids of the records the entries name."""
+    read, and every entry's stamp."""
     stamps = store.journal.stamps()
     damaged: list[tuple[str, str, str]] = []
 
@@ -313,8 +343,7 @@ def _read_journal(store: ArtifactStore) -> tuple[list[tuple[str, str, str]], set
 
     for _ in store.journal.read(stamps, on_error=note):
         pass
-    named = {parsed[1] for parsed in map(parse_stamp, stamps) if parsed is not None}
-    return damaged, named
+    return damaged, stamps
 
 
 def _kind(store: ArtifactStore, oid: ObjectId) -> str | None:

@@ -140,3 +140,26 @@ def test_repair_writes_a_damaged_put_entry_again(tmp_path: Path) -> None:
         assert rid in set(store.index.catalog.ids())
         assert store.load(rid) == b"first version"
         assert fsck.check(store).ok
+
+
+def test_a_deleted_put_entry_is_found_and_written_again(tmp_path: Path) -> None:
+    """A record a name (or this machine's catalog) holds, with no journal entry
+    registering it: a catalog rebuilt elsewhere would lack it, so fsck names it and
+    ``--repair`` writes the entry again."""
+    root = tmp_path / "store"
+    with cas.open_store(str(root), fsync=False) as store:
+        old = store.save(b"first version", "k")
+        new = store.save(b"second version", "k")
+        gone = [s for s in store.journal.stamps() if "-put-" in s]
+        for stamp in gone:
+            _entry(root, stamp).unlink()
+        problems = fsck.check(store).problems
+        assert sorted((p.kind, p.object_id) for p in problems) == sorted(
+            [("unjournaled", old), ("unjournaled", new)]
+        )
+        assert any(a.startswith("k (") for p in problems for a in p.artifacts)
+        fsck.check(store, repair=True)
+        assert fsck.check(store).ok
+    shutil.rmtree(root / "index")
+    with cas.open_store(str(root)) as store:
+        assert {old, new} <= set(store.index.catalog.ids())

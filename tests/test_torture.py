@@ -125,8 +125,8 @@ CORRUPTION = [(k, h) for k in OBJECT_KINDS for h in HOWS] + [
 #: What the suite found and others own: each case fails strictly until it is fixed (an
 #: XPASS then fails the run, so the mark comes off). Data-loss bugs are never listed here.
 KNOWN_GAPS: dict[tuple[str, str], str] = {
-    ("journal", "delete"): "a deleted catalog journal entry is undetectable: entries are "
-    "not chained, so nothing says one is missing (the tag it held is simply gone)",
+    ("journal", "delete"): "a deleted tag entry of the catalog journal is undetectable: "
+    "entries are not chained, so nothing says one is missing (the tag it held is gone)",
 }
 
 
