@@ -99,10 +99,13 @@ def _check_fs(fs: Any, kind: str) -> None:
 
 
 def _split(fs: Any, path: str) -> tuple[str, str]:
-    bucket, key, version = fs.split_path(path)
-    if not bucket or not key or version:
-        raise ValueError(f"{path!r} is not 'bucket/key' (without a version)")
-    return str(bucket), str(key)
+    """``(bucket, key)`` of a path without protocol, split as it is: the clients'
+    ``split_path`` reads URL syntax into it (adlfs drops a trailing ``#``, so the refs of
+    ``a/b#`` and ``a/b`` were one blob; s3fs reads ``?versionId=``)."""
+    bucket, _, key = path.strip("/").partition("/")
+    if not bucket or not key:
+        raise ValueError(f"{path!r} is not 'bucket/key'")
+    return bucket, key
 
 
 def _unknown(path: str, exc: BaseException) -> OSError:

@@ -221,6 +221,14 @@ class RefStoreTests:
         assert self.files_outside(rs) == []
         assert rs.list() == [] and rs.log_names() == []
 
+    def test_a_trailing_hash_is_part_of_the_name(self, rs: RefStore) -> None:
+        """adlfs's path splitting drops a trailing '#': 'a/b#' and 'a/b' were one blob."""
+        rs.set("a/b#", A, expected=None)
+        assert rs.read("a/b") is None
+        rs.set("a/b", B, expected=None)
+        assert rs.items() == [("a/b", B), ("a/b#", A)]
+        assert rs.delete("a/b#", expected=A) == A and rs.read("a/b") == B
+
     @_settings
     @given(name=valid_names)
     def test_valid_names_round_trip(self, rs: RefStore, name: str) -> None:
