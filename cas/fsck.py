@@ -25,7 +25,7 @@ Progress = Callable[[str, int], None]
 @dataclass(frozen=True, slots=True)
 class Problem:
     # "corrupt" | "missing" | "dangling-ref" | "damaged-ref" | "damaged-journal" |
-    # "unjournaled" | "unpublished-update"
+    # "unjournaled" | "lost-journal-entry" | "unpublished-update"
     kind: str
     object_id: str
     detail: str
@@ -146,6 +146,7 @@ def check(
     report.problems.extend(ref_problems)
     live = (record_ids & set(present)) - _puts(stamps)
     report.problems.extend(_unjournaled(store, live, labels))
+    report.problems.extend(_lost_tag_entries(store, set(stamps), labels))
     damaged_names = {p.object_id for p in ref_problems}
     wait = store.refs.lock_timeout if settle is None else settle
     report.problems.extend(_unpublished(store, damaged_names, wait))
@@ -185,6 +186,8 @@ def check(
                 _restore_ref(store, found.object_id, report)
             elif found.kind == "damaged-journal":
                 _set_entry_aside(store, found, report)
+            elif found.kind == "lost-journal-entry":
+                _write_tags_again(store, found, report)
             elif found.kind == "unjournaled":
                 store.journal.append({"op": "put", "id": found.object_id})
                 report.repaired.append(f"journal entry of {found.artifacts[0]} written again")
@@ -207,6 +210,20 @@ def _restore_ref(store: ArtifactStore, name: str, report: FsckReport) -> None:
     report.quarantined.append(f"refs/{name}")
     now = f"points at {rid} again" if rid else "is deleted, as its history says"
     report.repaired.append(f"ref {name!r} restored from its history: it {now}")
+
+
+def _write_tags_again(store: ArtifactStore, problem: Problem, report: FsckReport) -> bool:
+    """Journal again the tags a lost entry set, as this machine's catalog holds them;
+    False if it holds none from that entry."""
+    rid = parse_stamp(problem.object_id)[1]  # type: ignore[index]
+    tags = _lost_tags(store, set(store.journal.stamps())).get(problem.object_id)
+    if not tags:
+        return False
+    stamp = store.journal.append({"op": "tag", "id": rid, "tags": tags})
+    store.index.catalog.tag(rid, tags, stamp)
+    who = problem.artifacts[0] if problem.artifacts else rid
+    report.repaired.append(f"tags of {who} journaled again from this machine's catalog: {stamp}")
+    return True
 
 
 def _set_entry_aside(store: ArtifactStore, problem: Problem, report: FsckReport) -> None:
@@ -238,7 +255,7 @@ def _set_entry_aside(store: ArtifactStore, problem: Problem, report: FsckReport)
                 f"journal entry {stamp} set aside: the record of {who} does not read; "
                 "save it again"
             )
-    elif op == "tag":
+    elif op == "tag" and not _write_tags_again(store, problem, report):
         report.repaired.append(
             f"journal entry {stamp} set aside: the tags it set on {who} are lost; tag it again"
         )
@@ -293,6 +310,42 @@ def _unjournaled(store: ArtifactStore, live: set[str], labels: dict[str, str]) -
         )
         for rid in sorted(doubt)
     ]
+
+
+def _lost_tags(store: ArtifactStore, listed: set[str]) -> dict[str, dict[str, str | None]]:
+    """Tags this machine's catalog holds from journal entries that are gone, by stamp."""
+    lost: dict[str, dict[str, str | None]] = {}
+    for tags in store.index.catalog.tag_stamps().values():
+        for key, (stamp, value) in tags.items():
+            parsed = parse_stamp(stamp)
+            if parsed is not None and parsed[0] == "tag" and stamp not in listed:
+                lost.setdefault(stamp, {})[key] = value
+    return lost
+
+
+def _lost_tag_entries(
+    store: ArtifactStore, listed: set[str], labels: dict[str, str]
+) -> list[Problem]:
+    """A problem for each tag entry this machine's catalog applied that the journal no
+    longer holds (deleted): other machines lack the tags it set."""
+    lost = _lost_tags(store, listed)
+    if lost:
+        lost = _lost_tags(store, set(store.journal.stamps()))  # listed again: a tag since
+    problems = []
+    for stamp, tags in sorted(lost.items()):
+        rid = parse_stamp(stamp)[1]  # type: ignore[index]
+        shown = ", ".join(f"{k}={v}" if v is not None else f"-{k}" for k, v in sorted(tags.items()))
+        problems.append(
+            Problem(
+                "lost-journal-entry",
+                stamp,
+                f"catalog journal entry {stamp}, which this machine applied, is gone "
+                f"(deleted?): machines that build their catalog from the journal lack its "
+                f"tags ({shown}); 'cas fsck --repair' writes them again",
+                (labels.get(rid, rid[:12]),),
+            )
+        )
+    return problems
 
 
 def _unpublished(store: ArtifactStore, skip: set[str], settle: float) -> list[Problem]:

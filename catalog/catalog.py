@@ -314,6 +314,22 @@ class Catalog:
 
         return self._engine.read(run)
 
+    def tag_stamps(self) -> dict[str, dict[str, tuple[str, str | None]]]:
+        """For each id, the winning ``(stamp, value)`` of each tag key set by an event
+        (``None``: removed); checkers compare the stamps with the events that exist."""
+
+        def run(txn: Txn) -> dict[str, dict[str, tuple[str, str | None]]]:
+            out: dict[str, dict[str, tuple[str, str | None]]] = {}
+            with txn.cursor(db=self._db(keys.TAGSTAMPS)) as cur:
+                for k, v in cur:
+                    raw = bytes(k)
+                    stamp, value = _unpack(bytes(v))
+                    key = raw[keys.ID_BYTES :].decode()
+                    out.setdefault(raw[: keys.ID_BYTES].hex(), {})[key] = (stamp, value)
+            return out
+
+        return self._engine.read(run)
+
     def dump(self) -> dict[str, Any]:
         """Every sub-database's full content, decoded (for equality tests)."""
         return self._engine.read(lambda txn: _dump(txn, self._engine.shared.dbs))

@@ -106,6 +106,7 @@ def test_gc_refuses_past_a_damaged_entry_until_fsck_repair_sets_it_aside(
     path = _entry(root, stamp)
     path.chmod(0o644)
     path.write_bytes(path.read_bytes()[:-3])
+    shutil.rmtree(root / "index")  # a machine that never applied the entry
     objects = sorted((root / "objects").rglob("*"))
     assert main(["--root", str(root), "gc", "--grace", "0"]) == 1
     err = capsys.readouterr().err
@@ -163,3 +164,37 @@ def test_a_deleted_put_entry_is_found_and_written_again(tmp_path: Path) -> None:
     shutil.rmtree(root / "index")
     with cas.open_store(str(root)) as store:
         assert {old, new} <= set(store.index.catalog.ids())
+
+
+def test_a_deleted_tag_entry_is_found_where_it_was_applied(tagged: tuple[Path, str]) -> None:
+    """Entries are not chained, so only a machine whose catalog applied a tag entry can
+    tell it is gone: fsck there names it with its tags, and ``--repair`` journals them
+    again, so a machine that builds its catalog from the journal has them too."""
+    root, stamp = tagged
+    _entry(root, stamp).unlink()
+    with cas.open_store(str(root)) as store:
+        [problem] = fsck.check(store).problems
+        assert problem.kind == "lost-journal-entry" and problem.object_id == stamp
+        assert "stage=production" in problem.detail and "models/a" in problem.artifacts[0]
+        fsck.check(store, repair=True)
+        assert fsck.check(store).ok
+    shutil.rmtree(root / "index")
+    with cas.open_store(str(root)) as store:
+        assert store.get_metadata("models/a")["tags"] == {"stage": "production"}
+
+
+def test_repair_journals_again_the_tags_of_a_damaged_entry_this_machine_applied(
+    tagged: tuple[Path, str],
+) -> None:
+    root, stamp = tagged
+    path = _entry(root, stamp)
+    path.chmod(0o644)
+    path.write_bytes(b"")
+    with cas.open_store(str(root)) as store:
+        report = fsck.check(store, repair=True)
+        assert [p.kind for p in report.problems] == ["damaged-journal"]
+        assert any("journaled again" in line for line in report.repaired)
+        assert fsck.check(store).ok
+    shutil.rmtree(root / "index")
+    with cas.open_store(str(root)) as store:
+        assert store.get_metadata("models/a")["tags"] == {"stage": "production"}

@@ -125,8 +125,9 @@ CORRUPTION = [(k, h) for k in OBJECT_KINDS for h in HOWS] + [
 #: What the suite found and others own: each case fails strictly until it is fixed (an
 #: XPASS then fails the run, so the mark comes off). Data-loss bugs are never listed here.
 KNOWN_GAPS: dict[tuple[str, str], str] = {
-    ("journal", "delete"): "a deleted tag entry of the catalog journal is undetectable: "
-    "entries are not chained, so nothing says one is missing (the tag it held is gone)",
+    ("journal", "delete"): "a deleted tag entry of the catalog journal is found only by "
+    "fsck on a machine whose catalog applied it: entries are not chained, so a catalog "
+    "built from the journal has nothing that says one is missing (its tags are gone)",
 }
 
 
