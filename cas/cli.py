@@ -95,6 +95,12 @@ def cmd_put(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+def _to_stdout(store: ArtifactStore, content_id: str) -> None:
+    sys.stdout.flush()
+    _write_content(store, content_id, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+
+
 def _write_content(store: ArtifactStore, content_id: str, target: BinaryIO) -> None:
     with store.space.open(content_id) as src:  # verified chunk by chunk, then whole
         shutil.copyfileobj(src, target, 1 << 20)
@@ -132,11 +138,8 @@ def cmd_get(args: argparse.Namespace, out: Output) -> int:
             raise UsageError(f"artifact {record['name']} ({rid[:12]}) was registered without data")
         info = record.get("content_info") or {}
         result: dict[str, Any] = {"id": rid, "name": record["name"], "path": None}
-        to_stdout = args.output == "-" and info.get("path") != "dir"  # as curl and tar do
-        if to_stdout:
-            sys.stdout.flush()
-            _write_content(store, content, sys.stdout.buffer)
-            sys.stdout.buffer.flush()
+        if args.output == "-" and info.get("path") != "dir":  # as curl and tar do
+            _to_stdout(store, content)
             return EXIT_OK
         if record.get("materializer") == "path":
             own = _own_name(info, rid)
@@ -159,9 +162,7 @@ def cmd_get(args: argparse.Namespace, out: Output) -> int:
                 )
             result["value"] = store.load(rid)
         else:
-            sys.stdout.flush()
-            _write_content(store, content, sys.stdout.buffer)
-            sys.stdout.buffer.flush()
+            _to_stdout(store, content)
     out.document(result)
     return EXIT_OK
 

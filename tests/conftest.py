@@ -16,6 +16,7 @@ import os
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
 from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -35,6 +36,13 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ.pop("CAS_CACHE_DIR", None)
     else:
         os.environ["CAS_CACHE_DIR"] = old
+
+@pytest.fixture
+def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache folder of the test's own: remote and memory:// roots keep their catalog
+    there, so no test sees a catalog an earlier one left."""
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "cache"))
+
 
 CLOUD_KINDS = ("s3", "gcs", "azure")
 

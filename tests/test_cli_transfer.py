@@ -16,11 +16,7 @@ from cas import transfer
 from cas.artifacts import ArtifactStore
 from cas.objectspace import object_path
 
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A memory:// root keeps its catalog in the cache folder: one per test.
-    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("fresh_cache")
 
 
 @pytest.fixture

@@ -32,15 +32,9 @@ from cas.objects import ChunkList
 from cas.objectspace import object_path
 from cas.testing.servers import Server, s3_calls
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_cache")]
 
 Uploads = collections.Counter[str]  # object key below the root -> PutObject/UploadPart count
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # An s3:// root keeps its catalog in the cache folder: one per test.
-    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "cache"))
 
 
 @pytest.fixture
