@@ -10,12 +10,13 @@ collects, or a journal entry that the next open replays into the catalog.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec.implementations.memory
 
@@ -24,6 +25,7 @@ from cas.errors import (
     CasError,
     IntegrityError,
     InvalidRefName,
+    IsAFolder,
     MaterializerError,
     ObjectNotFound,
     RefConflict,
@@ -33,10 +35,11 @@ from cas.ids import ObjectId, is_id, parse_id
 from cas.index import Index, cache_root, rebuild
 from cas.journal import Journal
 from cas.materializers import LoadContext, materializer_for, materializer_named
-from cas.objects import pack
+from cas.objects import MODE_FILE, MODE_LINK, pack
 from cas.objectspace import ObjectSpace
 from cas.record import check_record, make_record
 from cas.storage import LocalStorage, Storage, open_storage
+from cas.trees import find_entry, read_tree
 
 RUNS_PREFIX = "runs"
 
@@ -277,6 +280,77 @@ class ArtifactStore:
             raise ObjectNotFound(
                 exc.what, f"{exc}; artifact {label} is missing content: run 'cas fsck'"
             ) from exc
+
+    def open(self, name_or_id: str, path: str | None = None) -> BinaryIO:
+        """A binary stream of an artifact's content, verified as it is read (each chunk,
+        then the whole); ``path`` picks one file of a folder artifact, reading only that
+        file's objects. Constant memory however large the content is."""
+        rid, name, record = self.lookup(name_or_id)
+        content = record.get("content_id")
+        label = record["name"]
+        if content is None:
+            raise ObjectNotFound(rid, f"artifact {label} ({rid}) was registered without data")
+        if path is None or path.strip("/") == "":
+            if record.get("content_kind") == "tree":
+                raise IsAFolder(
+                    label, f"artifact {label} is a folder: pass path= to open a file in it"
+                )
+            return self.space.open(content)
+        if record.get("content_kind") != "tree":
+            raise ObjectNotFound(
+                path, f"artifact {label} is a single file, not a folder: it has no {path!r}"
+            )
+        entry = find_entry(self.space, content, path, label)
+        if entry.is_dir:
+            raise IsAFolder(path, f"{path!r} in artifact {label} is a folder, not a file")
+        if entry.mode == MODE_LINK:
+            return io.BytesIO(self.space.get(entry.id))
+        return self.space.open(entry.id)
+
+    def list_files(self, name_or_id: str, path: str = "") -> list[dict[str, Any]]:
+        """The entries of a folder artifact (``path``: a subfolder), one level:
+        ``{"name", "path", "type": "file" | "directory" | "link", "mode", "id", "size"}``;
+        a size is the file's bytes (None for a folder). A file artifact lists itself."""
+        rid, name, record = self.lookup(name_or_id)
+        content = record.get("content_id")
+        label = record["name"]
+        if content is None:
+            return []
+        if record.get("content_kind") != "tree":
+            if path.strip("/"):
+                raise ObjectNotFound(path, f"artifact {label} is a single file, not a folder")
+            filename = str(
+                (record.get("content_info") or {}).get("filename") or label.rsplit("/", 1)[-1]
+            )
+            return [{"name": filename, "path": filename, "type": "file", "mode": MODE_FILE,
+                     "id": content, "size": int(record.get("size") or 0)}]  # fmt: skip
+        tree_id = content
+        prefix = path.strip("/")
+        if prefix:
+            entry = find_entry(self.space, content, prefix, label)
+            if not entry.is_dir:
+                raise ObjectNotFound(path, f"{path!r} in artifact {label} is a file, not a folder")
+            tree_id = entry.id
+        out = []
+        for entry in read_tree(self.space, tree_id).entries:
+            kind = "directory" if entry.is_dir else "link" if entry.mode == MODE_LINK else "file"
+            out.append({
+                "name": entry.name, "path": f"{prefix}/{entry.name}" if prefix else entry.name,
+                "type": kind, "mode": entry.mode, "id": entry.id,
+                "size": None if entry.is_dir else self.space.size(entry.id),
+            })  # fmt: skip
+        return out
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        """Every update of a name, newest first: ``{"time", "who", "old", "new", "message"}``
+        (``old``/``new``: artifact ids, None for absent; ``new`` None is a delete)."""
+        full = self.check_name(self.name_prefix + name)
+        with ref_errors():
+            entries = self.refs.log(full)
+        return [
+            {"time": e.time, "who": e.who, "old": e.old, "new": e.new, "message": e.message}
+            for e in entries
+        ]
 
     def exists(self, name_or_id: str) -> bool:
         try:

@@ -145,6 +145,12 @@ class ArtifactCatalog:
         with _query_errors():
             return [Artifact.from_record(r) for r in self._engine.search(query, limit=limit)]
 
+    def find_by_content(self, content_id: str, limit: int = 100) -> builtins.list[Artifact]:
+        """Artifacts whose content is ``content_id`` (a blob's ``b3sum``, or a tree id),
+        newest first: where the same bytes were saved."""
+        parse_id(content_id)
+        return [Artifact.from_record(r) for r in self._engine.by_content(content_id, limit=limit)]
+
     def tag(self, artifact_id: str, **tags: str | None) -> None:
         """Set tags (a value of None removes the tag); durable, last writer wins."""
         rid = self._store.resolve(artifact_id)[0]

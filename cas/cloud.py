@@ -85,9 +85,7 @@ def split_prefix(prefix: str, values: Mapping[str, str]) -> tuple[str, str]:
     templated = prefix[len(static) :].strip("/")
     missing = sorted(f for f in set(fields) if not values.get(f))
     if missing:
-        raise CasError(
-            f"prefix {prefix!r} uses {{{missing[0]}}}: pass {missing[0]}= to the store"
-        )
+        raise CasError(f"prefix {prefix!r} uses {{{missing[0]}}}: pass {missing[0]}= to the store")
     return static, templated.format(**values).strip("/") + "/"
 
 
@@ -161,7 +159,9 @@ class CloudArtifactStore(ArtifactStore):
         """Apply the positional rule of the module docstring."""
         order = self.flowyml_order
         if len(args) > len(order):
-            raise TypeError(f"{type(self).__name__} takes at most {len(order)} positional arguments")
+            raise TypeError(
+                f"{type(self).__name__} takes at most {len(order)} positional arguments"
+            )
         config = dict(given)
         if len(args) == 1 and config.get(self.bucket_argument) is None:
             placed = {self.bucket_argument: args[0]}  # S3ArtifactStore("my-bucket")
@@ -175,7 +175,16 @@ class CloudArtifactStore(ArtifactStore):
 
     # -- opening on first use ---------------------------------------------------------
 
-    def open(self) -> CloudArtifactStore:
+    def open(self, name_or_id: str | None = None, path: str | None = None) -> Any:
+        """With no argument: connect now and return the store (reading the CAS marker,
+        or writing it in an empty root). With a name or id: the artifact's content as
+        a verified stream, as :meth:`ArtifactStore.open`."""
+        self.connect()
+        if name_or_id is None:
+            return self
+        return super().open(name_or_id, path)
+
+    def connect(self) -> CloudArtifactStore:
         """Connect now (reading the CAS marker, or writing it in an empty root)."""
         lazy = self.__dict__.get("_lazy")
         if lazy is None:
@@ -200,7 +209,7 @@ class CloudArtifactStore(ArtifactStore):
         lazy = self.__dict__.get("_lazy")
         if attr.startswith("__") or lazy is None or lazy.opening:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
-        self.open()
+        self.connect()
         return object.__getattribute__(self, attr)
 
     @property

@@ -4,6 +4,7 @@
 
     CasError
      ├── ObjectNotFound        (also KeyError)    an object, name or id that is not there
+ ├── IsAFolder             (also IsADirectoryError) a folder where a file was asked for
      ├── IntegrityError                           bytes that do not hash to their id; a lying header
      ├── InvalidId             (also ValueError)  text that is not a 64-hex id
      ├── InvalidRefName        (also ValueError)  a name that breaks git's check-ref-format rules
@@ -33,6 +34,17 @@ class ObjectNotFound(CasError, KeyError):
         super().__init__(message or f"{what} not found")
 
     def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class IsAFolder(CasError, IsADirectoryError):
+    """A folder (artifact or entry) where a file's content was asked for."""
+
+    def __init__(self, what: str, message: str) -> None:
+        self.what = what
+        super().__init__(message)
+
+    def __str__(self) -> str:
         return str(self.args[0])
 
 

@@ -62,8 +62,15 @@ class Index:
         self.journal = journal
         self.folder = folder or index_dir(space)
         durable = getattr(space.storage, "fsync", True)
-        self.catalog = _catalog.Catalog(str(self.folder / "catalog"), durable=durable)
         self._state_path = self.folder / "sync.msgpack"
+        try:
+            self.catalog = _catalog.Catalog(str(self.folder / "catalog"), durable=durable)
+        except _catalog.FormatMismatch:
+            # Written by another version of cas: the catalog is derived, so it is built
+            # again from the journal (the first sync reads every entry).
+            shutil.rmtree(self.folder / "catalog", ignore_errors=True)
+            self._state_path.unlink(missing_ok=True)
+            self.catalog = _catalog.Catalog(str(self.folder / "catalog"), durable=durable)
         self._has_high_water = False
         state = self._state()
         self.damaged: dict[str, tuple[str, str]] = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cas.errors import IntegrityError
+from cas.errors import IntegrityError, ObjectNotFound
 from cas.ids import ObjectId
 from cas.objects import MODE_DIR, MODE_EXEC, MODE_LINK, Tree, TreeEntry, mode_of
 from cas.objectspace import ObjectSpace
@@ -44,6 +44,24 @@ def read_tree(space: ObjectSpace, tree_id: str) -> Tree:
             tree_id, f"object {tree_id} should be a tree but is a {kind}; run 'cas fsck'"
         )
     return Tree.parse(tree_id, payload)
+
+
+def find_entry(space: ObjectSpace, tree_id: str, path: str, label: str = "") -> TreeEntry:
+    """The entry at ``path`` (``a/b/c.txt``) below a tree, reading one tree per folder on
+    the way; ``ObjectNotFound`` naming the path if there is none."""
+    parts = [p for p in path.strip("/").split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise ObjectNotFound(path, f"{path!r} is not a path inside a folder artifact")
+    current = tree_id
+    for depth, part in enumerate(parts):
+        found = next((e for e in read_tree(space, current).entries if e.name == part), None)
+        if found is None or (depth < len(parts) - 1 and not found.is_dir):
+            where = f" of artifact {label}" if label else ""
+            raise ObjectNotFound(path, f"no file {path!r} in the folder{where}")
+        if depth == len(parts) - 1:
+            return found
+        current = found.id
+    raise AssertionError("unreachable")
 
 
 def checkout(space: ObjectSpace, tree_id: str, dest: str | os.PathLike[str]) -> Path:

@@ -16,7 +16,15 @@ caller keeps. See ``docs/catalog.md``.
 """
 
 from catalog.catalog import Catalog
-from catalog.errors import CatalogError, InvalidInput, QueryError
+from catalog.errors import CatalogError, FormatMismatch, InvalidInput, QueryError
 from catalog.query import Query, parse_query
 
-__all__ = ["Catalog", "CatalogError", "InvalidInput", "Query", "QueryError", "parse_query"]
+__all__ = [
+    "Catalog",
+    "CatalogError",
+    "FormatMismatch",
+    "InvalidInput",
+    "Query",
+    "QueryError",
+    "parse_query",
+]

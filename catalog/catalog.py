@@ -170,7 +170,7 @@ class Catalog:
         return self._engine.read(run)
 
     def state(self, id: str) -> str | None:
-        """"live" if the record is indexed, "deleted" if tombstoned, None if unknown."""
+        """ "live" if the record is indexed, "deleted" if tombstoned, None if unknown."""
         id_raw = check_id(id)
 
         def run(txn: Txn) -> str | None:
@@ -214,6 +214,14 @@ class Catalog:
             return self._fetch(txn, streams, limit)
 
         return self._engine.read(run)
+
+    def by_content(self, content_id: str, limit: int = 100) -> Records:
+        """Records whose content is ``content_id`` (the same bytes saved under other
+        names or again), newest first."""
+        raw = check_id(content_id, "content id")
+        return self._engine.read(
+            lambda txn: self._fetch(txn, [TermStream(txn, self._db(keys.CONTENT), raw)], limit)
+        )
 
     def names(self, prefix: str = "") -> Names:
         """The distinct names of live records starting with ``prefix``, sorted."""

@@ -22,7 +22,7 @@ def dump(txn: Txn, dbs: dict[bytes, Any]) -> dict[str, Any]:
     for name in keys.POSTING_DBS:
         grouped: dict[str, list[Any]] = {}
         for k, v in _items(txn, dbs[name]):
-            term = k.hex() if name == keys.CHILDREN else keys.decode_term(k)
+            term = k.hex() if name in (keys.CHILDREN, keys.CONTENT) else keys.decode_term(k)
             grouped.setdefault(term, []).append(_posting(v))
         out[name.decode()] = grouped
     parents: dict[str, list[str]] = {}

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import lmdb
 
 from catalog import keys
-from catalog.errors import CatalogError
+from catalog.errors import CatalogError, FormatMismatch
 
 T = TypeVar("T")
 
@@ -226,10 +226,14 @@ def _open(path: Path, map_size: int | None, readonly: bool, durable: bool = True
                 if found is None:
                     txn.put(b"format", keys.FORMAT, db=meta)
                 elif found != keys.FORMAT:
-                    raise CatalogError(
+                    raise FormatMismatch(
+                        str(path), found,
                         f"catalog {path} has format {found!r}, this version reads {keys.FORMAT!r}; "
-                        "delete the folder and rebuild it"
-                    )
+                        "delete the folder and rebuild it",
+                    )  # fmt: skip
+    except FormatMismatch:
+        env.close()
+        raise
     except lmdb.Error as exc:
         env.close()
         raise CatalogError(f"cannot open catalog at {path}: {exc}") from exc

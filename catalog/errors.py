@@ -3,6 +3,7 @@
 ::
 
     CatalogError                                  root: anything the catalog raises on purpose
+     ├── FormatMismatch                           a catalog folder of another format (rebuild it)
      ├── InvalidInput         (also ValueError)   a record, event, id or argument that is malformed
      └── QueryError           (also ValueError)   a search query that does not parse (says where)
 
@@ -15,6 +16,16 @@ from __future__ import annotations
 
 class CatalogError(Exception):
     """Root of every error the catalog raises on purpose."""
+
+
+class FormatMismatch(CatalogError):
+    """The catalog folder was written in another format; the index is derived, so the
+    caller deletes it and rebuilds it from its events."""
+
+    def __init__(self, path: str, found: bytes, message: str) -> None:
+        self.path = path
+        self.found = found
+        super().__init__(message)
 
 
 class InvalidInput(CatalogError, ValueError):

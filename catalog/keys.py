@@ -23,11 +23,12 @@ terms smallest first.
     run         source_run_id         -> posting*
     pipeline    source_pipeline       -> posting*
     step        source_step           -> posting*
+    content     content id (32 bytes) -> posting*      every record of the same content
     children    parent id             -> posting(child)*        newest child first
     parents     child id              -> position (2 bytes) + parent id*   given order
     tombstones  id                    -> delete stamp (utf-8), the smallest one seen
     tagstamps   id + tag key (utf-8)  -> msgpack([stamp, value or None])  LWW winner per key
-    meta        b"format"             -> b"1"
+    meta        b"format"             -> b"2"
 
 Terms longer than ``MAX_TERM`` bytes are replaced by ``0xff + blake2b(term)`` (0xff
 never occurs in UTF-8), because LMDB keys are limited to 511 bytes.
@@ -38,7 +39,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timedelta
 
-FORMAT = b"1"
+FORMAT = b"2"
 
 RECORDS = b"records"
 TIME = b"time"
@@ -49,6 +50,7 @@ TOKEN = b"token"
 RUN = b"run"
 PIPELINE = b"pipeline"
 STEP = b"step"
+CONTENT = b"content"
 CHILDREN = b"children"
 PARENTS = b"parents"
 TOMBSTONES = b"tombstones"
@@ -56,7 +58,7 @@ TAGSTAMPS = b"tagstamps"
 META = b"meta"
 
 #: term -> posting indexes, searched by the query engine
-POSTING_DBS = (NAME, TYPE, TAG, TOKEN, RUN, PIPELINE, STEP, CHILDREN)
+POSTING_DBS = (NAME, TYPE, TAG, TOKEN, RUN, PIPELINE, STEP, CHILDREN, CONTENT)
 #: dupsort sub-databases (fixed-size values)
 DUPSORT_DBS = (*POSTING_DBS, PARENTS)
 PLAIN_DBS = (RECORDS, TIME, TOMBSTONES, TAGSTAMPS, META)

@@ -264,6 +264,8 @@ def index_entries(entry: Entry) -> list[IndexEntry]:
         value = rec[field]
         if value is not None:
             out.append((db, keys.term(value), post))
+    if rec.get("content_id"):
+        out.append((keys.CONTENT, bytes.fromhex(rec["content_id"]), post))
     parents = rec["parent_ids"]
     if not parents:
         return out

@@ -131,3 +131,19 @@ def test_live_catalog_matches_model(evs: list[dict[str, Any]]) -> None:
             assert cat.children(rid(n)) == kids
         for i in model.tombstones:
             assert cat.get(i) is None
+
+
+def test_a_catalog_of_an_older_format_is_rebuilt_from_the_journal(tmp_path: Path) -> None:
+    import lmdb
+
+    import cas
+
+    with cas.open_store(tmp_path / "s", fsync=False) as store:
+        aid = store.save(b"kept", "m", tags={"stage": "dev"})
+    env = lmdb.open(str(tmp_path / "s" / "index" / "catalog"), max_dbs=20)
+    with env.begin(write=True) as txn:
+        txn.put(b"format", b"1", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    with cas.open_store(tmp_path / "s", fsync=False) as store:
+        assert [a.id for a in store.catalog.search("stage:dev")] == [aid]
+        assert store.catalog.find_by_content(store.get_metadata(aid)["content_id"])[0].id == aid
