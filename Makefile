@@ -18,7 +18,7 @@ node_modules/.installed: package.json package-lock.json
 
 ## make run: the main job on an embedded default (a local store in ./demo-store)
 run: $(STAMP)
-	$(PY) -m cas.demo
+	$(PY) -m cas.cli.demo
 
 ## make test: the whole suite, real servers included
 test: $(STAMP) node_modules/.installed

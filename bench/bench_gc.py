@@ -49,10 +49,10 @@ from typing import Any
 import blake3
 
 from bench._common import mark, table, workdir
-from cas import codec
-from cas.ids import ObjectId, blob_id, kind_id
-from cas.objects import MODE_DIR, MODE_FILE, ChunkList, Tree, TreeEntry, pack
-from cas.record import make_record
+from cas.objects import codec
+from cas.objects.ids import ObjectId, blob_id, kind_id
+from cas.objects.kinds import MODE_DIR, MODE_FILE, ChunkList, Tree, TreeEntry, pack
+from cas.repo.records import make_record
 
 TARGET_SECONDS = 60.0
 TARGET_OBJECTS = 1_000_000
@@ -322,7 +322,7 @@ def _rss() -> int:
 def child(root: str) -> None:
     """Run in a fresh process: open the store, then plan and execute gc (grace 0)."""
     import cas
-    from cas import gc
+    from cas.admin import gc
 
     store = cas.open_store(root, fsync=False, create=False)
     store.index.catalog.ids()  # the catalog open and caught up: not gc's memory

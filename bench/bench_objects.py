@@ -48,11 +48,11 @@ from bench._common import (
     workdir,
     write_corpus,
 )
-from cas import codec
-from cas.chunking import cut
-from cas.ids import blob_id
-from cas.objects import ChunkList
-from cas.objectspace import ObjectSpace, object_path
+from cas.objects import codec
+from cas.objects.chunking import cut
+from cas.objects.ids import blob_id
+from cas.objects.kinds import ChunkList
+from cas.objects.space import ObjectSpace, object_path
 from cas.storage import LocalStorage
 
 PIECE = MIB

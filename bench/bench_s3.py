@@ -129,8 +129,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def _large(srv: Any, work: Path, args: argparse.Namespace) -> dict[str, bool]:
     import cas
-    from cas.objects import ChunkList
-    from cas.objectspace import object_path
+    from cas.objects.kinds import ChunkList
+    from cas.objects.space import object_path
 
     n = max(1, args.large_mib // args.object_mib)
     size = args.object_mib * MIB

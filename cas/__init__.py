@@ -7,9 +7,9 @@
     True
 """
 
-from cas.artifacts import ArtifactStore, LocalArtifactStore, open_store
-from cas.catalog_api import Artifact, ArtifactCatalog
-from cas.cloud import AzureArtifactStore, GCSArtifactStore, S3ArtifactStore, store_from_dict
+from cas.api.artifact_store import ArtifactStore, LocalArtifactStore, open_store
+from cas.api.artifact_catalog import Artifact, ArtifactCatalog
+from cas.api.cloud_stores import AzureArtifactStore, GCSArtifactStore, S3ArtifactStore, store_from_dict
 from cas.errors import (
     BackendError,
     CasError,
@@ -24,7 +24,7 @@ from cas.errors import (
     RefConflict,
     RefLocked,
 )
-from cas.materializers import Materializer, Stored, register_materializer
+from cas.api.materializers import Materializer, Stored, register_materializer
 
 __version__ = "0.1.0"
 

@@ -21,8 +21,8 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 import cas
-from cas import objectspace
-from cas.objectspace import object_path
+from cas.objects import space as objectspace
+from cas.objects.space import object_path
 from cas.storage import FsspecStorage
 from cas.testing.backend_suite import Backend, BackendTests, CrossProcessTests
 from cas.testing.servers import Server

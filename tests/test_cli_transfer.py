@@ -1,4 +1,4 @@
-"""push/pull (``cas.transfer``) in process: between two local roots and a local root and
+"""push/pull (``cas.admin.transfer``) in process: between two local roots and a local root and
 ``memory://``, with chunked content, folders, lineage, tags, resumption, corruption and
 ref conflicts. The command line around it is tested in test_cli.py."""
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 import cas
-from cas import transfer
-from cas.artifacts import ArtifactStore
-from cas.objectspace import object_path
+from cas.admin import transfer
+from cas.api.artifact_store import ArtifactStore
+from cas.objects.space import object_path
 
 pytestmark = pytest.mark.usefixtures("fresh_cache")
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 import cas
-from cas import cloud
-from cas.artifacts import validate_root
-from cas.cloud import AzureArtifactStore, GCSArtifactStore, S3ArtifactStore, split_prefix
+from cas.api import cloud_stores as cloud
+from cas.api.artifact_store import validate_root
+from cas.api.cloud_stores import AzureArtifactStore, GCSArtifactStore, S3ArtifactStore, split_prefix
 from cas.storage import open_storage
 from cas.testing.servers import AZURITE_KEY, Server
 

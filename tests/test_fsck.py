@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 import cas
-from cas import fsck
-from cas.ids import parse_id
-from cas.objects import ChunkList
-from cas.objectspace import object_path
+from cas.admin import fsck
+from cas.objects.ids import parse_id
+from cas.objects.kinds import ChunkList
+from cas.objects.space import object_path
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_damaged_ref_stops_gc_and_repair_puts_it_back_from_history(
     """A ref file truncated behind cas's back: gc deletes nothing (it cannot know what
     the name held); ``fsck --repair`` keeps the damaged bytes in quarantine/ and puts the
     ref back from the name's history; the name loads and moves again."""
-    from cas import gc
+    from cas.admin import gc
 
     ref = Path(store.storage.root, "refs", "models", "small")
     ref.write_bytes(ref.read_bytes()[:20])

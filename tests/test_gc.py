@@ -13,9 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import cas
-from cas import gc
-from cas.digests import Condemned, Digests
-from cas.objectspace import object_path
+from cas.admin import gc
+from cas.objects.digests import Condemned, Digests
+from cas.objects.ids import parse_id
+from cas.objects.space import object_path
 
 ops = st.lists(
     st.one_of(
@@ -174,7 +175,7 @@ def test_unreadable_root_stops_gc(store: cas.ArtifactStore) -> None:
     store.save(b"garbage", "g")
     store.delete("g")
     _age_everything(store, 3600)
-    path = Path(store.storage.root, object_path(cas.ids.parse_id(aid)))  # type: ignore[attr-defined]
+    path = Path(store.storage.root, object_path(parse_id(aid)))
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.chmod(0o644)
@@ -237,7 +238,7 @@ def test_condemned_reads_as_a_sequence_of_pairs() -> None:
 def test_marking_follows_the_same_ids_as_references(
     store: cas.ArtifactStore, tmp_path: Path
 ) -> None:
-    from cas.objects import references
+    from cas.objects.kinds import references
 
     folder = tmp_path / "f"
     (folder / "sub").mkdir(parents=True)
@@ -261,8 +262,8 @@ def test_plan_memory_grows_by_few_bytes_per_object(store: cas.ArtifactStore) -> 
     condemns), not Python objects: each further object costs well under 128 bytes."""
     import tracemalloc
 
-    from cas import codec
-    from cas.ids import blob_id
+    from cas.objects import codec
+    from cas.objects.ids import blob_id
 
     def add(n: int, seed: int) -> None:
         for i in range(n):

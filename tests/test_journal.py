@@ -12,10 +12,10 @@ import msgpack
 import pytest
 
 import cas
-from cas import fsck
+from cas.admin import fsck
 from cas.errors import IntegrityError
-from cas.journal import JOURNAL, open_entry, stamp_day
-from cas.objects import pack
+from cas.repo.journal import JOURNAL, open_entry, stamp_day
+from cas.objects.kinds import pack
 
 
 def _entry(root: Path, stamp: str) -> Path:
@@ -84,7 +84,7 @@ def test_a_damaged_entry_is_skipped_named_and_reported(
 def test_reindex_cli_exits_1_on_a_damaged_entry(
     tagged: tuple[Path, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cas.cli import main
+    from cas.cli.main import main
 
     root, stamp = tagged
     path = _entry(root, stamp)
@@ -100,7 +100,7 @@ def test_gc_refuses_past_a_damaged_entry_until_fsck_repair_sets_it_aside(
     """gc cannot know what a damaged entry named, so it deletes nothing (exit 1, saying
     what to run); ``cas fsck --repair`` moves the entry to quarantine/ and says the tags
     it set are lost; then gc runs and every artifact still loads."""
-    from cas.cli import main
+    from cas.cli.main import main
 
     root, stamp = tagged
     path = _entry(root, stamp)

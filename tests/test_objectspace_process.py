@@ -9,12 +9,12 @@ import sys
 import textwrap
 import time
 
-from cas.objectspace import ObjectSpace
+from cas.objects.space import ObjectSpace
 
 WRITER = textwrap.dedent(
     """
     import os, sys
-    from cas.objectspace import ObjectSpace
+    from cas.objects.space import ObjectSpace
     space = ObjectSpace.from_url(sys.argv[1])
     i = 0
     print("ready", flush=True)
@@ -53,7 +53,7 @@ def test_killed_writer_leaves_no_partial_object(tmp_path: os.PathLike[str]) -> N
 RSS_PROBE = textwrap.dedent(
     """
     import hashlib, os, sys, resource
-    from cas.objectspace import ObjectSpace
+    from cas.objects.space import ObjectSpace
 
     TOTAL = int(sys.argv[2])
     BLOCK = os.urandom(48 << 20)  # repeated, so the disk holds ~48 MiB, not 2 GB

@@ -109,8 +109,8 @@ def _by_kind(op: str, params: dict[str, Any]) -> str | None:
 def test_new_large_content_is_one_put_a_chunk(store: Any, tmp_path: Any) -> None:
     import random
 
-    from cas.objects import ChunkList
-    from cas.objectspace import CREATE_AFTER
+    from cas.objects.kinds import ChunkList
+    from cas.objects.space import CREATE_AFTER
 
     path = tmp_path / "big.bin"
     path.write_bytes(random.Random(1).randbytes(40 << 20))
@@ -131,7 +131,7 @@ def test_a_new_version_of_large_content_uploads_only_its_new_chunks(
 ) -> None:
     import random
 
-    from cas.objects import ChunkList
+    from cas.objects.kinds import ChunkList
 
     data = bytearray(random.Random(2).randbytes(40 << 20))
     path = tmp_path / "v1.bin"
@@ -152,7 +152,7 @@ def test_a_new_version_of_large_content_uploads_only_its_new_chunks(
 def test_a_record_is_created_without_a_check_and_an_old_one_is_freshened(
     store: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cas import objectspace
+    from cas.objects import space as objectspace
 
     value = {"name": "r", "created_at": "2026-11-23T00:00:00.000000Z"}
     with s3_calls(_by_kind) as counts:

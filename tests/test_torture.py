@@ -24,12 +24,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cas
-from cas import codec, fsck, gc
+from cas.objects import codec
+from cas.admin import fsck
+from cas.admin import gc
 from cas.errors import CasError, FormatError, IntegrityError, MaterializerError, ObjectNotFound
-from cas.ids import ObjectId, kind_id
-from cas.journal import JOURNAL, stamp_day
-from cas.objects import ChunkList
-from cas.objectspace import MARKER, object_path
+from cas.objects.ids import ObjectId, kind_id
+from cas.repo.journal import JOURNAL, stamp_day
+from cas.objects.kinds import ChunkList
+from cas.objects.space import MARKER, object_path
 from cas.testing import torture
 from cas.testing.torture import MiB, Outcome, Target, content, repro
 
@@ -89,7 +91,7 @@ def test_gc_keeps_content_a_save_reuses_between_plan_and_execute(tmp_path: Path)
     and returns; executing the plan must not delete what that save points at. (Found by
     test_gc_grace_beside_writers; docs/gc.md promises "names re-read" and "freshen on
     dedup" make this safe.)"""
-    from cas.objectspace import FRESHEN_AFTER
+    from cas.objects.space import FRESHEN_AFTER
 
     root = tmp_path / "store"
     with cas.open_store(str(root)) as store:

@@ -25,11 +25,11 @@ from typing import Any
 import pytest
 
 import cas
-from cas import transfer
-from cas.artifacts import ArtifactStore
-from cas.ids import parse_id
-from cas.objects import ChunkList
-from cas.objectspace import object_path
+from cas.admin import transfer
+from cas.api.artifact_store import ArtifactStore
+from cas.objects.ids import parse_id
+from cas.objects.kinds import ChunkList
+from cas.objects.space import object_path
 from cas.testing.servers import Server, s3_calls
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fresh_cache")]

@@ -42,10 +42,10 @@ import pytest
 
 import cas
 import refs as _refs
-from cas import objectspace
-from cas.artifacts import ArtifactStore
-from cas.ids import ObjectId, blob_id
-from cas.objectspace import object_path
+from cas.objects import space as objectspace
+from cas.api.artifact_store import ArtifactStore
+from cas.objects.ids import ObjectId, blob_id
+from cas.objects.space import object_path
 from refs.stress import counter_id, counter_of, increment, run_increments
 from refs.testing import assert_chain
 

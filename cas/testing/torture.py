@@ -136,7 +136,7 @@ def read_report(path: Path) -> list[dict[str, Any]]:
 
 
 def open_root(root: str, options: dict[str, Any], *, fsync: bool = True) -> Any:
-    from cas.artifacts import open_store
+    from cas.api.artifact_store import open_store
 
     return open_store(root, fsync=fsync, **options)
 
@@ -340,7 +340,7 @@ def gc_writer(a: dict[str, Any]) -> None:
 def gc_loop(a: dict[str, Any]) -> None:
     """gc (plan, then execute) in a loop until the stop file appears; reports each round
     with its timing and the ids its plan condemned."""
-    from cas import gc
+    from cas.admin import gc
 
     store = open_root(a["root"], a["options"])
     out = Report(a["out"])
@@ -399,7 +399,7 @@ def check_objects(store: Any) -> tuple[int, int, list[str]]:
     """Read every object under its final name: (objects, temp files, problems). A chunk
     list is read whole, so a list whose chunks are not all there is a problem."""
     from cas.errors import CasError
-    from cas.ids import is_id
+    from cas.objects.ids import is_id
 
     objects = temp = 0
     problems: list[str] = []
@@ -426,7 +426,7 @@ def check_store(store: Any, out: Outcome, where: str, *, killed: bool = False) -
     """fsck clean, every name loads, every journal entry reads. After a kill, fsck may
     report the update the dead writer claimed and never published (what the next writer
     is then told to clear): only with its dead owner and the command that clears it."""
-    from cas import fsck
+    from cas.admin import fsck
     from cas.errors import CasError
 
     report = fsck.check(store)
@@ -803,7 +803,7 @@ def _gc_race(
 
 
 def _check_gc(base: Path, root: Target, writers: int, grace: float, out: Outcome) -> None:
-    from cas import gc
+    from cas.admin import gc
 
     events = [e for w in range(writers) for e in read_report(base / f"w{w}.jsonl")]
     gc_events = read_report(base / "gc.jsonl")

@@ -39,7 +39,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from cas.artifacts import ArtifactStore, LocalArtifactStore, open_store, validate_root
+from cas.api.artifact_store import ArtifactStore, LocalArtifactStore, open_store, validate_root
 from cas.errors import CasError
 from cas.storage import Storage, open_storage
 

@@ -7,38 +7,31 @@ nothing is deleted), push/pull conflicts (a ref left alone).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any
 
 import catalog as _catalog
-import refs as _refs
-from cas import fsck, gc, transfer
-from cas.artifacts import open_store
-from cas.cli_output import Output, duration, human_size, progress, short, show_duration
+from cas.admin import fsck, gc, transfer
+from cas.cli.common import EXIT_OK, EXIT_PROBLEMS, Add
+from cas.cli.output import Output, duration, human_size, progress, short, show_duration
 from cas.errors import CasError
-
-if TYPE_CHECKING:
-    Add = Callable[[str, Callable[[argparse.Namespace, Output], int], str], argparse.ArgumentParser]
-
-EXIT_OK: Final = 0
-EXIT_PROBLEMS: Final = 1
+from cas.repo.repository import Repository
 
 
 def cmd_gc(args: argparse.Namespace, out: Output) -> int:
-    with open_store(args.root, create=False) as store, progress("gc") as bar:
+    with Repository(args.root, create=False) as repo, progress("gc") as bar:
         try:
             plan = gc.plan(
-                store, grace=args.grace, retention=args.retention, progress=lambda w, n: bar(w, n)
+                repo, grace=args.grace, retention=args.retention, progress=lambda w, n: bar(w, n)
             )
         except gc.GcRefused as exc:
             return _refused(out, str(exc))
-        except (CasError, _refs.RefError, _catalog.CatalogError, OSError) as exc:
+        except (CasError, _catalog.CatalogError, OSError) as exc:
             # Planning only reads: whatever failed, a root may have gone unseen.
             return _refused(
                 out,
                 f"gc deletes nothing: a root could not be read ({exc}); run gc again once it can",
             )
-        result = None if args.dry_run else gc.execute(store, plan, progress=lambda w, n: bar(w, n))
+        result = None if args.dry_run else gc.execute(repo, plan, progress=lambda w, n: bar(w, n))
     summary = plan.summary()
     doc: dict[str, Any] = {
         "dry_run": args.dry_run,
@@ -92,8 +85,8 @@ def _refused(out: Output, why: str) -> int:
 
 
 def cmd_fsck(args: argparse.Namespace, out: Output) -> int:
-    with open_store(args.root, create=False) as store, progress("fsck") as bar:
-        report = fsck.check(store, repair=args.repair, progress=lambda w, n: bar(w, n))
+    with Repository(args.root, create=False) as repo, progress("fsck") as bar:
+        report = fsck.check(repo, repair=args.repair, progress=lambda w, n: bar(w, n))
     out.document({
         "ok": report.ok, "objects": report.objects, "bytes": report.bytes, "refs": report.refs,
         "records": report.records, "quarantined": report.quarantined, "repaired": report.repaired,
@@ -118,8 +111,8 @@ def cmd_fsck(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace, out: Output) -> int:
-    with open_store(args.root, create=False) as store:
-        report = store.reindex()
+    with Repository(args.root, create=False) as repo:
+        report = repo.reindex()
     out.document(report)
     for db, n in sorted(report["changed"].items()):
         out.line(f"catalog {db}: {n} entries changed")
@@ -131,21 +124,21 @@ def cmd_reindex(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_sync(args: argparse.Namespace, out: Output) -> int:
-    with open_store(args.root, create=False) as store:
-        n = store.sync(full=args.full)
+    with Repository(args.root, create=False) as repo:
+        n = repo.sync(full=args.full)
     out.document({"entries": n, "full": args.full})
     return EXIT_OK
 
 
 def cmd_du(args: argparse.Namespace, out: Output) -> int:
-    with open_store(args.root, create=False) as store:
+    with Repository(args.root, create=False) as repo:
         objects = stored = 0
-        for _, st in store.space.iter_stats():
+        for _, st in repo.space.iter_stats():
             objects += 1
             stored += st.size
-        records = store.index.catalog.list(limit=1 << 62)
+        records = repo.index.catalog.list(limit=1 << 62)
         logical = sum(int(r.get("size") or 0) for r in records)
-        names = len(store.refs.list())
+        names = len(repo.names.list())
     ratio = logical / stored if stored else 0.0
     out.document({
         "objects": objects, "stored_bytes": stored, "artifacts": len(records), "names": names,
@@ -160,9 +153,9 @@ def cmd_du(args: argparse.Namespace, out: Output) -> int:
 
 
 def _transfer(args: argparse.Namespace, out: Output, *, push: bool) -> int:
-    local = open_store(args.root, create=not push)
+    local = Repository(args.root, create=not push)
     try:
-        remote = open_store(args.url, create=push)
+        remote = Repository(args.url, create=push)
     except BaseException:
         local.close()
         raise

@@ -1,12 +1,5 @@
-"""The ``cas`` command line: git's habits over an artifact store.
-
-``cas [--root URL] [--json] COMMAND``; the root also comes from ``CAS_ROOT`` (default
-``./.cas``). Quiet by default; ``--json`` prints one JSON document; exit codes: 0 success,
-1 problems found (fsck problems, gc refused, push/pull conflicts), 2 usage or runtime
-error. Errors go to stderr as ``cas: <message>``, never as a traceback. The everyday
-commands live here; maintenance and transfer (gc, fsck, reindex, sync, du, push, pull)
-in :mod:`cas.cli_admin`. docs/cli.md shows every command with an example.
-"""
+"""The everyday commands of ``cas``: init, put, get, ls, show, log, tag, search,
+lineage, rm."""
 
 from __future__ import annotations
 
@@ -16,49 +9,19 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
-import catalog as _catalog
-import refs as _refs
-from cas import __version__, cli_admin
-from cas.artifacts import ArtifactStore, open_store
-from cas.catalog_api import Artifact
-from cas.cli_output import Output, human_size, local_time, progress, short
+from cas.api.artifact_catalog import Artifact
+from cas.api.artifact_store import ArtifactStore, open_store
+from cas.cli.common import EXIT_OK, Add, UsageError, key_values, open_root, positive
+from cas.cli.output import Output, human_size, local_time, progress, short
 from cas.errors import CasError, ObjectNotFound
+from cas.repo.names import check_name
 
-DEFAULT_ROOT: Final = ".cas"
 #: Files at least this big (and every folder) show progress while ``put`` stores them.
 PUT_PROGRESS_MIN: Final = 32 << 20
-
-EXIT_OK: Final = 0
-EXIT_PROBLEMS: Final = 1
-EXIT_ERROR: Final = 2
-
-Command = Callable[[argparse.Namespace, Output], int]
-
-
-class UsageError(CasError):
-    """A request that cannot be carried out as asked (exit 2, like argparse's errors)."""
-
-
-def open_root(args: argparse.Namespace, *, create: bool = False) -> ArtifactStore:
-    """The store at ``--root`` / ``CAS_ROOT``; only ``init`` (and pull) create one."""
-    return open_store(args.root, create=create)
-
-
-def key_values(items: Sequence[str], what: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{what} {item!r} is not key=value")
-        out[key] = value
-    return out
-
-
-# -- everyday commands ----------------------------------------------------------------
 
 
 def cmd_init(args: argparse.Namespace, out: Output) -> int:
@@ -82,7 +45,7 @@ def cmd_put(args: argparse.Namespace, out: Output) -> int:
     name = args.name or path.resolve().name
     tags = key_values(args.tag, "tag")
     with open_root(args) as store:
-        store.check_name(name)
+        check_name(name)
         big = path.is_dir() or path.stat().st_size >= PUT_PROGRESS_MIN
         with progress("put", None if big else False) as bar:
             bar(f"storing {path.name}", 0)
@@ -102,7 +65,7 @@ def _to_stdout(store: ArtifactStore, content_id: str) -> None:
 
 
 def _write_content(store: ArtifactStore, content_id: str, target: BinaryIO) -> None:
-    with store.space.open(content_id) as src:  # verified chunk by chunk, then whole
+    with store.repo.space.open(content_id) as src:  # verified chunk by chunk, then whole
         shutil.copyfileobj(src, target, 1 << 20)
 
 
@@ -132,7 +95,7 @@ def _own_name(info: dict[str, Any], rid: str) -> Path:
 def cmd_get(args: argparse.Namespace, out: Output) -> int:
     with open_root(args) as store:
         rid, _ = store.resolve(args.ref)
-        record = store.record(rid)
+        record = store.repo.record(rid)
         content = record.get("content_id")
         if content is None:
             raise UsageError(f"artifact {record['name']} ({rid[:12]}) was registered without data")
@@ -169,7 +132,7 @@ def cmd_get(args: argparse.Namespace, out: Output) -> int:
 
 def _summary(store: ArtifactStore, name: str, rid: str) -> dict[str, Any]:
     try:
-        record = store.record(rid)
+        record = store.repo.record(rid)
     except ObjectNotFound:
         return {"name": name, "id": rid, "type": None, "size": None, "missing": True}
     return {"name": name, "id": rid, "type": record["artifact_type"], "size": record["size"]}
@@ -181,7 +144,7 @@ def cmd_ls(args: argparse.Namespace, out: Output) -> int:
             for name in store.list_artifacts(args.prefix):
                 out.line(name)
             return EXIT_OK
-        rows = [_summary(store, name, rid) for name, rid in store.refs.items(args.prefix)]
+        rows = [_summary(store, name, rid) for name, rid in store.repo.names.items(args.prefix)]
     out.document(rows)
     for row in rows:
         size = "?" if row["size"] is None else human_size(row["size"])
@@ -215,9 +178,9 @@ def cmd_show(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_log(args: argparse.Namespace, out: Output) -> int:
     with open_root(args) as store:
-        store.check_name(args.name)
-        entries = store.refs.log(args.name)
-        if not entries and store.refs.read(args.name) is None:
+        check_name(args.name)
+        entries = store.repo.names.log(args.name)
+        if not entries and store.repo.names.read(args.name) is None:
             raise ObjectNotFound(
                 args.name, f"no artifact named {args.name!r} and no history of one in {store.url} "
                 "('cas ls' lists names)",
@@ -287,42 +250,7 @@ def cmd_rm(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-# -- the parser -----------------------------------------------------------------------
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    # --root and --json work before the command (git style) and after it.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--root", default=argparse.SUPPRESS, help="store root URL")
-    common.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document"
-    )
-    parser = argparse.ArgumentParser(
-        prog="cas", description="A content-addressed artifact store for ML pipelines."
-    )
-    parser.add_argument(
-        "--root", default=os.environ.get("CAS_ROOT") or DEFAULT_ROOT,
-        help="store root: a folder, file://, memory://, s3://, gs://, az:// (env CAS_ROOT; default ./.cas)",
-    )  # fmt: skip
-    parser.add_argument("--json", action="store_true", help="print one JSON document (for scripts)")
-    parser.add_argument("--version", action="version", version=f"cas {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    def add(name: str, run: Command, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help, description=help)
-        p.set_defaults(run=run)
-        return p
-
+def add_commands(add: Add) -> None:
     add("init", cmd_init, "create a store at the root (or check the one there)")
     p = add("put", cmd_put, "store a file or folder; print its artifact id")
     p.add_argument("path", metavar="FILE|DIR")
@@ -334,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", help="artifact type (default: files)")
     p = add("get", cmd_get, "write an artifact's content to a file, a folder or stdout")
     p.add_argument("ref", metavar="NAME|ID")
-    p.add_argument("-o", "--output", metavar="PATH", help="where to write it ('-': standard output)")
+    p.add_argument(
+        "-o", "--output", metavar="PATH", help="where to write it ('-': standard output)"
+    )
     p = add("ls", cmd_ls, "list artifact names")
     p.add_argument("prefix", nargs="?", default="", metavar="PREFIX")
     p.add_argument("-l", "--long", action="store_true", help="show id, type and size too")
@@ -350,51 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add("search", cmd_search, "find artifacts: 'stage:production fraud' (tags AND words)")
     p.add_argument("query", nargs="+", metavar="QUERY")
-    p.add_argument("--limit", type=_positive, default=100, metavar="N")
+    p.add_argument("--limit", type=positive, default=100, metavar="N")
     p = add("lineage", cmd_lineage, "show what an artifact was made from and what was made from it")
     p.add_argument("ref", metavar="NAME|ID")
     p.add_argument("--format", choices=("mermaid", "dot"), help="print a graph instead of lists")
     p.add_argument(
-        "--depth", type=_positive, default=None, metavar="N", help="generations (default: all)"
+        "--depth", type=positive, default=None, metavar="N", help="generations (default: all)"
     )
     p = add("rm", cmd_rm, "remove a name (its content stays until gc)")
     p.add_argument("ref", metavar="NAME")
-    cli_admin.add_commands(add)
-    return parser
-
-
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and not isinstance(exc, CasError) and exc.filename:
-        return f"{exc.strerror or exc}: {exc.filename}"
-    return str(exc) or type(exc).__name__
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "run", None) is None:
-        parser.print_help(sys.stderr)
-        return EXIT_ERROR
-    out = Output(bool(args.json))
-    try:
-        code: int = args.run(args, out)
-    except KeyboardInterrupt:
-        sys.stderr.write("cas: interrupted\n")
-        return 130
-    except BrokenPipeError:
-        # The reader went away (`cas ls | head`): not an error; silence the final flush.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
-    except (CasError, _refs.RefError, _catalog.CatalogError, OSError) as exc:
-        sys.stderr.write(f"cas: {_message(exc)}\n")
-        return EXIT_ERROR
-    return code
-
-
-def run() -> None:
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    run()

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 from cas.errors import IntegrityError, ObjectNotFound
-from cas.ids import ObjectId
-from cas.objects import MODE_DIR, MODE_EXEC, MODE_LINK, Tree, TreeEntry, mode_of
-from cas.objectspace import ObjectSpace
+from cas.objects.ids import ObjectId
+from cas.objects.kinds import MODE_DIR, MODE_EXEC, MODE_LINK, Tree, TreeEntry, mode_of
+from cas.objects.space import ObjectSpace
 
 
 def store_dir(space: ObjectSpace, path: str | os.PathLike[str]) -> tuple[ObjectId, int]:

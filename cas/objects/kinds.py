@@ -5,7 +5,7 @@
   ``{"size": total, "chunks": [[chunk digest (32 bytes), chunk size], ...]}``.
 - tree: a directory manifest ``{"entries": [[name, mode, digest], ...]}`` sorted by name;
   a file entry names a blob (or chunked blob), a directory entry (mode 0o040000) a tree.
-- record: an artifact record, like a git commit (see cas.record); a msgpack map.
+- record: an artifact record, like a git commit (see cas.repo.records); a msgpack map.
 - event: a catalog event (tag, delete), a msgpack map.
 
 Structured kinds are hashed over their canonical msgpack bytes (sorted map keys, binary
@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 
 from cas.errors import IntegrityError
-from cas.ids import ObjectId, is_id
+from cas.objects.ids import ObjectId, is_id
 
 MODE_FILE = 0o100644
 MODE_EXEC = 0o100755

@@ -47,9 +47,9 @@ def main(root: str = "demo-store") -> int:
         meta = store.get_metadata(name)
         print(f"  {meta['id'][:16]}  {meta['type']:<10} {meta['size']:>9} B  {name}")
 
-    objects_before = sum(1 for _ in store.space)
+    objects_before = sum(1 for _ in store.repo.space)
     again = store.save(data, "datasets/transactions-copy")
-    objects_after = sum(1 for _ in store.space)
+    objects_after = sum(1 for _ in store.repo.space)
     content = store.get_metadata(again)["content_id"]
     assert content == blake3.blake3(data).hexdigest() == store.get_metadata(raw)["content_id"]
     new = objects_after - objects_before
@@ -64,8 +64,10 @@ def main(root: str = "demo-store") -> int:
     hits = store.catalog.search("stage:production fraud")
     print(f"search 'stage:production fraud': {[a.name for a in hits]}")
     lineage = store.catalog.get_lineage(features)
-    print(f"lineage of features/fraud: parents {[a.name for a in lineage['parents']]}, "
-          f"children {[a.name for a in lineage['children']]}")
+    print(
+        f"lineage of features/fraud: parents {[a.name for a in lineage['parents']]}, "
+        f"children {[a.name for a in lineage['children']]}"
+    )
     print("every artifact loaded and verified against its BLAKE3 id")
     store.close()
     return 0

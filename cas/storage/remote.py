@@ -1,213 +1,19 @@
-"""The files under a store's root: the small seam between cas and a filesystem.
-
-Two implementations of one contract: :class:`LocalStorage` talks to the operating system
-directly (the hot path of a local store: no fsspec dispatch on every small write), and
-:class:`FsspecStorage` holds any fsspec filesystem (memory, S3, GCS, Azure, ...). Paths
-are relative to the root and use ``/``. Absence is ``None``/``False``/``FileNotFoundError``;
-any other failure is raised, never read as "absent" (the fsspec ``exists()`` trap).
-"""
+"""A store's root on any fsspec filesystem: memory, S3, GCS, Azure Blob, ..."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
-from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Final
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
+import fsspec.implementations.memory
 
+import refs
 from cas.errors import BackendError
-from cas.services import S3Service, backend_failures, diagnose, mtime_of, service_for
-
-__all__ = ["FsspecStorage", "LocalStorage", "Stat", "Storage", "mtime_of", "open_storage"]
-
-
-@dataclass(frozen=True, slots=True)
-class Stat:
-    size: int
-    mtime: float  # seconds since the epoch
-
-
-class Storage(ABC):
-    """Files under one root. Writes are atomic: a reader sees all of a file or none."""
-
-    fs: fsspec.AbstractFileSystem
-    root: str  # the root inside ``fs``, without protocol
-    url: str  # the root as a URL a user would type
-    #: Requests worth having in flight at once for chunk reads and writes: 0 for a local
-    #: disk (the CPU pool is enough), more for object stores, where each waits on the network.
-    io_threads: int = 0
-
-    @abstractmethod
-    def read(self, rel: str) -> bytes:
-        """The whole file; ``FileNotFoundError`` if absent."""
-
-    def read_head(self, rel: str, n: int) -> bytes:
-        """The first ``n`` bytes (all of a shorter file); ``FileNotFoundError`` if absent."""
-        return self.read(rel)[:n]
-
-    #: True if :meth:`create` is a single request the service itself checks (S3, GCS,
-    #: Azure Blob): a writer that expects its object to be new may then skip the check
-    #: for presence before the write.
-    creates: bool = False
-
-    @abstractmethod
-    def write_atomic(self, rel: str, data: bytes) -> None:
-        """Create or replace ``rel`` so that no reader sees a partial file."""
-
-    def create(self, rel: str, data: bytes) -> bool:
-        """Write ``rel`` as :meth:`write_atomic` does unless a file is there: True if this
-        call wrote it, False if a file was there (nothing is written then).
-
-        Only where ``creates`` is True is this one request that the service checks; here
-        it is a check, then a write. Callers use it for content-addressed files, where
-        two writers racing write the same bytes, so either form is safe for them.
-        """
-        if self.stat(rel) is not None:
-            return False
-        self.write_atomic(rel, data)
-        return True
-
-    @abstractmethod
-    def stat(self, rel: str) -> Stat | None:
-        """Size and modification time, or None if absent."""
-
-    @abstractmethod
-    def touch(self, rel: str) -> bool:
-        """Refresh the modification time; False if the file is absent."""
-
-    @abstractmethod
-    def delete(self, rel: str) -> bool:
-        """Remove a file; False if it was already absent."""
-
-    @abstractmethod
-    def walk(self, rel_dir: str) -> Iterator[tuple[str, Stat]]:
-        """Every file below ``rel_dir`` (relative paths), from listings."""
-
-    @abstractmethod
-    def listdir(self, rel_dir: str) -> list[str]:
-        """Names of the files directly in ``rel_dir`` (empty if absent)."""
-
-    def exists(self, rel: str) -> bool:
-        return self.stat(rel) is not None
-
-    def delete_many(self, rels: list[str]) -> int:
-        """Remove many files; backends with batch deletes override this."""
-        return sum(1 for rel in rels if self.delete(rel))
-
-    def is_empty(self) -> bool:
-        """True if the root holds no files at all (or does not exist)."""
-        return not self.listdir("") and not any(True for _ in self.walk(""))
-
-
-class LocalStorage(Storage):
-    """A folder on a local disk: temp file, optional fsync, rename."""
-
-    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
-        self.root = os.path.abspath(os.fspath(root))
-        self.url = self.root
-        self.fs = LocalFileSystem()
-        self.fsync = fsync
-        self._made_dirs: set[str] = set()
-
-    def _path(self, rel: str) -> str:
-        return os.path.join(self.root, rel) if rel else self.root
-
-    # docstring inherited
-    def read(self, rel: str) -> bytes:
-        with open(self._path(rel), "rb") as f:
-            return f.read()
-
-    def read_head(self, rel: str, n: int) -> bytes:
-        with open(self._path(rel), "rb") as f:
-            return f.read(n)
-
-    def write_atomic(self, rel: str, data: bytes, *, _attempt: int = 1) -> None:
-        path = self._path(rel)
-        parent = os.path.dirname(path)
-        if parent not in self._made_dirs:
-            os.makedirs(parent, exist_ok=True)
-            self._made_dirs.add(parent)
-        # A dot-name in the same folder: rename is atomic within one filesystem, and
-        # listings skip dot-names, so a crash leaves only a temp file that gc removes.
-        tmp = os.path.join(parent, f".tmp-{os.path.basename(path)}-{secrets.token_hex(4)}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-        except FileNotFoundError:  # the folder was removed meanwhile (gc of an empty fan-out)
-            self._made_dirs.discard(parent)
-            os.makedirs(parent, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if self.fsync:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        os.close(fd)
-        try:
-            os.replace(tmp, path)
-        except FileNotFoundError:
-            # Its temporary file was removed under it: by `cas gc --grace 0` running
-            # beside this write (which clears every temp file it lists). The data is in
-            # hand, so write it again rather than fail the save.
-            if _attempt >= 3:
-                raise
-            self.write_atomic(rel, data, _attempt=_attempt + 1)
-            return
-        if self.fsync:
-            _fsync_dir(parent)
-
-    def stat(self, rel: str) -> Stat | None:
-        try:
-            st = os.stat(self._path(rel))
-        except FileNotFoundError:
-            return None
-        return Stat(st.st_size, st.st_mtime)
-
-    def touch(self, rel: str) -> bool:
-        try:
-            os.utime(self._path(rel))
-        except FileNotFoundError:
-            return False
-        return True
-
-    def delete(self, rel: str) -> bool:
-        try:
-            os.unlink(self._path(rel))
-        except FileNotFoundError:
-            return False
-        return True
-
-    def walk(self, rel_dir: str) -> Iterator[tuple[str, Stat]]:
-        base = self._path(rel_dir)
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            for name in sorted(filenames):
-                full = os.path.join(dirpath, name)
-                try:
-                    st = os.stat(full)
-                except FileNotFoundError:
-                    continue  # removed while we listed
-                yield os.path.relpath(full, self.root).replace(os.sep, "/"), Stat(
-                    st.st_size, st.st_mtime
-                )
-
-    def listdir(self, rel_dir: str) -> list[str]:
-        try:
-            with os.scandir(self._path(rel_dir)) as it:
-                return sorted(e.name for e in it if e.is_file())
-        except FileNotFoundError:
-            return []
+from cas.storage.base import Stat, Storage
+from cas.storage.services import S3Service, backend_failures, diagnose, mtime_of, service_for
 
 
 def _is_conflict(exc: BaseException) -> bool:
@@ -222,16 +28,6 @@ def _is_conflict(exc: BaseException) -> bool:
         err, seen = err.__cause__ or err.__context__, seen + 1
     return False
 
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# -- fsspec filesystems: memory, S3, GCS, Azure Blob, ... ---------------------------------
 
 _ADVICE: Final = {
     "missing": "check the {container} name in the URL, or create the {container}",
@@ -261,6 +57,7 @@ class FsspecStorage(Storage):
         self.service = service_for(fs)
         self.io_threads = self.service.io_threads
         self.creates = self.service.creates
+        self.listing_stats = True  # fsspec listings carry size and age
         self._failures = backend_failures()
         self._bucket_known = not self.service.container  # nothing to check without buckets
         # s3fs's cat_file sends a HEAD before its GET, to split objects over 50 MiB into
@@ -271,6 +68,14 @@ class FsspecStorage(Storage):
 
     def _path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
+
+    def conditional(self) -> refs.Conditional:
+        # docstring inherited
+        if isinstance(self.fs, fsspec.implementations.memory.MemoryFileSystem):
+            return refs.ProcessLocalConditional(self.fs)
+        from refs import cloud
+
+        return cloud.conditional_for(self.fs)
 
     # -- failures -----------------------------------------------------------------------
 
@@ -463,24 +268,3 @@ class FsspecStorage(Storage):
                 holds = False
         self._bucket_known = True
         return not holds
-
-
-_OBJECT_PROTOCOLS: Final = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
-
-
-def open_storage(url: str | os.PathLike[str], *, fsync: bool = True, **storage_options: Any) -> Storage:
-    """The storage behind a root URL: a plain path or ``file://`` is local, anything else fsspec."""
-    text = os.fspath(url)
-    if "://" not in text:
-        return LocalStorage(text, fsync=fsync)
-    protocol, _, rest = text.partition("://")
-    if protocol in ("file", "local"):
-        return LocalStorage(rest, fsync=fsync)
-    if protocol in _OBJECT_PROTOCOLS:
-        # fsspec caches listings forever by default: another machine's writes (journal
-        # entries, objects) would never show. Every listing here asks the service.
-        storage_options.setdefault("use_listings_cache", False)
-    fs, root = fsspec.core.url_to_fs(text, **storage_options)
-    if protocol == "memory":
-        root = "/" + root.lstrip("/")
-    return FsspecStorage(fs, root, text.rstrip("/"))

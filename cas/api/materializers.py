@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from cas.errors import MaterializerError
-from cas.ids import ObjectId
-from cas.objectspace import ObjectSpace
-from cas.trees import checkout, store_dir
+from cas.objects.ids import ObjectId
+from cas.objects.space import ObjectSpace
+from cas.objects.trees import checkout, store_dir
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,15 +32,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
 
-from cas import codec
-from cas.artifacts import ArtifactStore, ref_errors
-from cas.digests import Condemned, Digests
 from cas.errors import CasError, IntegrityError, ObjectNotFound
-from cas.ids import ObjectId, is_id
-from cas.journal import stamp_time
-from cas.objects import MODE_DIR, ChunkList, Tree, unpack
-from cas.objectspace import OBJECTS, object_path
-from cas.storage import LocalStorage, Stat, Storage
+from cas.objects import codec
+from cas.objects.digests import Condemned, Digests
+from cas.objects.ids import ObjectId, is_id
+from cas.objects.kinds import MODE_DIR, ChunkList, Tree, unpack
+from cas.objects.space import OBJECTS, object_path
+from cas.repo.journal import stamp_time
+from cas.repo.repository import HasRepository, Repository, repository
+from cas.storage import TEMP_PREFIX, Stat, Storage
 
 DEFAULT_GRACE: Final = 24 * 3600.0
 DEFAULT_RETENTION: Final = 30 * 24 * 3600.0
@@ -62,7 +62,9 @@ Progress = Callable[[str, int], None]
 _FANS: Final = tuple(f"{i:02x}" for i in range(256))
 
 
-_REPAIR = "Run 'cas fsck' to see every problem, 'cas fsck --repair' to set them aside, then gc again"
+_REPAIR = (
+    "Run 'cas fsck' to see every problem, 'cas fsck --repair' to set them aside, then gc again"
+)
 
 
 class GcRefused(CasError):
@@ -117,7 +119,7 @@ class _Listing:
 def _fan_listings(storage: Storage) -> Iterator[tuple[str, list[tuple[str, Stat | None]]]]:
     """Each fan-out folder's file names, sorted, with their size and age when the
     listing gives them (object stores). Locally a directory read gives names alone."""
-    if isinstance(storage, LocalStorage):
+    if not storage.listing_stats:
         for fan in _FANS:
             yield fan, [(name, None) for name in storage.listdir(f"{OBJECTS}/{fan}")]
         return
@@ -146,12 +148,12 @@ def _list(storage: Storage) -> _Listing:
     buf = bytearray()
     sizes: array[int] = array("q")
     mtimes: array[float] = array("d")
-    with_stats = not isinstance(storage, LocalStorage)
+    with_stats = storage.listing_stats
     temp: list[tuple[str, Stat | None]] = []
     for fan, entries in _fan_listings(storage):
         last = b""
         for name, st in entries:
-            if name.startswith(".tmp-"):
+            if name.startswith(TEMP_PREFIX):
                 temp.append((f"{OBJECTS}/{fan}/{name}", st))
                 continue
             hexid = fan + name
@@ -205,16 +207,16 @@ def _references(kind: str, oid: str, payload: bytes) -> tuple[list[bytes], list[
 
 
 def _children(
-    store: ArtifactStore, digest: bytes, how: int
+    repo: Repository, digest: bytes, how: int
 ) -> tuple[list[bytes], list[Pending]] | None:
     """What one object points at; None if it is absent."""
     oid = ObjectId(digest.hex())
     try:
         if how == _PROBE:
-            head = store.storage.read_head(object_path(oid), codec.HEADER_SIZE)
+            head = repo.storage.read_head(object_path(oid), codec.HEADER_SIZE)
             if codec.read_header(oid, head).kind == "blob":
                 return [], []
-        kind, payload = store.space.read_object(oid)
+        kind, payload = repo.space.read_object(oid)
         return _references(kind, oid, payload)
     except (FileNotFoundError, ObjectNotFound):
         return None
@@ -226,8 +228,8 @@ class _Marker:
     """Marks everything reachable from given roots, reading only what can point on:
     one byte per listed object, a stack of what is still to read."""
 
-    def __init__(self, store: ArtifactStore, listed: Digests, pool: ThreadPoolExecutor) -> None:
-        self.store = store
+    def __init__(self, repo: Repository, listed: Digests, pool: ThreadPoolExecutor) -> None:
+        self.repo = repo
         self.listed = listed
         self.pool = pool
         self.marked = bytearray(len(listed))
@@ -268,10 +270,10 @@ class _Marker:
     def _read(self, todo: list[Pending]) -> list[tuple[list[bytes], list[Pending]] | None]:
         """Each object's references, read in parallel slices."""
         if len(todo) <= _SLICE:
-            return [_children(self.store, d, h) for d, h in todo]
+            return [_children(self.repo, d, h) for d, h in todo]
         slices = [todo[i : i + _SLICE] for i in range(0, len(todo), _SLICE)]
         out: list[tuple[list[bytes], list[Pending]] | None] = []
-        for part in self.pool.map(lambda s: [_children(self.store, d, h) for d, h in s], slices):
+        for part in self.pool.map(lambda s: [_children(self.repo, d, h) for d, h in s], slices):
             out.extend(part)
         return out
 
@@ -308,57 +310,58 @@ def _unmarked(marked: bytearray) -> Iterator[int]:
 
 
 def plan(
-    store: ArtifactStore,
+    target: Repository | HasRepository,
     *,
     grace: float = DEFAULT_GRACE,
     retention: float = DEFAULT_RETENTION,
     now: float | None = None,
     progress: Progress | None = None,
 ) -> GcPlan:
-    """Decide what to delete; read-only."""
+    """Decide what to delete. Reads the store and writes nothing to it (it brings this
+    machine's catalog up to date with the journal, which is a cache)."""
+    repo = repository(target)
     now = time.time() if now is None else now
     step = progress or (lambda what, n: None)
     # Listing first: anything written after this moment is not a candidate at all.
-    listing = _list(store.storage)
+    listing = _list(repo.storage)
     listed = listing.digests
     step("listed objects", len(listed))
     temp = []
     for rel, st in listing.temp:
-        st = st or store.storage.stat(rel)
+        st = st or repo.storage.stat(rel)
         if st is not None and now - st.mtime > grace:
             temp.append(rel)
 
     try:
-        with ref_errors():
-            refs = sorted(store.refs.items())
-            kept: set[str] = set()  # history within retention: may have been collected
-            for name in store.refs.log_names():
-                for entry in store.refs.log(name):
-                    if now - entry.time <= retention:
-                        kept.update(i for i in (entry.old, entry.new) if i)
+        refs = sorted(repo.names.items())
+        kept: set[str] = set()  # history within retention: may have been collected
+        for name in repo.names.log_names():
+            for entry in repo.names.log(name):
+                if now - entry.time <= retention:
+                    kept.update(i for i in (entry.old, entry.new) if i)
     except IntegrityError as exc:
         why = str(exc).removesuffix("; run 'cas fsck'")
         raise GcRefused(f"gc deletes nothing: {why}. {_REPAIR}") from exc
-    store.sync()
-    if store.index.damaged:
-        _, (_, why) = min(store.index.damaged.items())
+    repo.sync()
+    if repo.index.damaged:
+        _, (_, why) = min(repo.index.damaged.items())
         why = why.removesuffix("; run 'cas fsck'")
-        more = len(store.index.damaged) - 1
+        more = len(repo.index.damaged) - 1
         raise GcRefused(
             f"gc deletes nothing: {why}"
             + (f" (and {more} more catalog entries do not read)" if more else "")
             + f": what it names may be a root. {_REPAIR}"
         )
-    engine = store.index.catalog
+    engine = repo.index.catalog
     roots: set[str] = {rid for _, rid in refs} | set(engine.ids())
     kept.update(
         rid for rid, stamp in engine.tombstones().items() if now - stamp_time(stamp) <= retention
     )
     step("roots", len(roots | kept))
 
-    threads = store.storage.io_threads or _LOCAL_THREADS
+    threads = repo.storage.io_threads or _LOCAL_THREADS
     with ThreadPoolExecutor(threads, thread_name_prefix="cas-gc") as pool:
-        marker = _Marker(store, listed, pool)
+        marker = _Marker(repo, listed, pool)
         marker.mark(_digests(roots), _READ)
         marker.mark(_digests(kept), _READ, may_be_gone=True)
         # Only what nothing reaches needs its age: young ones are roots (marked as they
@@ -367,7 +370,7 @@ def plan(
         batch: list[bytes] = []
         old_pos: array[int] = array("q")
         old_size: array[int] = array("q")
-        for pos, st in _ages(store.storage, listing, _unmarked(marker.marked), pool):
+        for pos, st in _ages(repo.storage, listing, _unmarked(marker.marked), pool):
             if st is None or marker.marked[pos]:
                 continue  # gone since the listing, or reached from a young one meanwhile
             if now - st.mtime <= grace:
@@ -408,7 +411,7 @@ def plan(
 
 
 def _reachable_doomed(
-    store: ArtifactStore, roots: Iterable[str], doomed: Condemned, listed: Digests
+    repo: Repository, roots: Iterable[str], doomed: Condemned, listed: Digests
 ) -> set[bytes]:
     """Which condemned objects the new roots reach (their digests). An object that was
     listed and not condemned was marked by the plan with all it reaches, so the walk
@@ -427,7 +430,7 @@ def _reachable_doomed(
         if condemned:
             found.add(digest)
         try:
-            children = _children(store, digest, how)
+            children = _children(repo, digest, how)
         except GcRefused as exc:
             raise GcRefused(f"gc stops before deleting: {exc.__cause__}") from exc.__cause__
         if children is None:
@@ -448,15 +451,15 @@ class GcResult:
 
 
 def _current_ages(
-    store: ArtifactStore, gc_plan: GcPlan, fan: int, todo: list[int]
+    repo: Repository, gc_plan: GcPlan, fan: int, todo: list[int]
 ) -> dict[int, Stat | None]:
     """The age of condemned objects now, by fewest requests: locally one stat each; on
     an object store a fresh listing of their fan-out folder (one request per 1,000 keys)
     unless a request per object is fewer."""
     doomed = gc_plan.delete.digests
-    storage = store.storage
+    storage = repo.storage
     listed_here = len(gc_plan.listed.fan(fan))
-    if isinstance(storage, LocalStorage) or len(todo) <= -(-listed_here // 1000):
+    if not storage.listing_stats or len(todo) <= -(-listed_here // 1000):
         return {i: storage.stat(object_path(doomed.oid(i))) for i in todo}
     now: dict[str, Stat] = {}
     for rel, st in storage.walk(f"{OBJECTS}/{fan:02x}"):
@@ -465,7 +468,7 @@ def _current_ages(
 
 
 def _sweep(
-    store: ArtifactStore, gc_plan: GcPlan, fan: int, revived: set[bytes]
+    repo: Repository, gc_plan: GcPlan, fan: int, revived: set[bytes]
 ) -> tuple[int, int, int]:
     """Delete one fan-out folder's condemned objects that are still old and not reached
     again: (deleted, bytes freed, spared)."""
@@ -477,7 +480,7 @@ def _sweep(
     batch: list[str] = []
     # Ages re-read just before deleting: a writer that found an object present
     # refreshed it, and it is in use.
-    for i, st in _current_ages(store, gc_plan, fan, todo).items():
+    for i, st in _current_ages(repo, gc_plan, fan, todo).items():
         if st is None:
             continue
         if time.time() - st.mtime <= gc_plan.grace:
@@ -486,40 +489,41 @@ def _sweep(
         batch.append(object_path(doomed.digests.oid(i)))
         freed += doomed.sizes[i]
         if len(batch) >= DELETE_BATCH:
-            deleted += store.storage.delete_many(batch)
+            deleted += repo.storage.delete_many(batch)
             batch = []
     if batch:
-        deleted += store.storage.delete_many(batch)
+        deleted += repo.storage.delete_many(batch)
     return deleted, freed, spared
 
 
-def execute(store: ArtifactStore, gc_plan: GcPlan, *, progress: Progress | None = None) -> GcResult:
+def execute(
+    target: Repository | HasRepository, gc_plan: GcPlan, *, progress: Progress | None = None
+) -> GcResult:
     """Delete what the plan names, sparing anything that became live since."""
+    repo = repository(target)
     step = progress or (lambda what, n: None)
     # Roots that appeared since planning (a ref moved, a save registered a record):
     # they and everything they reach live again, even content the plan condemned.
-    with ref_errors():
-        now_refs = {rid for _, rid in store.refs.items()}
-    store.sync()
-    fresh = (now_refs | set(store.index.catalog.ids())) - gc_plan.root_ids
-    revived = _reachable_doomed(store, fresh, gc_plan.delete, gc_plan.listed)
+    now_refs = {rid for _, rid in repo.names.items()}
+    repo.sync()
+    fresh = (now_refs | set(repo.index.catalog.ids())) - gc_plan.root_ids
+    revived = _reachable_doomed(repo, fresh, gc_plan.delete, gc_plan.listed)
     deleted = freed = 0
     spared = len(revived)
     # Fan-out folders are swept in parallel: a local unlink waits on the disk's
     # journal, and an object store's delete request on the network. (An object store's
     # storage runs its own requests in parallel too: fewer folders at once there.)
-    local = isinstance(store.storage, LocalStorage)
-    threads = _LOCAL_THREADS if local else max(1, store.storage.io_threads // 4)
+    local = not repo.storage.io_threads
+    threads = _LOCAL_THREADS if local else max(1, repo.storage.io_threads // 4)
     with ThreadPoolExecutor(threads, thread_name_prefix="cas-gc-sweep") as pool:
-        for d, f, s in pool.map(lambda fan: _sweep(store, gc_plan, fan, revived), range(256)):
+        for d, f, s in pool.map(lambda fan: _sweep(repo, gc_plan, fan, revived), range(256)):
             deleted, freed, spared = deleted + d, freed + f, spared + s
             if d:
                 step("deleted", deleted)
     step("deleted", deleted)
-    temp_removed = store.storage.delete_many(list(gc_plan.temp_files))
+    temp_removed = repo.storage.delete_many(list(gc_plan.temp_files))
     pruned = 0
     cutoff = gc_plan.started - gc_plan.retention
-    with ref_errors():
-        for name in store.refs.log_names():
-            pruned += store.refs.prune_log(name, cutoff)
+    for name in repo.names.log_names():
+        pruned += repo.names.prune_log(name, cutoff)
     return GcResult(deleted, freed, spared, temp_removed, pruned)

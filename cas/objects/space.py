@@ -22,12 +22,12 @@ from typing import Any, BinaryIO, Final
 import blake3
 import msgpack
 
-from cas import codec
-from cas.chunking import DEFAULT_PARAMS, ChunkParams, Reader, cut, read_up_to
+from cas.objects import codec
+from cas.objects.chunking import DEFAULT_PARAMS, ChunkParams, Reader, cut, read_up_to
 from cas.errors import CasError, FormatError, IntegrityError, ObjectNotFound
-from cas.ids import ObjectId, blob_id, is_id, kind_id, parse_id
-from cas.objects import ChunkList, pack, unpack
-from cas.storage import LocalStorage, Stat, Storage, open_storage
+from cas.objects.ids import ObjectId, blob_id, is_id, kind_id, parse_id
+from cas.objects.kinds import ChunkList, pack, unpack
+from cas.storage import TEMP_PREFIX, Stat, Storage, open_storage
 
 MARKER: Final = "CAS"
 FORMAT_VERSION: Final = 1
@@ -249,7 +249,7 @@ class ObjectSpace:
         # Locally a refresh is one utime: do it on every hit, so any grace period holds.
         # On object stores it is a copy request: only for objects older than an hour,
         # and gc's grace there must exceed that (docs/gc.md).
-        after = 0.0 if isinstance(self.storage, LocalStorage) else FRESHEN_AFTER
+        after = 0.0 if self.storage.cheap_touch else FRESHEN_AFTER
         if time.time() - st.mtime > after:
             return self.storage.touch(path)
         return True
@@ -444,7 +444,7 @@ class ObjectSpace:
     def iter_temp(self) -> Iterator[tuple[str, Stat]]:
         """Temporary files left by writers that died mid-write (gc removes old ones)."""
         for rel, st in self.storage.walk(OBJECTS):
-            if rel.rsplit("/", 1)[-1].startswith(".tmp-"):
+            if rel.rsplit("/", 1)[-1].startswith(TEMP_PREFIX):
                 yield rel, st
 
     def delete(self, oid: str) -> bool:

@@ -11,13 +11,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from cas.artifacts import ArtifactStore, ref_errors
 from cas.errors import CasError, FormatError, IntegrityError, ObjectNotFound
-from cas.ids import ObjectId
-from cas.journal import parse_stamp
-from cas.objects import references, unpack
-from cas.objectspace import object_path
-from cas.record import check_record
+from cas.objects.ids import ObjectId
+from cas.objects.kinds import references, unpack
+from cas.objects.space import object_path
+from cas.repo.journal import parse_stamp
+from cas.repo.records import check_record
+from cas.repo.repository import HasRepository, Repository, repository
 
 Progress = Callable[[str, int], None]
 
@@ -53,10 +53,10 @@ class FsckReport:
         return not self.problems
 
 
-def _verify(store: ArtifactStore, oid: ObjectId) -> tuple[str | None, list[ObjectId]]:
+def _verify(repo: Repository, oid: ObjectId) -> tuple[str | None, list[ObjectId]]:
     """(problem text or None, the object's references)."""
     try:
-        kind, payload = store.space.read_object(oid)
+        kind, payload = repo.space.read_object(oid)
         refs = references(kind, oid, payload)
         if kind == "record":
             check_record(oid, unpack(oid, payload))
@@ -66,10 +66,10 @@ def _verify(store: ArtifactStore, oid: ObjectId) -> tuple[str | None, list[Objec
         return None, refs
     # A chunk list is verified by its content's hash; a bad or missing chunk is the
     # chunk's problem (reported on its own), not the list's.
-    if not store.space.has_many(refs) >= set(refs):
+    if not repo.space.has_many(refs) >= set(refs):
         return None, refs
     try:
-        store.space.get(oid)
+        repo.space.get(oid)
     except IntegrityError as exc:
         if exc.object_id == oid:
             return str(exc), refs
@@ -79,7 +79,7 @@ def _verify(store: ArtifactStore, oid: ObjectId) -> tuple[str | None, list[Objec
 
 
 def check(
-    store: ArtifactStore,
+    target: Repository | HasRepository,
     *,
     repair: bool = False,
     progress: Progress | None = None,
@@ -88,16 +88,17 @@ def check(
     """Verify the store. An update of a name claimed in its history more than ``settle``
     seconds ago (default: the refs lock timeout) and not published is reported: a
     writer died mid-update, or the ref file was deleted or rewritten."""
+    repo = repository(target)
     step = progress or (lambda what, n: None)
     report = FsckReport()
-    present = dict(store.space.iter_stats())
+    present = dict(repo.space.iter_stats())
     report.objects = len(present)
     report.bytes = sum(st.size for st in present.values())
     bad: dict[ObjectId, str] = {}
     children: dict[ObjectId, list[ObjectId]] = {}
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="cas-fsck") as pool:
         for n, (oid, (problem, refs)) in enumerate(
-            zip(present, pool.map(lambda o: _verify(store, o), present), strict=True), 1
+            zip(present, pool.map(lambda o: _verify(repo, o), present), strict=True), 1
         ):
             if problem:
                 bad[oid] = problem
@@ -113,12 +114,12 @@ def check(
             if r not in present:
                 missing.setdefault(r, set()).add(parent)
 
-    refs_items, ref_problems = _read_refs(store)
+    refs_items, ref_problems = _read_refs(repo)
     report.refs = len(refs_items) + len(ref_problems)
-    journal_problems, stamps = _read_journal(store)
+    journal_problems, stamps = _read_journal(repo)
     journal_records = {p[1] for p in map(parse_stamp, stamps) if p is not None}
-    store.sync()
-    record_ids = set(store.index.catalog.ids()) | {rid for _, rid in refs_items}
+    repo.sync()
+    record_ids = set(repo.index.catalog.ids()) | {rid for _, rid in refs_items}
     record_ids |= {rid for rid in journal_records if rid in present}
     report.records = len(record_ids)
     names = {rid: name for name, rid in refs_items}
@@ -129,7 +130,7 @@ def check(
     labels: dict[str, str] = {}
     for rid in sorted(record_ids):
         rid = ObjectId(rid)
-        labels[rid] = label = f"{names.get(rid) or _record_name(store, rid)} ({rid[:12]})"
+        labels[rid] = label = f"{names.get(rid) or _record_name(repo, rid)} ({rid[:12]})"
         if rid not in present:
             missing.setdefault(rid, set())
             trouble.add(rid)
@@ -145,11 +146,11 @@ def check(
 
     report.problems.extend(ref_problems)
     live = (record_ids & set(present)) - _puts(stamps)
-    report.problems.extend(_unjournaled(store, live, labels))
-    report.problems.extend(_lost_tag_entries(store, set(stamps), labels))
+    report.problems.extend(_unjournaled(repo, live, labels))
+    report.problems.extend(_lost_tag_entries(repo, set(stamps), labels))
     damaged_names = {p.object_id for p in ref_problems}
-    wait = store.refs.lock_timeout if settle is None else settle
-    report.problems.extend(_unpublished(store, damaged_names, wait))
+    wait = repo.names.lock_timeout if settle is None else settle
+    report.problems.extend(_unpublished(repo, damaged_names, wait))
     for name, rid in refs_items:
         if rid not in present:
             report.problems.append(
@@ -157,15 +158,13 @@ def check(
             )
     for stamp, rid, why in journal_problems:
         who = (
-            (labels.get(rid) or f"{_record_name(store, ObjectId(rid))} ({rid[:12]})",)
-            if rid
-            else ()
+            (labels.get(rid) or f"{_record_name(repo, ObjectId(rid))} ({rid[:12]})",) if rid else ()
         )
         report.problems.append(Problem("damaged-journal", stamp, why, who))
     for oid, text in sorted(bad.items()):
         report.problems.append(Problem("corrupt", oid, text, tuple(sorted(affected.get(oid, ())))))
     for oid, parents in sorted(missing.items()):
-        lists = sorted(p for p in parents if _kind(store, p) == "chunks")
+        lists = sorted(p for p in parents if _kind(repo, p) == "chunks")
         detail = "referenced but not present"
         if lists:
             detail = (
@@ -177,85 +176,83 @@ def check(
         )
     if repair:
         for oid in sorted(bad):
-            data = store.storage.read(object_path(oid))
-            store.storage.write_atomic(f"quarantine/{oid}", data)
-            store.storage.delete(object_path(oid))
+            data = repo.storage.read(object_path(oid))
+            repo.storage.write_atomic(f"quarantine/{oid}", data)
+            repo.storage.delete(object_path(oid))
             report.quarantined.append(oid)
         for found in report.problems:
             if found.kind == "damaged-ref":
-                _restore_ref(store, found.object_id, report)
+                _restore_ref(repo, found.object_id, report)
             elif found.kind == "damaged-journal":
-                _set_entry_aside(store, found, report)
+                _set_entry_aside(repo, found, report)
             elif found.kind == "lost-journal-entry":
-                _write_tags_again(store, found, report)
+                _write_tags_again(repo, found, report)
             elif found.kind == "unjournaled":
-                store.journal.append({"op": "put", "id": found.object_id})
+                repo.journal.append({"op": "put", "id": found.object_id})
                 report.repaired.append(f"journal entry of {found.artifacts[0]} written again")
-        store.sync()  # what was set aside is no longer damaged
+        repo.sync()  # what was set aside is no longer damaged
     return report
 
 
-def _restore_ref(store: ArtifactStore, name: str, report: FsckReport) -> None:
+def _restore_ref(repo: Repository, name: str, report: FsckReport) -> None:
     """Keep a damaged ref file's bytes in quarantine and put the ref back from history."""
     try:
-        with ref_errors():
-            restored = store.refs.restore(name)
+        restored = repo.names.restore(name)
     except IntegrityError as exc:
         report.repaired.append(f"ref {name!r} left as it is: {exc}")
         return
     if restored is None:
         return  # it reads again
     damaged, rid = restored
-    store.storage.write_atomic(f"quarantine/refs/{name}", damaged)
+    repo.storage.write_atomic(f"quarantine/refs/{name}", damaged)
     report.quarantined.append(f"refs/{name}")
     now = f"points at {rid} again" if rid else "is deleted, as its history says"
     report.repaired.append(f"ref {name!r} restored from its history: it {now}")
 
 
-def _write_tags_again(store: ArtifactStore, problem: Problem, report: FsckReport) -> bool:
+def _write_tags_again(repo: Repository, problem: Problem, report: FsckReport) -> bool:
     """Journal again the tags a lost entry set, as this machine's catalog holds them;
     False if it holds none from that entry."""
     rid = parse_stamp(problem.object_id)[1]  # type: ignore[index]
-    tags = _lost_tags(store, set(store.journal.stamps())).get(problem.object_id)
+    tags = _lost_tags(repo, set(repo.journal.stamps())).get(problem.object_id)
     if not tags:
         return False
-    stamp = store.journal.append({"op": "tag", "id": rid, "tags": tags})
-    store.index.catalog.tag(rid, tags, stamp)
+    stamp = repo.journal.append({"op": "tag", "id": rid, "tags": tags})
+    repo.index.catalog.tag(rid, tags, stamp)
     who = problem.artifacts[0] if problem.artifacts else rid
     report.repaired.append(f"tags of {who} journaled again from this machine's catalog: {stamp}")
     return True
 
 
-def _set_entry_aside(store: ArtifactStore, problem: Problem, report: FsckReport) -> None:
+def _set_entry_aside(repo: Repository, problem: Problem, report: FsckReport) -> None:
     """Move a damaged catalog journal entry to quarantine; write again what can be known."""
     stamp = problem.object_id
     parsed = parse_stamp(stamp)
-    path = store.journal.path(stamp)
+    path = repo.journal.path(stamp)
     try:
-        data = store.storage.read(path)
+        data = repo.storage.read(path)
     except FileNotFoundError:
         return
-    store.storage.write_atomic(f"quarantine/journal/{stamp}", data)
-    store.storage.delete(path)
+    repo.storage.write_atomic(f"quarantine/journal/{stamp}", data)
+    repo.storage.delete(path)
     report.quarantined.append(f"journal/{stamp}")
     op, rid = parsed if parsed else ("", "")
     who = problem.artifacts[0] if problem.artifacts else rid
     if op == "put":
         try:
-            reads = store.index.read_record(rid) is not None
+            reads = repo.index.read_record(rid) is not None
         except CasError:
             reads = False
         if reads:
-            store.journal.append({"op": "put", "id": rid})
+            repo.journal.append({"op": "put", "id": rid})
             report.repaired.append(
                 f"journal entry {stamp} written again: the record of {who} reads"
             )
         else:
             report.repaired.append(
-                f"journal entry {stamp} set aside: the record of {who} does not read; "
-                "save it again"
+                f"journal entry {stamp} set aside: the record of {who} does not read; save it again"
             )
-    elif op == "tag" and not _write_tags_again(store, problem, report):
+    elif op == "tag" and not _write_tags_again(repo, problem, report):
         report.repaired.append(
             f"journal entry {stamp} set aside: the tags it set on {who} are lost; tag it again"
         )
@@ -266,21 +263,18 @@ def _set_entry_aside(store: ArtifactStore, problem: Problem, report: FsckReport)
         )
 
 
-def _read_refs(store: ArtifactStore) -> tuple[list[tuple[str, str]], list[Problem]]:
+def _read_refs(repo: Repository) -> tuple[list[tuple[str, str]], list[Problem]]:
     """Every readable ``(name, id)``, and a problem for each ref file that is not."""
     try:
-        with ref_errors():
-            return store.refs.items(), []
+        return repo.names.items(), []
     except IntegrityError:
         pass  # one damaged file: read them one by one to name each
     items: list[tuple[str, str]] = []
     problems: list[Problem] = []
-    with ref_errors():
-        names = store.refs.list()
+    names = repo.names.list()
     for name in names:
         try:
-            with ref_errors():
-                rid = store.refs.read(name)
+            rid = repo.names.read(name)
         except IntegrityError as exc:
             problems.append(Problem("damaged-ref", name, str(exc), (name,)))
             continue
@@ -293,13 +287,13 @@ def _puts(stamps: list[str]) -> set[str]:
     return {p[1] for p in map(parse_stamp, stamps) if p is not None and p[0] == "put"}
 
 
-def _unjournaled(store: ArtifactStore, live: set[str], labels: dict[str, str]) -> list[Problem]:
+def _unjournaled(repo: Repository, live: set[str], labels: dict[str, str]) -> list[Problem]:
     """A problem for each record a name or this machine's catalog holds that no journal
     entry registers (the entry was deleted): a catalog built from the journal elsewhere
     lacks it, and a gc there keeps it only while a name or kept history reaches it."""
-    doubt = live - set(store.index.catalog.tombstones())
+    doubt = live - set(repo.index.catalog.tombstones())
     if doubt:
-        doubt -= _puts(store.journal.stamps())  # listed again: after any save fsck saw
+        doubt -= _puts(repo.journal.stamps())  # listed again: after any save fsck saw
     return [
         Problem(
             "unjournaled",
@@ -312,10 +306,10 @@ def _unjournaled(store: ArtifactStore, live: set[str], labels: dict[str, str]) -
     ]
 
 
-def _lost_tags(store: ArtifactStore, listed: set[str]) -> dict[str, dict[str, str | None]]:
+def _lost_tags(repo: Repository, listed: set[str]) -> dict[str, dict[str, str | None]]:
     """Tags this machine's catalog holds from journal entries that are gone, by stamp."""
     lost: dict[str, dict[str, str | None]] = {}
-    for tags in store.index.catalog.tag_stamps().values():
+    for tags in repo.index.catalog.tag_stamps().values():
         for key, (stamp, value) in tags.items():
             parsed = parse_stamp(stamp)
             if parsed is not None and parsed[0] == "tag" and stamp not in listed:
@@ -323,14 +317,12 @@ def _lost_tags(store: ArtifactStore, listed: set[str]) -> dict[str, dict[str, st
     return lost
 
 
-def _lost_tag_entries(
-    store: ArtifactStore, listed: set[str], labels: dict[str, str]
-) -> list[Problem]:
+def _lost_tag_entries(repo: Repository, listed: set[str], labels: dict[str, str]) -> list[Problem]:
     """A problem for each tag entry this machine's catalog applied that the journal no
     longer holds (deleted): other machines lack the tags it set."""
-    lost = _lost_tags(store, listed)
+    lost = _lost_tags(repo, listed)
     if lost:
-        lost = _lost_tags(store, set(store.journal.stamps()))  # listed again: a tag since
+        lost = _lost_tags(repo, set(repo.journal.stamps()))  # listed again: a tag since
     problems = []
     for stamp, tags in sorted(lost.items()):
         rid = parse_stamp(stamp)[1]  # type: ignore[index]
@@ -348,17 +340,15 @@ def _lost_tag_entries(
     return problems
 
 
-def _unpublished(store: ArtifactStore, skip: set[str], settle: float) -> list[Problem]:
+def _unpublished(repo: Repository, skip: set[str], settle: float) -> list[Problem]:
     """A problem for each name whose ref disagrees with its newest history entry."""
     problems = []
-    with ref_errors():
-        names = store.refs.log_names()
+    names = repo.names.log_names()
     for name in names:
         if name in skip:
             continue
         try:
-            with ref_errors():
-                found = store.refs.unpublished(name)
+            found = repo.names.unpublished(name)
         except IntegrityError as exc:
             problems.append(Problem("damaged-ref", name, str(exc), (name,)))
             continue
@@ -384,33 +374,33 @@ def _unpublished(store: ArtifactStore, skip: set[str], settle: float) -> list[Pr
     return problems
 
 
-def _read_journal(store: ArtifactStore) -> tuple[list[tuple[str, str, str]], list[str]]:
+def _read_journal(repo: Repository) -> tuple[list[tuple[str, str, str]], list[str]]:
     """Read every catalog journal entry: (stamp, record id, why) of each that does not
     read, and every entry's stamp."""
-    stamps = store.journal.stamps()
+    stamps = repo.journal.stamps()
     damaged: list[tuple[str, str, str]] = []
 
     def note(stamp: str, exc: IntegrityError) -> None:
         parsed = parse_stamp(stamp)
         damaged.append((stamp, parsed[1] if parsed else "", str(exc)))
 
-    for _ in store.journal.read(stamps, on_error=note):
+    for _ in repo.journal.read(stamps, on_error=note):
         pass
     return damaged, stamps
 
 
-def _kind(store: ArtifactStore, oid: ObjectId) -> str | None:
+def _kind(repo: Repository, oid: ObjectId) -> str | None:
     try:
-        return store.space.kind(oid)
+        return repo.space.kind(oid)
     except CasError:
         return None
 
 
-def _record_name(store: ArtifactStore, rid: ObjectId) -> str:
+def _record_name(repo: Repository, rid: ObjectId) -> str:
     try:
-        record = store.index.catalog.get(rid)
+        record = repo.index.catalog.get(rid)
         if record:
             return str(record["name"])
-        return str(check_record(rid, store.space.get_value(rid, "record"))["name"])
+        return str(check_record(rid, repo.space.get_value(rid, "record"))["name"])
     except (CasError, KeyError):
         return "?"

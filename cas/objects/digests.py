@@ -9,7 +9,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Final
 
-from cas.ids import ObjectId
+from cas.objects.ids import ObjectId
 
 _DIGEST: Final = 32
 

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import catalog as _catalog
 from cas.errors import QueryError
-from cas.ids import parse_id
-from cas.record import make_record
-
-if TYPE_CHECKING:
-    from cas.artifacts import ArtifactStore
+from cas.objects.ids import ObjectId, parse_id
+from cas.repo.names import check_name
+from cas.repo.records import make_record
+from cas.repo.repository import Repository
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,15 +80,41 @@ def _query_errors() -> Iterator[None]:
         raise QueryError(str(exc)) from exc
 
 
+class Saver(Protocol):
+    """What the catalog needs of its store: the repository, the name prefix, and a save
+    for registrations that carry data (an ``ArtifactStore``)."""
+
+    repo: Repository
+    name_prefix: str
+
+    def save(
+        self,
+        obj: Any,
+        path: str,
+        metadata: dict[str, Any] | None = ...,
+        parent_ids: Sequence[str] = ...,
+        *,
+        artifact_type: str | None = ...,
+        tags: dict[str, str] | None = ...,
+        source_pipeline: str | None = ...,
+        source_run_id: str | None = ...,
+        source_step: str | None = ...,
+    ) -> str: ...
+
+
 class ArtifactCatalog:
     """Register, find, tag and trace artifacts of one store."""
 
-    def __init__(self, store: ArtifactStore) -> None:
+    def __init__(self, store: Saver) -> None:
         self._store = store
+        self._repo = store.repo
 
     @property
     def _engine(self) -> _catalog.Catalog:
-        return self._store.index.catalog
+        return self._repo.index.catalog
+
+    def _resolve(self, name_or_id: str) -> ObjectId:
+        return self._repo.resolve(name_or_id, prefix=self._store.name_prefix)[0]
 
     def register(
         self,
@@ -116,17 +141,17 @@ class ArtifactCatalog:
                 data, name, metadata, parents, artifact_type=artifact_type, tags=tags, **sources
             )
         # No data: a metadata-only record (an external artifact, a placeholder).
-        store.check_name(name)
+        full = check_name(store.name_prefix + name)
         record = make_record(
-            name=name,
+            name=full,
             artifact_type=artifact_type,
             size=0,
-            parent_ids=[store.resolve(p)[0] for p in parents],
+            parent_ids=[self._resolve(p) for p in parents],
             metadata=metadata,
             tags=tags,
             **sources,
         )
-        return str(store.commit(record))
+        return str(self._repo.commit(record))
 
     def get(self, artifact_id: str) -> Artifact | None:
         record = self._engine.get(parse_id(artifact_id))
@@ -153,24 +178,24 @@ class ArtifactCatalog:
 
     def tag(self, artifact_id: str, **tags: str | None) -> None:
         """Set tags (a value of None removes the tag); durable, last writer wins."""
-        rid = self._store.resolve(artifact_id)[0]
+        rid = self._resolve(artifact_id)
         clean = {str(k): (None if v is None else str(v)) for k, v in tags.items()}
         if not clean:
             return
-        stamp = self._store.journal.append({"op": "tag", "id": rid, "tags": clean})
-        self._engine.tag(rid, clean, stamp)
+        self._repo.tag(rid, clean)
 
     def delete(self, artifact_id: str) -> bool:
         """Remove an artifact from the catalog (and its name, if it still points here)."""
         try:
-            self._store.delete(artifact_id)
+            rid, name = self._repo.resolve(artifact_id, prefix=self._store.name_prefix)
         except KeyError:
             return False
+        self._repo.delete(rid, name or self._repo.record(rid).get("name"))
         return True
 
     def get_lineage(self, artifact_id: str, depth: int | None = 1) -> dict[str, builtins.list[Artifact]]:
         """Parents and children; ``depth=None`` follows them all the way (cycle safe)."""
-        rid = self._store.resolve(artifact_id)[0]
+        rid = self._resolve(artifact_id)
         found = self._engine.lineage(rid, depth=depth)
         return {
             side: [a for a in (self.get(i) for i in found[side]) if a is not None]
@@ -178,5 +203,5 @@ class ArtifactCatalog:
         }
 
     def lineage_graph(self, artifact_id: str, format: str = "mermaid", depth: int | None = None) -> str:
-        rid = self._store.resolve(artifact_id)[0]
+        rid = self._resolve(artifact_id)
         return self._engine.lineage_graph(rid, format=format, depth=depth)

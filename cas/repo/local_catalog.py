@@ -24,10 +24,10 @@ import platformdirs
 
 import catalog as _catalog
 from cas.errors import CasError, ObjectNotFound
-from cas.journal import Journal, parse_stamp
-from cas.objectspace import ObjectSpace
-from cas.record import check_record
-from cas.storage import LocalStorage
+from cas.repo.journal import Journal, parse_stamp
+from cas.objects.space import ObjectSpace
+from cas.repo.records import check_record
+from cas.storage import TEMP_PREFIX
 from catalog.record import check_event
 
 #: Entries this much older than the newest seen are listed again on sync, so writers on
@@ -41,13 +41,13 @@ def cache_root() -> Path:
 
 
 def index_dir(space: ObjectSpace) -> Path:
-    if isinstance(space.storage, LocalStorage):
-        return Path(space.storage.root) / "index"
+    if space.storage.local_dir is not None:
+        return Path(space.storage.local_dir) / "index"
     key = hashlib.blake2b(space.url.encode(), digest_size=10).hexdigest()
     return cache_root() / "remote" / key / "index"
 
 
-class Index:
+class LocalCatalog:
     """The catalog engine plus its sync state for one root.
 
     A journal entry or record that cannot be read (damaged, or malformed by a buggy or
@@ -94,7 +94,7 @@ class Index:
         return newest if isinstance(newest, str) else None
 
     def _save_high_water(self, newest: str) -> None:
-        tmp = self._state_path.with_suffix(f".tmp-{os.getpid()}")
+        tmp = self._state_path.with_suffix(f"{TEMP_PREFIX}{os.getpid()}")
         damaged = {k: list(v) for k, v in self.damaged.items()}
         tmp.write_bytes(
             msgpack.packb({"newest": newest, "root": self.space.url, "damaged": damaged})
@@ -214,14 +214,14 @@ def _window_start(stamp: str) -> str:
 
 
 def rebuild(
-    space: ObjectSpace, journal: Journal, live: Index, refs_items: list[tuple[str, str]]
+    space: ObjectSpace, journal: Journal, live: LocalCatalog, refs_items: list[tuple[str, str]]
 ) -> dict[str, Any]:
     """Rebuild the catalog from the journal (and records only refs name) in a fresh
     folder, compare it with the live one, and put it in place. Returns a report."""
     parent = live.folder.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".reindex-", dir=parent))
-    fresh = Index(space, journal, tmp)
+    fresh = LocalCatalog(space, journal, tmp)
     try:
         stamps = journal.stamps()
         events = fresh.events_for(stamps)

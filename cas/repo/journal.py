@@ -27,8 +27,8 @@ import blake3
 import msgpack
 
 from cas.errors import IntegrityError
-from cas.objects import pack
-from cas.storage import LocalStorage, Storage
+from cas.objects.kinds import pack
+from cas.storage import Storage
 
 JOURNAL: Final = "logs/.catalog"
 
@@ -120,7 +120,7 @@ class Journal:
             else:
                 yield result
 
-        if isinstance(self.storage, LocalStorage) or len(stamps) < 8:
+        if not self.storage.io_threads or len(stamps) < 8:
             for stamp in stamps:
                 yield from settle(one(stamp))
             return

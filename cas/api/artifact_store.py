@@ -1,75 +1,36 @@
 """ArtifactStore: save, load and manage artifacts by name or id.
 
-One implementation for every root; the cloud classes only build the URL. An artifact is
-a record object pointing at its content; ``save`` writes content, record, a journal
-entry, moves the ref by compare-and-swap, and indexes the record, in that order, so a
-crash at any point leaves nothing half-visible: at worst an unreferenced object that gc
-collects, or a journal entry that the next open replays into the catalog.
+One implementation for every root; the cloud classes only build the URL. A thin face
+over :class:`cas.repo.repository.Repository`: a save turns a value into content
+(materializers), builds a record, and commits it there.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import fsspec.implementations.memory
-
 import refs as _refs
-from cas.errors import (
-    CasError,
-    IntegrityError,
-    InvalidRefName,
-    IsAFolder,
-    MaterializerError,
-    ObjectNotFound,
-    RefConflict,
-    RefLocked,
-)
-from cas.ids import ObjectId, is_id, parse_id
-from cas.index import Index, cache_root, rebuild
-from cas.journal import Journal
-from cas.materializers import LoadContext, materializer_for, materializer_named
-from cas.objects import MODE_FILE, MODE_LINK, pack
-from cas.objectspace import ObjectSpace
-from cas.record import check_record, make_record
-from cas.storage import LocalStorage, Storage, open_storage
-from cas.trees import find_entry, read_tree
+from cas.api.artifact_catalog import ArtifactCatalog
+from cas.api.materializers import LoadContext, materializer_for, materializer_named
+from cas.errors import CasError, IntegrityError, IsAFolder, MaterializerError, ObjectNotFound
+from cas.objects.ids import ObjectId
+from cas.objects.kinds import MODE_FILE, MODE_LINK, pack
+from cas.objects.space import ObjectSpace
+from cas.objects.trees import find_entry, read_tree
+from cas.repo.journal import Journal
+from cas.repo.local_catalog import LocalCatalog, cache_root
+from cas.repo.names import check_name
+from cas.repo.records import make_record
+from cas.repo.repository import Repository
+from cas.repo.repository import validate_root as _validate_root
+from cas.storage import Storage
 
 RUNS_PREFIX = "runs"
-
-
-@contextlib.contextmanager
-def ref_errors() -> Iterator[None]:
-    """Translate the refs package's errors into cas's tree, keeping the cause."""
-    try:
-        yield
-    except _refs.InvalidRefName as exc:
-        raise InvalidRefName(str(exc.name), str(exc)) from exc
-    except _refs.RefConflict as exc:
-        raise RefConflict(exc.name, exc.expected, exc.actual, str(exc)) from exc
-    except _refs.RefLocked as exc:
-        raise RefLocked(str(exc)) from exc
-    except _refs.RefNotFound as exc:
-        raise ObjectNotFound(str(exc.args[0]) if exc.args else "ref", str(exc)) from exc
-    except _refs.RefError as exc:  # a damaged ref or history file, named in the message
-        raise IntegrityError("ref", f"{exc}; run 'cas fsck'") from exc
-
-
-def _conditional_for(storage: Storage) -> Any:
-    """The compare-and-swap primitive refs use on this storage."""
-    if isinstance(storage, LocalStorage):
-        return _refs.LocalConditional(fsync=storage.fsync)
-    if isinstance(storage.fs, fsspec.implementations.memory.MemoryFileSystem):
-        return _refs.ProcessLocalConditional(storage.fs)
-    from refs import cloud
-
-    return cloud.conditional_for(storage.fs)
 
 
 class ArtifactStore:
@@ -94,47 +55,42 @@ class ArtifactStore:
     ) -> None:
         self.allow_pickle = allow_pickle
         self.name_prefix = name_prefix
-        self.storage = open_storage(url, fsync=fsync, **storage_options)
-        self.space = ObjectSpace(self.storage, create=create)
-        with ref_errors():
-            self.refs = _refs.RefStore(
-                self.storage.fs,
-                self.storage.root,
-                fsync=fsync,
-                conditional=_conditional_for(self.storage),
-            )
-        self.journal = Journal(self.storage)
-        self._index: Index | None = None
-        self._index_lock = threading.Lock()  # threads share one store: open the catalog once
-        from cas.catalog_api import ArtifactCatalog
-
+        self.repo = Repository(url, fsync=fsync, create=create, **storage_options)
         self.catalog = ArtifactCatalog(self)
 
-    # -- plumbing ---------------------------------------------------------------------
+    # -- the repository's parts (for tools and tests; users need none of them) --------
+
+    @property
+    def storage(self) -> Storage:
+        return self.repo.storage
+
+    @property
+    def space(self) -> ObjectSpace:
+        return self.repo.space
+
+    @property
+    def refs(self) -> _refs.RefStore:
+        """The refs package's store of this root (its errors are the refs package's)."""
+        return self.repo.names.store
+
+    @property
+    def journal(self) -> Journal:
+        return self.repo.journal
+
+    @property
+    def index(self) -> LocalCatalog:
+        return self.repo.index
 
     @property
     def url(self) -> str:
-        return self.storage.url
+        return self.repo.url
 
     @property
     def base_path(self) -> str:
-        return self.storage.url
-
-    @property
-    def index(self) -> Index:
-        """The local catalog, opened (and caught up with the journal) on first use."""
-        if self._index is None:
-            with self._index_lock:
-                if self._index is None:
-                    index = Index(self.space, self.journal)
-                    index.sync()
-                    self._index = index
-        return self._index
+        return self.repo.url
 
     def close(self) -> None:
-        if self._index is not None:
-            self._index.close()
-            self._index = None
+        self.repo.close()
 
     def __enter__(self) -> ArtifactStore:
         return self
@@ -146,76 +102,22 @@ class ArtifactStore:
         return f"{type(self).__name__}({self.url!r})"
 
     def check_name(self, name: str) -> str:
-        with ref_errors():
-            _refs.check_ref_name(name)
-        return name
+        return check_name(name)
 
     def resolve(self, name_or_id: str) -> tuple[ObjectId, str | None]:
         """(record id, the full name it was reached by, or None for an id)."""
-        if not isinstance(name_or_id, str):
-            raise TypeError(f"expected an artifact name or id, got {type(name_or_id).__name__}")
-        if is_id(name_or_id):
-            rid = ObjectId(name_or_id)
-            if self.index.catalog.get(rid) is not None:
-                return rid, None
-            with contextlib.suppress(ObjectNotFound, CasError):
-                if self.space.kind(rid) == "record":
-                    return rid, None
-        name = self.check_name(self.name_prefix + name_or_id)
-        with ref_errors():
-            rid_text = self.refs.read(name)
-        if rid_text is None:
-            raise ObjectNotFound(
-                name_or_id, f"no artifact named {name!r} in {self.url} ('cas ls' lists names)"
-            )
-        return parse_id(rid_text), name
+        return self.repo.resolve(name_or_id, prefix=self.name_prefix)
 
     def lookup(self, name_or_id: str) -> tuple[ObjectId, str | None, dict[str, Any]]:
-        """(record id, the name it was reached by or None, the record): ``resolve`` and
-        ``record`` in one, with an error that names the ref when it points at nothing."""
-        rid, name = self.resolve(name_or_id)
-        try:
-            return rid, name, self.record(rid)
-        except ObjectNotFound as exc:
-            if name is None:
-                raise
-            raise ObjectNotFound(
-                name_or_id,
-                f"ref {name!r} points at {rid}, which is not an artifact in {self.url}: the "
-                "ref file is damaged or its record was deleted; run 'cas fsck'",
-            ) from exc
+        """(record id, the name it was reached by or None, the record)."""
+        return self.repo.lookup(name_or_id, prefix=self.name_prefix)
 
     def record(self, rid: str) -> dict[str, Any]:
-        """The record of an artifact id with its current tags, from the catalog when it
-        has it (fast), else from the record object (verified)."""
-        indexed = self.index.catalog.get(rid)
-        if indexed is not None:
-            return dict(indexed)
-        try:
-            value = check_record(rid, self.space.get_value(rid, "record"))
-        except ObjectNotFound:
-            raise ObjectNotFound(rid, f"no artifact with id {rid} in {self.url}") from None
-        return {**value, "id": rid}
+        return self.repo.record(rid)
 
     def commit(self, record: dict[str, Any]) -> ObjectId:
-        """Write a record, journal it, move its name, index it. Saving what the name
-        already holds (same content, type, metadata, parents, source) returns the
-        existing id and writes nothing: a save is idempotent."""
-        name = self.name_prefix + record["name"]
-        record = {**record, "name": name}
-        with ref_errors():
-            current = self.refs.read(name)
-        if current is not None:
-            previous = self.index.catalog.get(current)
-            if previous is not None and _same_version(previous, record):
-                return ObjectId(current)
-        rid = self.space.put_value("record", record)
-        stamp = self.journal.append({"op": "put", "id": rid})
-        with ref_errors():
-            self.refs.set(name, rid, message=f"save {record['artifact_type']}")
-        self.index.catalog.put({**record, "id": rid})
-        self.index.note_written(stamp)
-        return rid
+        """Commit a record under ``name_prefix + record["name"]``."""
+        return self.repo.commit({**record, "name": self.name_prefix + record["name"]})
 
     # -- the public API ---------------------------------------------------------------
 
@@ -344,9 +246,7 @@ class ArtifactStore:
     def history(self, name: str) -> list[dict[str, Any]]:
         """Every update of a name, newest first: ``{"time", "who", "old", "new", "message"}``
         (``old``/``new``: artifact ids, None for absent; ``new`` None is a delete)."""
-        full = self.check_name(self.name_prefix + name)
-        with ref_errors():
-            entries = self.refs.log(full)
+        entries = self.repo.names.log(check_name(self.name_prefix + name))
         return [
             {"time": e.time, "who": e.who, "old": e.old, "new": e.new, "message": e.message}
             for e in entries
@@ -393,22 +293,16 @@ class ArtifactStore:
 
     def list_artifacts(self, prefix: str = "") -> list[str]:
         """Names (sorted) starting with ``prefix``."""
-        with ref_errors():
-            names = self.refs.list(self.name_prefix + prefix)
+        names = self.repo.names.list(self.name_prefix + prefix)
         return [name[len(self.name_prefix) :] for name in names]
 
     def delete(self, name_or_id: str) -> None:
         """Remove a name and its record from the catalog. The content stays until gc
         finds it unreachable (after the retention period, as with ref history)."""
         rid, name = self.resolve(name_or_id)
-        record = self.record(rid)
         if name is None:
-            name = record.get("name")
-        stamp = self.journal.append({"op": "delete", "id": rid})
-        if name:
-            with ref_errors(), contextlib.suppress(_refs.RefConflict, _refs.RefNotFound):
-                self.refs.delete(name, expected=rid, message="delete")
-        self.index.catalog.delete(rid, stamp)
+            name = self.record(rid).get("name")
+        self.repo.delete(rid, name)
 
     def materialize(
         self, obj: Any, name: str, run_id: str, step_name: str, project_name: str = "default"
@@ -426,15 +320,11 @@ class ArtifactStore:
 
     def sync(self, *, full: bool = False) -> int:
         """Bring the local catalog up to date with the journal; return entries read."""
-        return self.index.sync(full=full)
+        return self.repo.sync(full=full)
 
     def reindex(self) -> dict[str, Any]:
         """Rebuild the catalog from the object space; report what changed."""
-        with ref_errors():
-            items = self.refs.items()
-        report = rebuild(self.space, self.journal, self.index, items)
-        self._index = None
-        return report
+        return self.repo.reindex()
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": type(self).__name__, "url": self.url, "allow_pickle": self.allow_pickle}
@@ -456,8 +346,7 @@ def validate_root(storage: Storage, *, raise_errors: bool = False) -> bool:
     """What :meth:`ArtifactStore.validate` checks, on a storage no store was opened on:
     one listing, and a read of the CAS marker if the root holds files. Nothing is written."""
     try:
-        if not storage.is_empty():
-            ObjectSpace(storage, create=False)  # the marker is there and of a known format
+        _validate_root(storage)
     except (CasError, OSError) as exc:  # BackendError: missing bucket, credentials, network
         if raise_errors:
             raise
@@ -469,14 +358,6 @@ def validate_root(storage: Storage, *, raise_errors: bool = False) -> bool:
 def open_store(url: str | os.PathLike[str] = ".cas", **options: Any) -> ArtifactStore:
     """Open (or create) the store at a root URL; ``options`` go to the store and fsspec."""
     return ArtifactStore(url, **options)
-
-
-def _same_version(previous: dict[str, Any], record: dict[str, Any]) -> bool:
-    keys = ("content_id", "artifact_type", "materializer", "metadata", "parent_ids",
-            "source_project", "source_pipeline", "source_run_id", "source_step", "content_info")  # fmt: skip
-    return all(previous.get(k) == record.get(k) for k in keys) and all(
-        (previous.get("tags") or {}).get(k) == v for k, v in (record.get("tags") or {}).items()
-    )
 
 
 def _check_metadata(metadata: Any) -> None:

@@ -3,8 +3,8 @@
 For the names chosen the transfer copies their records, their parents' records
 (transitively), their content, the chunks of chunked content and the entries of trees,
 then the catalog entries (put and tag events), then moves each ref by compare-and-swap.
-With no names, it copies the whole store: every ref, and every artifact the source's
-catalog holds (older versions of a name too: they are artifacts of the store, kept by
+With no names, it copies the whole repo: every ref, and every artifact the source's
+catalog holds (older versions of a name too: they are artifacts of the repo, kept by
 gc, listed and loadable by id, so a store round trips exactly). Nothing from the source
 is trusted: every object is read with verification and written through the
 destination's normal put path, so its id is recomputed there, and a mismatch stops the
@@ -29,19 +29,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-import refs as _refs
-from cas import codec
-from cas.artifacts import ref_errors
-from cas.errors import IntegrityError, ObjectNotFound
-from cas.ids import ObjectId
-from cas.objects import ChunkList, Tree, unpack
-from cas.objectspace import object_path
-from cas.record import check_record
-
-if TYPE_CHECKING:
-    from cas.artifacts import ArtifactStore
+from cas.errors import IntegrityError, ObjectNotFound, RefConflict
+from cas.objects import codec
+from cas.objects.ids import ObjectId
+from cas.objects.kinds import ChunkList, Tree, unpack
+from cas.objects.space import object_path
+from cas.repo.names import check_name
+from cas.repo.records import check_record
+from cas.repo.repository import HasRepository, Repository, repository
 
 #: Parallel object copies; bounded so an object store sees steady, not bursty, load.
 DEFAULT_WORKERS: Final = 8
@@ -84,7 +81,7 @@ class TransferResult:
 class _Plan:
     """What the destination lacks, found by walking down from the chosen records."""
 
-    def __init__(self, src: ArtifactStore, dst: ArtifactStore, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, src: Repository, dst: Repository, pool: ThreadPoolExecutor) -> None:
         self.src = src
         self.dst = dst
         self.pool = pool
@@ -261,19 +258,19 @@ def _index(plan: _Plan, roots: Iterable[str]) -> int:
     return new
 
 
-def _superseded(src: ArtifactStore, name: str, old: str) -> bool:
+def _superseded(src: Repository, name: str, old: str) -> bool:
     """True if the source once held ``old`` under ``name`` and has moved on from it."""
-    for entry in src.refs.log(name):
+    for entry in src.names.log(name):
         if old in (entry.old, entry.new):
             return True
     record = src.index.catalog.get(old)
     return record is not None and record.get("name") == name
 
 
-def _decide(src: ArtifactStore, dst: ArtifactStore, name: str, new: str, force: bool) -> RefUpdate:
+def _decide(src: Repository, dst: Repository, name: str, new: str, force: bool) -> RefUpdate:
     """What to do with one name, before anything is copied: a rejected name's
     artifacts are not copied at all (nor indexed there as versions of that name)."""
-    old = dst.refs.read(name)
+    old = dst.names.read(name)
     if old == new:
         return RefUpdate(name, old, new, "up-to-date")
     if old is None:
@@ -289,27 +286,28 @@ def _decide(src: ArtifactStore, dst: ArtifactStore, name: str, new: str, force: 
     )  # fmt: skip
 
 
-def _move(dst: ArtifactStore, update: RefUpdate, message: str) -> RefUpdate:
+def _move(dst: Repository, update: RefUpdate, message: str) -> RefUpdate:
     """Move one name by compare-and-swap against the value the decision saw."""
     if update.status in ("up-to-date", "rejected"):
         return update
     try:
-        dst.refs.set(update.name, update.new, expected=update.old, message=message)
-    except _refs.RefConflict as exc:  # moved meanwhile, or a parent/child name exists
+        dst.names.set(update.name, update.new, expected=update.old, message=message)
+    except RefConflict as exc:  # moved meanwhile, or a parent/child name exists
         return RefUpdate(update.name, update.old, update.new, "rejected", str(exc))
     return update
 
 
-def select(src: ArtifactStore, names: Sequence[str] = ()) -> list[tuple[str, str]]:
+def select(source: Repository | HasRepository, names: Sequence[str] = ()) -> list[tuple[str, str]]:
     """(name, record id) of the refs to transfer: ``names`` exactly, or the refs below a
     name used as a folder (``models`` selects ``models/a`` and ``models/b``); all if none."""
+    src = repository(source)
     if not names:
-        return src.refs.items()
+        return src.names.items()
     chosen: dict[str, str] = {}
     for name in names:
-        src.check_name(name)
-        rid = src.refs.read(name)
-        below = src.refs.items(name + "/") if rid is None else [(name, rid)]
+        check_name(name)
+        rid = src.names.read(name)
+        below = src.names.items(name + "/") if rid is None else [(name, rid)]
         if not below:
             raise ObjectNotFound(
                 name, f"no artifact named {name!r} in {src.url} ('cas ls' lists names)"
@@ -318,7 +316,7 @@ def select(src: ArtifactStore, names: Sequence[str] = ()) -> list[tuple[str, str
     return sorted(chosen.items())
 
 
-def _versions(src: ArtifactStore, refused: set[str]) -> list[str]:
+def _versions(src: Repository, refused: set[str]) -> list[str]:
     """Every artifact the source's catalog holds, but those of a refused name (the
     destination's catalog must not list them as versions of a name that never held them)."""
     catalog = src.index.catalog
@@ -331,8 +329,8 @@ def _versions(src: ArtifactStore, refused: set[str]) -> list[str]:
 
 
 def transfer(
-    src: ArtifactStore,
-    dst: ArtifactStore,
+    source: Repository | HasRepository,
+    destination: Repository | HasRepository,
     names: Sequence[str] = (),
     *,
     force: bool = False,
@@ -344,9 +342,9 @@ def transfer(
     from ``src``, then move the refs. Conflicting refs are reported in the result
     (status ``rejected``)."""
     step: Progress = progress or (lambda what, done, total: None)
-    with ref_errors():
-        chosen = select(src, names)
-        decided = [_decide(src, dst, name, rid, force) for name, rid in chosen]
+    src, dst = repository(source), repository(destination)
+    chosen = select(src, names)
+    decided = [_decide(src, dst, name, rid, force) for name, rid in chosen]
     roots = [u.new for u in decided if u.status != "rejected"]
     if not names:
         roots += _versions(src, {u.name for u in decided if u.status == "rejected"})
@@ -358,6 +356,5 @@ def transfer(
         copier = _Copier(plan, pool, step)
         copier.run()
     records = _index(plan, roots)
-    with ref_errors():
-        updates = tuple(_move(dst, u, message) for u in decided)
+    updates = tuple(_move(dst, u, message) for u in decided)
     return TransferResult(copier.objects, copier.bytes, records, updates)

@@ -1,0 +1,3 @@
+from cas.cli.main import run
+
+run()

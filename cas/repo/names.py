@@ -1,0 +1,93 @@
+"""A root's names (refs) with cas's errors: the refs package's ``RefStore``, each call
+translated at this one boundary into cas's exception tree, so nothing above the
+repository catches a leaf's errors itself."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import refs as _refs
+from cas.errors import IntegrityError, InvalidRefName, ObjectNotFound, RefConflict, RefLocked
+from cas.storage import Storage
+
+
+@contextlib.contextmanager
+def ref_errors() -> Iterator[None]:
+    """Translate the refs package's errors into cas's tree, keeping the cause."""
+    try:
+        yield
+    except _refs.InvalidRefName as exc:
+        raise InvalidRefName(str(exc.name), str(exc)) from exc
+    except _refs.RefConflict as exc:
+        raise RefConflict(exc.name, exc.expected, exc.actual, str(exc)) from exc
+    except _refs.RefLocked as exc:
+        raise RefLocked(str(exc)) from exc
+    except _refs.RefNotFound as exc:
+        raise ObjectNotFound(str(exc.args[0]) if exc.args else "ref", str(exc)) from exc
+    except _refs.RefError as exc:  # a damaged ref or history file, named in the message
+        raise IntegrityError("ref", f"{exc}; run 'cas fsck'") from exc
+
+
+def check_name(name: str) -> str:
+    """``name`` if it follows git's ref-name rules, else :class:`InvalidRefName`."""
+    with ref_errors():
+        _refs.check_ref_name(name)
+    return name
+
+
+class Names:
+    """Names -> artifact ids of one root: read, list, compare-and-swap, history."""
+
+    def __init__(self, storage: Storage, *, fsync: bool = True) -> None:
+        with ref_errors():
+            self.store = _refs.RefStore(
+                storage.fs, storage.root, fsync=fsync, conditional=storage.conditional()
+            )
+
+    @property
+    def lock_timeout(self) -> float:
+        return self.store.lock_timeout
+
+    def read(self, name: str) -> str | None:
+        with ref_errors():
+            return self.store.read(name)
+
+    def list(self, prefix: str = "") -> builtins.list[str]:
+        with ref_errors():
+            return self.store.list(prefix)
+
+    def items(self, prefix: str = "") -> builtins.list[tuple[str, str]]:
+        with ref_errors():
+            return self.store.items(prefix)
+
+    def set(self, name: str, new_id: str, *, expected: Any = _refs.ANY, message: str = "") -> str | None:
+        with ref_errors():
+            return self.store.set(name, new_id, expected=expected, message=message)
+
+    def delete(self, name: str, *, expected: Any = _refs.ANY, message: str = "") -> str:
+        with ref_errors():
+            return self.store.delete(name, expected=expected, message=message)
+
+    def log(self, name: str) -> builtins.list[_refs.LogEntry]:
+        """Every update of ``name``, newest first."""
+        with ref_errors():
+            return self.store.log(name)
+
+    def log_names(self) -> builtins.list[str]:
+        with ref_errors():
+            return self.store.log_names()
+
+    def prune_log(self, name: str, older_than: float) -> int:
+        with ref_errors():
+            return self.store.prune_log(name, older_than)
+
+    def restore(self, name: str) -> tuple[bytes, str | None] | None:
+        with ref_errors():
+            return self.store.restore(name)
+
+    def unpublished(self, name: str) -> tuple[_refs.LogEntry, str, bool | None, str] | None:
+        with ref_errors():
+            return self.store.unpublished(name)

@@ -1,0 +1,211 @@
+"""Repository: storage, object space, names, catalog journal and local catalog of one
+root, and the operations that need them together.
+
+A save is ``commit(record)``: the record object, a journal entry, the name moved by
+compare-and-swap, the record indexed, in that order, so a crash at any point leaves
+nothing half-visible: at worst an unreferenced object that gc collects, or a journal
+entry that the next open replays into the catalog. Every error raised here is in
+cas's tree (:mod:`cas.errors`); the leaves' own are translated at :mod:`cas.repo.names`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from typing import Any, Protocol
+
+from cas.errors import ObjectNotFound, RefConflict
+from cas.objects.ids import ObjectId, is_id, parse_id
+from cas.objects.space import ObjectSpace
+from cas.repo.journal import Journal
+from cas.repo.local_catalog import LocalCatalog, rebuild
+from cas.repo.names import Names, check_name
+from cas.repo.records import check_record
+from cas.storage import Storage, open_storage
+
+
+class Repository:
+    """One root: ``storage``, ``space`` (objects), ``names`` (refs), ``journal`` and the
+    local ``index`` (opened and caught up with the journal on first use).
+
+    ``fsync=True`` makes every write durable before it is visible; ``create=False``
+    refuses a root that is not a cas store yet.
+    """
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        fsync: bool = True,
+        create: bool = True,
+        **storage_options: Any,
+    ) -> None:
+        self.storage: Storage = open_storage(url, fsync=fsync, **storage_options)
+        self.space = ObjectSpace(self.storage, create=create)
+        self.names = Names(self.storage, fsync=fsync)
+        self.journal = Journal(self.storage)
+        self._index: LocalCatalog | None = None
+        self._index_lock = threading.Lock()  # threads share one repository
+
+    @property
+    def url(self) -> str:
+        return self.storage.url
+
+    @property
+    def index(self) -> LocalCatalog:
+        """The local catalog, opened (and caught up with the journal) on first use."""
+        if self._index is None:
+            with self._index_lock:
+                if self._index is None:
+                    index = LocalCatalog(self.space, self.journal)
+                    index.sync()
+                    self._index = index
+        return self._index
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Repository({self.url!r})"
+
+    # -- names and ids ------------------------------------------------------------------
+
+    def resolve(self, name_or_id: str, *, prefix: str = "") -> tuple[ObjectId, str | None]:
+        """(record id, the full name it was reached by, or None for an id). A name is
+        looked up as ``prefix + name``. Absent is :class:`ObjectNotFound`; a storage
+        that cannot be reached is a :class:`BackendError`, never "absent"."""
+        if not isinstance(name_or_id, str):
+            raise TypeError(f"expected an artifact name or id, got {type(name_or_id).__name__}")
+        if is_id(name_or_id) and self._is_record(ObjectId(name_or_id)):
+            return ObjectId(name_or_id), None
+        name = check_name(prefix + name_or_id)
+        rid_text = self.names.read(name)
+        if rid_text is None:
+            raise ObjectNotFound(
+                name_or_id, f"no artifact named {name!r} in {self.url} ('cas ls' lists names)"
+            )
+        return parse_id(rid_text), name
+
+    def _is_record(self, rid: ObjectId) -> bool:
+        """True if ``rid`` is an artifact this root holds (a 64-hex text may also be a
+        name: then False and it is looked up as one)."""
+        if self.index.catalog.get(rid) is not None:
+            return True
+        try:
+            return self.space.kind(rid) == "record"
+        except ObjectNotFound:
+            return False
+
+    def lookup(
+        self, name_or_id: str, *, prefix: str = ""
+    ) -> tuple[ObjectId, str | None, dict[str, Any]]:
+        """(record id, the name it was reached by or None, the record): ``resolve`` and
+        ``record`` in one, with an error that names the ref when it points at nothing."""
+        rid, name = self.resolve(name_or_id, prefix=prefix)
+        try:
+            return rid, name, self.record(rid)
+        except ObjectNotFound as exc:
+            if name is None:
+                raise
+            raise ObjectNotFound(
+                name_or_id,
+                f"ref {name!r} points at {rid}, which is not an artifact in {self.url}: the "
+                "ref file is damaged or its record was deleted; run 'cas fsck'",
+            ) from exc
+
+    def record(self, rid: str) -> dict[str, Any]:
+        """The record of an artifact id with its current tags, from the catalog when it
+        has it (fast), else from the record object (verified)."""
+        indexed = self.index.catalog.get(rid)
+        if indexed is not None:
+            return dict(indexed)
+        try:
+            value = check_record(rid, self.space.get_value(rid, "record"))
+        except ObjectNotFound:
+            raise ObjectNotFound(rid, f"no artifact with id {rid} in {self.url}") from None
+        return {**value, "id": rid}
+
+    # -- changes --------------------------------------------------------------------------
+
+    def commit(self, record: dict[str, Any]) -> ObjectId:
+        """Write a record, journal it, move its name, index it. Saving what the name
+        already holds (same content, type, metadata, parents, source) returns the
+        existing id and writes nothing: a save is idempotent."""
+        name = record["name"]
+        current = self.names.read(name)
+        if current is not None:
+            previous = self.index.catalog.get(current)
+            if previous is not None and same_version(previous, record):
+                return ObjectId(current)
+        rid = self.space.put_value("record", record)
+        stamp = self.journal.append({"op": "put", "id": rid})
+        self.names.set(name, rid, message=f"save {record['artifact_type']}")
+        self.index.catalog.put({**record, "id": rid})
+        self.index.note_written(stamp)
+        return rid
+
+    def delete(self, rid: ObjectId, name: str | None) -> None:
+        """Remove a record from the catalog (a tombstone in the journal) and its name
+        if it still points at it. The content stays until gc finds it unreachable."""
+        stamp = self.journal.append({"op": "delete", "id": rid})
+        if name:
+            with contextlib.suppress(RefConflict, ObjectNotFound):
+                self.names.delete(name, expected=rid, message="delete")
+        self.index.catalog.delete(rid, stamp)
+
+    def tag(self, rid: ObjectId, tags: dict[str, str | None]) -> None:
+        """Set tags (None removes one): a journal entry, then the catalog."""
+        stamp = self.journal.append({"op": "tag", "id": rid, "tags": tags})
+        self.index.catalog.tag(rid, tags, stamp)
+
+    # -- upkeep ---------------------------------------------------------------------------
+
+    def sync(self, *, full: bool = False) -> int:
+        """Bring the local catalog up to date with the journal; return entries read."""
+        return self.index.sync(full=full)
+
+    def reindex(self) -> dict[str, Any]:
+        """Rebuild the catalog from the object space; report what changed."""
+        report = rebuild(self.space, self.journal, self.index, self.names.items())
+        self._index = None
+        return report
+
+
+class HasRepository(Protocol):
+    """Anything that carries a repository (an ``ArtifactStore``)."""
+
+    @property
+    def repo(self) -> Repository: ...
+
+
+def repository(target: Repository | HasRepository) -> Repository:
+    """The repository of a store, or the repository itself: gc, fsck and transfer
+    accept either."""
+    return target if isinstance(target, Repository) else target.repo
+
+
+def validate_root(storage: Storage) -> None:
+    """Raise if ``storage`` cannot hold a store: unreachable, refused credentials, or
+    files that are not a cas store of a known format. One listing, and a read of the
+    CAS marker if the root holds files; nothing is written."""
+    if not storage.is_empty():
+        ObjectSpace(storage, create=False)
+
+
+def same_version(previous: dict[str, Any], record: dict[str, Any]) -> bool:
+    """True if ``record`` would save exactly what ``previous`` holds."""
+    keys = ("content_id", "artifact_type", "materializer", "metadata", "parent_ids",
+            "source_project", "source_pipeline", "source_run_id", "source_step", "content_info")  # fmt: skip
+    return all(previous.get(k) == record.get(k) for k in keys) and all(
+        (previous.get("tags") or {}).get(k) == v for k, v in (record.get("tags") or {}).items()
+    )
+

@@ -1,0 +1,135 @@
+"""A store's root in a folder of a local disk: temp file, optional fsync, rename."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+
+from fsspec.implementations.local import LocalFileSystem
+
+import refs
+from cas.storage.base import TEMP_PREFIX, Stat, Storage
+
+
+class LocalStorage(Storage):
+    """A folder on a local disk: temp file, optional fsync, rename."""
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self.url = self.root
+        self.fs = LocalFileSystem()
+        self.fsync = fsync
+        self.local_dir = self.root
+        self._made_dirs: set[str] = set()
+
+    listing_stats = False
+    cheap_touch = True
+
+    def _path(self, rel: str) -> str:
+        return os.path.join(self.root, rel) if rel else self.root
+
+    def conditional(self) -> refs.Conditional:
+        # docstring inherited
+        return refs.LocalConditional(fsync=self.fsync)
+
+    # docstring inherited
+    def read(self, rel: str) -> bytes:
+        with open(self._path(rel), "rb") as f:
+            return f.read()
+
+    def read_head(self, rel: str, n: int) -> bytes:
+        with open(self._path(rel), "rb") as f:
+            return f.read(n)
+
+    def write_atomic(self, rel: str, data: bytes, *, _attempt: int = 1) -> None:
+        path = self._path(rel)
+        parent = os.path.dirname(path)
+        if parent not in self._made_dirs:
+            os.makedirs(parent, exist_ok=True)
+            self._made_dirs.add(parent)
+        # A dot-name in the same folder: rename is atomic within one filesystem, and
+        # listings skip dot-names, so a crash leaves only a temp file that gc removes.
+        tmp = os.path.join(parent, f"{TEMP_PREFIX}{os.path.basename(path)}-{secrets.token_hex(4)}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        except FileNotFoundError:  # the folder was removed meanwhile (gc of an empty fan-out)
+            self._made_dirs.discard(parent)
+            os.makedirs(parent, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.close(fd)
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError:
+            # Its temporary file was removed under it: by `cas gc --grace 0` running
+            # beside this write (which clears every temp file it lists). The data is in
+            # hand, so write it again rather than fail the save.
+            if _attempt >= 3:
+                raise
+            self.write_atomic(rel, data, _attempt=_attempt + 1)
+            return
+        if self.fsync:
+            _fsync_dir(parent)
+
+    def stat(self, rel: str) -> Stat | None:
+        try:
+            st = os.stat(self._path(rel))
+        except FileNotFoundError:
+            return None
+        return Stat(st.st_size, st.st_mtime)
+
+    def touch(self, rel: str) -> bool:
+        try:
+            os.utime(self._path(rel))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def delete(self, rel: str) -> bool:
+        try:
+            os.unlink(self._path(rel))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def walk(self, rel_dir: str) -> Iterator[tuple[str, Stat]]:
+        base = self._path(rel_dir)
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(full)
+                except FileNotFoundError:
+                    continue  # removed while we listed
+                yield (
+                    os.path.relpath(full, self.root).replace(os.sep, "/"),
+                    Stat(st.st_size, st.st_mtime),
+                )
+
+    def listdir(self, rel_dir: str) -> list[str]:
+        try:
+            with os.scandir(self._path(rel_dir)) as it:
+                return sorted(e.name for e in it if e.is_file())
+        except FileNotFoundError:
+            return []
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
