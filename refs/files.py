@@ -7,8 +7,8 @@ of these calls, and fsspec's path handling (``_strip_protocol``, ``info`` per
 listed file) cost several times more CPU than the system calls themselves. Writes
 never go through here: they are the :class:`~refs.Conditional`'s.
 
-On S3, GCS and Azure Blob, :class:`S3Files`, :class:`GCSFiles` and :class:`AzureFiles`
-send the service's own requests: one GET per read, one listing of a key prefix per
+On S3, GCS and Azure Blob, :class:`ServiceFiles` sends the service's own requests
+(through its adapter in :mod:`refs.services`): one GET per read, one listing of a key prefix per
 1,000 keys. Through s3fs a read is a HEAD then a GET (a HEAD and a listing when
 nothing is there), and an empty listing costs two more requests, which look for a
 file of the folder's name or for the folder in its parent; gcsfs ``find`` lists
@@ -21,16 +21,14 @@ not an empty one (fsspec's ``exists`` anti-pattern).
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
-import sys
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from fsspec import AbstractFileSystem
-from fsspec.asyn import sync
 from fsspec.implementations.local import LocalFileSystem
+
+from refs.services.base import ObjectService
 
 T = TypeVar("T")
 
@@ -144,193 +142,53 @@ class LocalFiles(Files):
         return found
 
 
-class _ServiceFiles(Files):
-    """:class:`Files` by a service's own requests, sent on the filesystem's event loop.
+class ServiceFiles(Files):
+    """:class:`Files` by a service's own requests (:mod:`refs.services`): one GET per
+    read (a missing bucket raises, it is never "nothing there"), one listing of a key
+    prefix per 1,000 keys, many reads at once."""
 
-    Reads go through the backend's :class:`~refs.Conditional` (one GET; a missing
-    bucket raises, it is never "nothing there"). Subclasses list: ``_list(bucket,
-    prefix, delimiter, limit)`` returns the keys, and with a delimiter also the
-    folders, below ``prefix`` in name order.
-    """
-
-    def __init__(self, fs: AbstractFileSystem, conditional: Any) -> None:
+    def __init__(self, fs: AbstractFileSystem, service: ObjectService) -> None:
         super().__init__(fs)
-        self.conditional = conditional
-
-    def _run(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
-        result: T = sync(self.fs.loop, func, *args)
-        return result
-
-    def _split(self, path: str) -> tuple[str, str]:
-        bucket, _, key = path.strip("/").partition("/")
-        return bucket, key
+        self.service = service
 
     def listdir(self, folder: str) -> list[str]:
         # docstring inherited
-        bucket, key = self._split(folder)
+        bucket, key = _split(folder)
         prefix = key.rstrip("/") + "/" if key else ""
-        listed = self._run(self._list, bucket, prefix, "/", None)
+        listed = self.service.list_keys(bucket, prefix, "/")
         return [name[len(prefix) :].rstrip("/") for name in listed]
 
     def cat(self, path: str) -> bytes | None:
         # docstring inherited
-        got = self.conditional.read(path)
+        got = self.service.read(path)
         return None if got is None else bytes(got[0])
 
     def find(self, top: str, limit: int | None = None) -> list[str]:
         # docstring inherited
-        bucket, key = self._split(top)
+        bucket, key = _split(top)
         prefix = key.rstrip("/") + "/" if key else ""
-        listed = self._run(self._list, bucket, prefix, None, limit)
+        listed = self.service.list_keys(bucket, prefix, None, limit)
         return [f"{bucket}/{name}" for name in listed]
 
     def cat_many(self, paths: list[str]) -> dict[str, bytes]:
         # docstring inherited
-        got = self._run(self._read_many, [self._split(path) for path in paths])
+        got = self.service.read_many([_split(path) for path in paths])
         return {path: data for path, data in zip(paths, got, strict=True) if data is not None}
 
-    async def _read_many(self, where: list[tuple[str, str]]) -> list[bytes | None]:
-        import asyncio
 
-        semaphore = asyncio.Semaphore(_READS_IN_FLIGHT)
-
-        async def one(bucket: str, key: str) -> bytes | None:
-            async with semaphore:
-                got = await self.conditional._read(bucket, key)
-            return None if got is None else bytes(got[0])
-
-        return list(await asyncio.gather(*(one(bucket, key) for bucket, key in where)))
-
-    async def _list(
-        self, bucket: str, prefix: str, delimiter: str | None, limit: int | None
-    ) -> list[str]:
-        raise NotImplementedError
-
-
-# Reads of many small files (refs, history entries) in flight at once.
-_READS_IN_FLIGHT = 32
-# Keys a listing request asks for (the most S3 and Azure return).
-_PAGE = 1000
-
-
-class S3Files(_ServiceFiles):
-    """:class:`Files` on an ``s3fs.S3FileSystem``: GetObject and ListObjectsV2."""
-
-    async def _list(
-        self, bucket: str, prefix: str, delimiter: str | None, limit: int | None
-    ) -> list[str]:
-        from refs.cloud import _s3_error
-
-        found: list[str] = []
-        params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
-        if delimiter:
-            params["Delimiter"] = delimiter
-        while True:
-            params["MaxKeys"] = _PAGE if limit is None else max(1, min(_PAGE, limit - len(found)))
-            try:
-                # Through s3fs's retry loop: a listing may be repeated safely.
-                page = await self.fs._call_s3("list_objects_v2", **params)
-            except Exception as exc:  # noqa: BLE001 - translated, never swallowed
-                raise _s3_error(exc) from exc
-            names = [item["Key"] for item in page.get("Contents", [])]
-            names += [item["Prefix"] for item in page.get("CommonPrefixes", [])]
-            found.extend(sorted(names))
-            if not page.get("IsTruncated") or (limit is not None and len(found) >= limit):
-                break
-            params["ContinuationToken"] = page["NextContinuationToken"]
-        return found if limit is None else found[:limit]
-
-
-class AzureFiles(_ServiceFiles):
-    """:class:`Files` on an ``adlfs.AzureBlobFileSystem``: Get Blob and List Blobs."""
-
-    async def _list(
-        self, bucket: str, prefix: str, delimiter: str | None, limit: int | None
-    ) -> list[str]:
-        from azure.core.exceptions import AzureError
-
-        from refs.cloud import _azure_error
-
-        found: list[str] = []
-        try:
-            async with self.fs.service_client.get_container_client(bucket) as client:
-                page = _PAGE if limit is None else max(1, min(_PAGE, limit))
-                options = {"name_starts_with": prefix, "include": ["metadata"],
-                           "results_per_page": page}  # fmt: skip
-                if delimiter:
-                    listing = client.walk_blobs(delimiter=delimiter, **options)
-                else:
-                    listing = client.list_blobs(**options)
-                async for item in listing:
-                    if _folder_marker(getattr(item, "metadata", None)):
-                        continue  # a folder's placeholder blob (adlfs, HNS accounts), not a file
-                    found.append(str(item.name))
-                    if limit is not None and len(found) >= limit:
-                        break
-        except AzureError as exc:
-            raise _azure_error(exc, bucket) from exc
-        return found
-
-
-class GCSFiles(_ServiceFiles):
-    """:class:`Files` on a ``gcsfs.GCSFileSystem``: media GET and objects.list."""
-
-    async def _list(
-        self, bucket: str, prefix: str, delimiter: str | None, limit: int | None
-    ) -> list[str]:
-        from refs.cloud import _gcs_error
-
-        found: list[str] = []
-        params: dict[str, Any] = {"prefix": prefix}
-        if delimiter:
-            params["delimiter"] = delimiter
-        while True:
-            params["maxResults"] = (
-                _PAGE if limit is None else max(1, min(_PAGE, limit - len(found)))
-            )
-            try:
-                # Through gcsfs's retry loop: a listing may be repeated safely.
-                page = await self.fs._call("GET", "b/{}/o", bucket, json_out=True, **params)
-            except FileNotFoundError as exc:  # a prefix is never missing: the bucket is
-                raise FileNotFoundError(
-                    errno.ENOENT, f"GCS bucket {bucket!r} does not exist", bucket
-                ) from exc
-            except Exception as exc:  # noqa: BLE001 - translated, never swallowed
-                raise _gcs_error(exc) from exc
-            names = [str(item["name"]) for item in page.get("items", [])]
-            names += [str(folder) for folder in page.get("prefixes", [])]
-            found.extend(sorted(names))
-            token = page.get("nextPageToken")
-            if not token or (limit is not None and len(found) >= limit):
-                break
-            params["pageToken"] = token
-        return found if limit is None else found[:limit]
-
-
-def _folder_marker(metadata: Any) -> bool:
-    if not metadata:
-        return False
-    return "true" in (
-        str(metadata.get("is_directory")).lower(),
-        str(metadata.get("hdi_isfolder")).lower(),
-    )
+def _split(path: str) -> tuple[str, str]:
+    bucket, _, key = path.strip("/").partition("/")
+    return bucket, key
 
 
 def files_for(fs: AbstractFileSystem, conditional: Any = None) -> Files:
     """The :class:`Files` reading ``fs``: by ``os`` calls for a local filesystem, by the
-    service's own requests on S3, GCS and Azure Blob (``conditional`` must then be that
-    service's :class:`~refs.Conditional` from ``refs.cloud``), else through fsspec."""
+    service's own requests on S3, GCS and Azure Blob (when ``conditional`` is that
+    service's adapter from :mod:`refs.services`), else through fsspec."""
     if isinstance(fs, LocalFileSystem):
         return LocalFiles(fs)
-    kinds = [("s3fs", "S3FileSystem", "S3Conditional", S3Files),
-             ("gcsfs.core", "GCSFileSystem", "GCSConditional", GCSFiles),
-             ("adlfs", "AzureBlobFileSystem", "AzureConditional", AzureFiles)]  # fmt: skip
-    for module, name, cond_name, make in kinds:
-        loaded = sys.modules.get(module)
-        if loaded is not None and isinstance(fs, getattr(loaded, name)):
-            cloud = sys.modules.get("refs.cloud")
-            if cloud is not None and isinstance(conditional, getattr(cloud, cond_name)):
-                return make(fs, conditional)
+    if isinstance(conditional, ObjectService) and conditional.fs is fs:
+        return ServiceFiles(fs, conditional)
     return Files(fs)
 
 

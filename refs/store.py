@@ -117,7 +117,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from refs.conditional import Conditional
 from refs.errors import NameConflict, RefConflict, RefError, RefLocked, RefNotFound
-from refs.files import AzureFiles, GCSFiles, LocalFiles, S3Files, files_for
+from refs.files import LocalFiles, ServiceFiles, files_for
 from refs.history import History, Stored
 from refs.ids import ANY, Expected, check_id, decode_ref, encode_ref
 from refs.local import LocalConditional
@@ -511,7 +511,7 @@ class RefStore(HistoryMixin):
         paths = [ref_path(self.root, parent) for parent in candidates]
         if isinstance(self._files, LocalFiles):  # one stat each: opening takes three
             present = {path for path in paths if self._files.exists(path)}
-        elif isinstance(self._files, (S3Files, GCSFiles, AzureFiles)) and len(paths) > 1:
+        elif isinstance(self._files, ServiceFiles) and len(paths) > 1:
             present = set(self._files.cat_many(paths))
         else:
             present = {path for path in paths if self.conditional.read_data(path) is not None}

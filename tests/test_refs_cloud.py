@@ -4,7 +4,7 @@ servers: compare-and-swap by the services' conditional requests (refs/cloud.py).
 Each test gets a fresh bucket: the suite lists the root's parent to check that no
 name escapes the root, so the parent must hold nothing else.
 
-Azure: refs lists blobs with the SDK itself (``refs.files.AzureFiles``), not with
+Azure: refs lists blobs with the SDK itself (``refs.services.azure``), not with
 adlfs, which has two gaps pinned below as regression tests: ``find("c/refs/a")``
 answers the blob ``c/refs/a`` itself when there is one, not ``c/refs/a/b`` below it
 (the name-tree check missed a child created concurrently), and ``find`` of a folder

@@ -14,7 +14,7 @@ import fsspec
 from cas.storage.base import TEMP_PREFIX, Stat, Storage
 from cas.storage.local import LocalStorage
 from cas.storage.remote import FsspecStorage
-from cas.storage.services import mtime_of
+from refs.services import mtime_of
 
 __all__ = [
     "TEMP_PREFIX", "FsspecStorage", "LocalStorage", "Stat", "Storage", "mtime_of", "open_storage",

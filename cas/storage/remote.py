@@ -13,7 +13,7 @@ import fsspec.implementations.memory
 import refs
 from cas.errors import BackendError
 from cas.storage.base import Stat, Storage
-from cas.storage.services import S3Service, backend_failures, diagnose, mtime_of, service_for
+from refs.services import ObjectService, backend_failures, diagnose, mtime_of, service_for
 
 
 def _is_conflict(exc: BaseException) -> bool:
@@ -62,20 +62,21 @@ class FsspecStorage(Storage):
         self._bucket_known = not self.service.container  # nothing to check without buckets
         # s3fs's cat_file sends a HEAD before its GET, to split objects over 50 MiB into
         # ranges read at once; cas objects are a few MiB at most: one GET is enough.
-        self._read_options: dict[str, Any] = (
-            {"max_concurrency": 1} if isinstance(self.service, S3Service) else {}
-        )
+        self._read_options: dict[str, Any] = dict(self.service.read_options)
 
     def _path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
 
     def conditional(self) -> refs.Conditional:
         # docstring inherited
+        if isinstance(self.service, ObjectService):
+            return self.service  # the service's adapter is its compare-and-swap
         if isinstance(self.fs, fsspec.implementations.memory.MemoryFileSystem):
             return refs.ProcessLocalConditional(self.fs)
-        from refs import cloud
-
-        return cloud.conditional_for(self.fs)
+        raise BackendError(
+            f"cas has no compare-and-swap for names on {type(self.fs).__name__} "
+            f"({self.url}): use a local folder, memory://, s3://, gs:// or az://"
+        )
 
     # -- failures -----------------------------------------------------------------------
 
@@ -214,13 +215,14 @@ class FsspecStorage(Storage):
         ``io_threads`` at a time. Returns how many went (S3: as it reports them)."""
         if not rels:
             return 0
-        if isinstance(self.service, S3Service):
-            try:
-                with self._boundary("deleting", rels[0]):
-                    return self.service.delete_keys([self._path(rel) for rel in rels])
-            except FileNotFoundError as exc:  # DeleteObjects has no absent keys: the bucket
-                self._check_bucket("deleting", rels[0])
-                raise self._fail("deleting", rels[0], exc) from exc
+        try:
+            with self._boundary("deleting", rels[0]):
+                done = self.service.delete_keys([self._path(rel) for rel in rels])
+        except FileNotFoundError as exc:  # a batch delete has no absent keys: the bucket
+            self._check_bucket("deleting", rels[0])
+            raise self._fail("deleting", rels[0], exc) from exc
+        if done is not None:
+            return done
         if not self.io_threads:
             return super().delete_many(rels)
         with ThreadPoolExecutor(self.io_threads, thread_name_prefix="cas-delete") as pool:
