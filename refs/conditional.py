@@ -10,9 +10,9 @@ class                       primitive                                        sco
 ``LocalConditional``        ``<path>.lock`` made with O_CREAT|O_EXCL,        processes
                             temporary file + fsync + rename                  and hosts
 ``ProcessLocalConditional`` one in-process lock (``memory://``)              one process
-S3 (``refs/services``)     ``If-None-Match: *`` / ``If-Match: <etag>``      everywhere
-GCS (``refs/services``)    ``ifGenerationMatch=0`` / ``=<generation>``      everywhere
-Azure (``refs/services``)  ``If-None-Match: *`` / ``If-Match: <etag>``      everywhere
+S3 (``refs/services``)      ``If-None-Match: *`` / ``If-Match: <etag>``      everywhere
+GCS (``refs/services``)     ``ifGenerationMatch=0`` / ``=<generation>``      everywhere
+Azure (``refs/services``)   ``If-None-Match: *`` / ``If-Match: <etag>``      everywhere
 ==========================  ===============================================  ===========
 """
 
