@@ -57,7 +57,7 @@ def _verify(repo: Repository, oid: ObjectId) -> tuple[str | None, list[ObjectId]
     """(problem text or None, the object's references)."""
     try:
         kind, payload = repo.space.read_object(oid)
-        refs = references(kind, oid, payload)
+        refs = [ref for ref, _ in references(kind, oid, payload)]
         if kind == "record":
             check_record(oid, unpack(oid, payload))
     except (IntegrityError, FormatError) as exc:

@@ -36,7 +36,7 @@ from cas.errors import CasError, IntegrityError, ObjectNotFound
 from cas.objects import codec
 from cas.objects.digests import Condemned, Digests
 from cas.objects.ids import ObjectId, is_id
-from cas.objects.kinds import MODE_DIR, ChunkList, Tree, unpack
+from cas.objects.kinds import CHUNK, FILE, RECORD, TREE, references
 from cas.objects.space import OBJECTS, object_path
 from cas.repo.journal import stamp_time
 from cas.repo.repository import HasRepository, Repository, repository
@@ -181,29 +181,20 @@ _PROBE, _READ = 1, 2
 Pending = tuple[bytes, int]
 
 
+_HOW = {TREE: _READ, RECORD: _READ, FILE: _PROBE}
+
+
 def _references(kind: str, oid: str, payload: bytes) -> tuple[list[bytes], list[Pending]]:
-    """What one object points at, as (chunks, other ids with how to read them): the ids
-    of :func:`cas.objects.references`, with what the parent says of their kind."""
-    if kind == "blob":
-        return [], []
-    if kind == "chunks":
-        return [bytes.fromhex(c) for c, _ in ChunkList.parse(oid, payload).chunks], []
-    if kind == "tree":
-        entries = Tree.parse(oid, payload).entries
-        return [], [(bytes.fromhex(e.id), _READ if e.mode == MODE_DIR else _PROBE) for e in entries]
-    value = unpack(oid, payload)
+    """What one object points at (:func:`cas.objects.kinds.references`), as (chunks,
+    other ids with how to read them)."""
+    chunks: list[bytes] = []
     pending: list[Pending] = []
-    if isinstance(value, dict):
-        for key in ("content_id", "target", "record"):
-            ref = value.get(key)
-            if isinstance(ref, str) and is_id(ref):
-                tree = key == "content_id" and value.get("content_kind") == "tree"
-                pending.append((bytes.fromhex(ref), _READ if tree else _PROBE))
-        parents = value.get("parent_ids")
-        for pid in parents if isinstance(parents, (list, tuple)) else ():
-            if isinstance(pid, str) and is_id(pid):
-                pending.append((bytes.fromhex(pid), _READ))
-    return [], pending
+    for ref, role in references(kind, oid, payload):
+        if role == CHUNK:
+            chunks.append(bytes.fromhex(ref))
+        else:
+            pending.append((bytes.fromhex(ref), _HOW[role]))
+    return chunks, pending
 
 
 def _children(

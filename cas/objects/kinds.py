@@ -124,25 +124,39 @@ def mode_of(st_mode: int) -> int:
     return MODE_EXEC if st_mode & 0o111 else MODE_FILE
 
 
-def references(kind: str, oid: str, payload: bytes) -> list[ObjectId]:
-    """The ids an object points at (what gc marks and fsck checks)."""
+#: What a reference is, which says how to learn what it points at in turn: a chunk is a
+#: blob (it points at nothing); a file is a blob or a chunk list (its header tells); a
+#: tree and a record are read whole.
+CHUNK, FILE, TREE, RECORD = "chunk", "file", "tree", "record"
+
+Reference = tuple[ObjectId, str]
+
+
+def references(kind: str, oid: str, payload: bytes) -> list[Reference]:
+    """The ids an object points at, each with its role (:data:`CHUNK`, :data:`FILE`,
+    :data:`TREE`, :data:`RECORD`): the one rule gc marks by, fsck checks by and transfer
+    copies by. It fails closed: an object that does not decode as its kind raises
+    :class:`IntegrityError`, so gc refuses instead of missing what it points at."""
     if kind == "blob":
         return []
     if kind == "chunks":
-        return [c for c, _ in ChunkList.parse(oid, payload).chunks]
+        return [(c, CHUNK) for c, _ in ChunkList.parse(oid, payload).chunks]
     if kind == "tree":
-        return [e.id for e in Tree.parse(oid, payload).entries]
+        return [(e.id, TREE if e.is_dir else FILE) for e in Tree.parse(oid, payload).entries]
     value = unpack(oid, payload)
-    out: list[ObjectId] = []
     if not isinstance(value, dict):
-        if kind == "record":
-            raise IntegrityError(oid, f"artifact record {oid} is not a map; run 'cas fsck'")
-        return out
-    for key in ("content_id", "target", "record"):
+        raise IntegrityError(oid, f"{kind} {oid} is not a map; run 'cas fsck'")
+    out: list[Reference] = []
+    content = value.get("content_id")
+    if content is not None:
+        if not is_id(content):
+            raise IntegrityError(oid, f"{kind} {oid} is malformed: content_id is not an id")
+        out.append((ObjectId(content), TREE if value.get("content_kind") == "tree" else FILE))
+    for key in ("target", "record"):  # catalog events name a record
         if is_id(value.get(key)):
-            out.append(ObjectId(value[key]))
+            out.append((ObjectId(value[key]), RECORD))
     parents = value.get("parent_ids") or ()
-    if not isinstance(parents, (list, tuple)):
-        raise IntegrityError(oid, f"artifact record {oid} is malformed: parent_ids is not a list")
-    out.extend(ObjectId(pid) for pid in parents if is_id(pid))
+    if not isinstance(parents, (list, tuple)) or not all(is_id(p) for p in parents):
+        raise IntegrityError(oid, f"{kind} {oid} is malformed: parent_ids is not a list of ids")
+    out.extend((ObjectId(pid), RECORD) for pid in parents)
     return out
