@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import cas
-from cas.admin import gc
+from cas.admin import gc, marking
 from cas.objects.digests import Condemned, Digests
 from cas.objects.ids import parse_id
 from cas.objects.space import object_path
@@ -249,7 +249,7 @@ def test_marking_follows_the_same_ids_as_references(
     seen = set()
     for oid in store.space:
         kind, payload = store.space.read_object(oid)
-        chunks, pending = gc._references(kind, oid, payload)
+        chunks, pending = marking.references_of(kind, oid, payload)
         assert {c.hex() for c in chunks} | {d.hex() for d, _ in pending} == {
             ref for ref, _ in references(kind, oid, payload)
         }

@@ -13,44 +13,59 @@ deleted. :func:`execute` deletes only what the plan names, after re-reading the 
 re-checking each object's age just before deleting it (a writer that found it present
 refreshed it, and keeps it).
 
-Memory stays small at millions of objects: the listing is kept as 32-byte digests in
-one sorted buffer (:class:`Digests`), the mark set as one byte per listed object, and
-the plan's deletions as digests and sizes (:class:`Condemned`): about 33 bytes per
-object on a local root (49 on object stores, whose listings also carry size and age),
-plus 40 per object condemned, not a Python object per object. Locally only objects
-that nothing reaches are stat-ed (for their age and size); object stores give both in
-the listing, read one fan-out folder at a time, several in parallel.
+Memory stays small at millions of objects (:mod:`cas.admin.marking`): the plan's
+deletions are kept as digests and sizes (:class:`Condemned`): about 33 bytes per object
+on a local root (49 on object stores, whose listings also carry size and age), plus 40
+per object condemned, not a Python object per object.
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
 
-from cas.errors import CasError, IntegrityError, ObjectNotFound
-from cas.objects import codec
+from cas.admin.marking import (
+    PROBE,
+    READ,
+    REPAIR,
+    ROUND,
+    GcRefused,
+    Listing,
+    Marker,
+    Pending,
+    ages,
+    children,
+    digests,
+    list_objects,
+    unmarked,
+)  # fmt: skip
+from cas.errors import IntegrityError
 from cas.objects.digests import Condemned, Digests
-from cas.objects.ids import ObjectId, is_id
-from cas.objects.kinds import CHUNK, FILE, RECORD, TREE, references
+from cas.objects.ids import ObjectId
 from cas.objects.space import OBJECTS, object_path
 from cas.repo.journal import stamp_time
 from cas.repo.repository import HasRepository, Repository, repository
-from cas.storage import TEMP_PREFIX, Stat, Storage
+from cas.storage import Stat
+
+__all__ = [
+    "DEFAULT_GRACE",
+    "DEFAULT_RETENTION",
+    "GcPlan",
+    "GcRefused",
+    "GcResult",
+    "execute",
+    "plan",
+]
 
 DEFAULT_GRACE: Final = 24 * 3600.0
 DEFAULT_RETENTION: Final = 30 * 24 * 3600.0
 
 #: Object stores delete up to this many keys a request; local deletes go in such batches too.
 DELETE_BATCH: Final = 1000
-#: How many pending objects one marking round takes off the stack; each round's reads
-#: run in parallel, in slices of :data:`_SLICE`.
-_ROUND: Final = 256
-_SLICE: Final = 32
 #: Threads reading records, trees and headers while marking, and deleting, on a local
 #: disk: reads of objects not in the page cache and unlinks wait on the disk, and
 #: overlap (measured here: 100,000 cold header reads 10-36 s on one thread, 4-5 s on
@@ -58,17 +73,6 @@ _SLICE: Final = 32
 _LOCAL_THREADS: Final = 8
 
 Progress = Callable[[str, int], None]
-
-_FANS: Final = tuple(f"{i:02x}" for i in range(256))
-
-
-_REPAIR = (
-    "Run 'cas fsck' to see every problem, 'cas fsck --repair' to set them aside, then gc again"
-)
-
-
-class GcRefused(CasError):
-    """gc could not read a root source, so it deletes nothing."""
 
 
 # -- the plan ------------------------------------------------------------------------------
@@ -109,195 +113,75 @@ class GcPlan:
         }
 
 
-@dataclass(slots=True)
-class _Listing:
-    digests: Digests
-    stats: tuple[array[int], array[float]] | None  # sizes, mtimes; None: stat when needed
-    temp: list[tuple[str, Stat | None]]
+def _old_temp_files(repo: Repository, listing: Listing, now: float, grace: float) -> list[str]:
+    """Writers' temporary files older than the grace period."""
+    temp = []
+    for rel, st in listing.temp:
+        st = st or repo.storage.stat(rel)
+        if st is not None and now - st.mtime > grace:
+            temp.append(rel)
+    return temp
 
 
-def _fan_listings(storage: Storage) -> Iterator[tuple[str, list[tuple[str, Stat | None]]]]:
-    """Each fan-out folder's file names, sorted, with their size and age when the
-    listing gives them (object stores). Locally a directory read gives names alone."""
-    if not storage.listing_stats:
-        for fan in _FANS:
-            yield fan, [(name, None) for name in storage.listdir(f"{OBJECTS}/{fan}")]
-        return
-
-    def one(fan: str) -> list[tuple[str, Stat | None]]:
-        out: list[tuple[str, Stat | None]] = []
-        for rel, st in storage.walk(f"{OBJECTS}/{fan}"):
-            parts = rel.split("/")
-            if len(parts) == 3 and parts[1] == fan:
-                out.append((parts[2], st))
-        return sorted(out, key=lambda e: e[0])
-
-    # A few folders at a time: requests in parallel, and only those folders' listings
-    # held in memory.
-    threads = storage.io_threads
-    if not threads:
-        yield from ((fan, one(fan)) for fan in _FANS)
-        return
-    with ThreadPoolExecutor(threads, thread_name_prefix="cas-gc-list") as pool:
-        for i in range(0, len(_FANS), threads):
-            group = _FANS[i : i + threads]
-            yield from zip(group, pool.map(one, group), strict=True)
-
-
-def _list(storage: Storage) -> _Listing:
-    buf = bytearray()
-    sizes: array[int] = array("q")
-    mtimes: array[float] = array("d")
-    with_stats = storage.listing_stats
-    temp: list[tuple[str, Stat | None]] = []
-    for fan, entries in _fan_listings(storage):
-        last = b""
-        for name, st in entries:
-            if name.startswith(TEMP_PREFIX):
-                temp.append((f"{OBJECTS}/{fan}/{name}", st))
-                continue
-            hexid = fan + name
-            if not is_id(hexid):
-                continue
-            digest = bytes.fromhex(hexid)
-            if digest == last:
-                continue
-            last = digest
-            buf += digest
-            if with_stats:
-                assert st is not None
-                sizes.append(st.size)
-                mtimes.append(st.mtime)
-    return _Listing(Digests(buf), (sizes, mtimes) if with_stats else None, temp)
-
-
-# -- marking ---------------------------------------------------------------------------
-
-# How to learn what an object points at: a chunk points at nothing (a chunk list names
-# blobs only); a file's content is read by its 16-byte header first (a blob, or a chunk
-# list hiding behind a file entry); a tree or record is read whole.
-_PROBE, _READ = 1, 2
-
-Pending = tuple[bytes, int]
-
-
-_HOW = {TREE: _READ, RECORD: _READ, FILE: _PROBE}
-
-
-def _references(kind: str, oid: str, payload: bytes) -> tuple[list[bytes], list[Pending]]:
-    """What one object points at (:func:`cas.objects.kinds.references`), as (chunks,
-    other ids with how to read them)."""
-    chunks: list[bytes] = []
-    pending: list[Pending] = []
-    for ref, role in references(kind, oid, payload):
-        if role == CHUNK:
-            chunks.append(bytes.fromhex(ref))
-        else:
-            pending.append((bytes.fromhex(ref), _HOW[role]))
-    return chunks, pending
-
-
-def _children(
-    repo: Repository, digest: bytes, how: int
-) -> tuple[list[bytes], list[Pending]] | None:
-    """What one object points at; None if it is absent."""
-    oid = ObjectId(digest.hex())
+def _roots(
+    repo: Repository, now: float, retention: float
+) -> tuple[list[tuple[str, str]], set[str], set[str]]:
+    """(refs, roots, kept): every ref and catalog record; and what history within
+    retention and recent deletions point at (which an earlier gc may have collected).
+    Raises :class:`GcRefused` if any of it does not read."""
     try:
-        if how == _PROBE:
-            head = repo.storage.read_head(object_path(oid), codec.HEADER_SIZE)
-            if codec.read_header(oid, head).kind == "blob":
-                return [], []
-        kind, payload = repo.space.read_object(oid)
-        return _references(kind, oid, payload)
-    except (FileNotFoundError, ObjectNotFound):
-        return None
+        refs = sorted(repo.names.items())
+        kept: set[str] = set()
+        for name in repo.names.log_names():
+            for entry in repo.names.log(name):
+                if now - entry.time <= retention:
+                    kept.update(i for i in (entry.old, entry.new) if i)
     except IntegrityError as exc:
-        raise GcRefused(f"gc deletes nothing: {exc}. {_REPAIR}") from exc
+        why = str(exc).removesuffix("; run 'cas fsck'")
+        raise GcRefused(f"gc deletes nothing: {why}. {REPAIR}") from exc
+    repo.sync()
+    if repo.index.damaged:
+        _, (_, why) = min(repo.index.damaged.items())
+        why = why.removesuffix("; run 'cas fsck'")
+        more = len(repo.index.damaged) - 1
+        raise GcRefused(
+            f"gc deletes nothing: {why}"
+            + (f" (and {more} more catalog entries do not read)" if more else "")
+            + f": what it names may be a root. {REPAIR}"
+        )
+    engine = repo.index.catalog
+    roots: set[str] = {rid for _, rid in refs} | set(engine.ids())
+    kept.update(
+        rid for rid, stamp in engine.tombstones().items() if now - stamp_time(stamp) <= retention
+    )
+    return refs, roots, kept
 
 
-class _Marker:
-    """Marks everything reachable from given roots, reading only what can point on:
-    one byte per listed object, a stack of what is still to read."""
-
-    def __init__(self, repo: Repository, listed: Digests, pool: ThreadPoolExecutor) -> None:
-        self.repo = repo
-        self.listed = listed
-        self.pool = pool
-        self.marked = bytearray(len(listed))
-        self.count = 0
-        self.missing: set[ObjectId] = set()
-
-    def _take(self, digest: bytes, gone_ok: set[bytes]) -> bool:
-        """Mark one object: True if it is listed and was not marked yet."""
-        pos = self.listed.find(digest)
-        if pos < 0:
-            if digest not in gone_ok:
-                self.missing.add(ObjectId(digest.hex()))
-            return False
-        if self.marked[pos]:
-            return False
-        self.marked[pos] = 1
-        self.count += 1
-        return True
-
-    def mark(self, roots: Iterable[bytes], how: int, *, may_be_gone: bool = False) -> None:
-        """Mark ``roots`` and all they reach. ``may_be_gone``: roots that an earlier gc
-        may rightly have collected (old history, deleted records) are not "missing"."""
-        stack: list[Pending] = [(d, how) for d in roots]
-        gone_ok = {d for d, _ in stack} if may_be_gone else set()
-        while stack:
-            batch = stack[-_ROUND:]
-            del stack[-_ROUND:]
-            todo = [(d, h) for d, h in batch if self._take(d, gone_ok)]
-            for digest, found in zip((d for d, _ in todo), self._read(todo), strict=True):
-                if found is None:
-                    self.missing.add(ObjectId(digest.hex()))  # listed, then gone
-                    continue
-                chunks, pending = found
-                for chunk in chunks:
-                    self._take(chunk, set())
-                stack.extend(pending)
-
-    def _read(self, todo: list[Pending]) -> list[tuple[list[bytes], list[Pending]] | None]:
-        """Each object's references, read in parallel slices."""
-        if len(todo) <= _SLICE:
-            return [_children(self.repo, d, h) for d, h in todo]
-        slices = [todo[i : i + _SLICE] for i in range(0, len(todo), _SLICE)]
-        out: list[tuple[list[bytes], list[Pending]] | None] = []
-        for part in self.pool.map(lambda s: [_children(self.repo, d, h) for d, h in s], slices):
-            out.extend(part)
-        return out
-
-
-def _digests(ids: Iterable[str]) -> list[bytes]:
-    return [bytes.fromhex(i) for i in ids if is_id(i)]
-
-
-def _ages(
-    storage: Storage, listing: _Listing, positions: Iterator[int], pool: ThreadPoolExecutor
-) -> Iterator[tuple[int, Stat | None]]:
-    """Size and age of listed objects: from the listing, or (locally) one stat each,
-    a round at a time in parallel (an inode not in the cache waits on the disk)."""
-    if listing.stats is not None:
-        sizes, mtimes = listing.stats
-        for pos in positions:
-            yield pos, Stat(sizes[pos], mtimes[pos])
-        return
-
-    def stat(part: list[int]) -> list[Stat | None]:
-        return [storage.stat(object_path(listing.digests.oid(pos))) for pos in part]
-
-    while group := list(itertools.islice(positions, 4 * _ROUND)):
-        parts = [group[i : i + _SLICE] for i in range(0, len(group), _SLICE)]
-        stats = itertools.chain.from_iterable(pool.map(stat, parts))
-        yield from zip(group, stats, strict=True)
-
-
-def _unmarked(marked: bytearray) -> Iterator[int]:
-    pos = marked.find(0)
-    while pos >= 0:
-        yield pos
-        pos = marked.find(0, pos + 1)
+def _mark_young(
+    repo: Repository, listing: Listing, marker: Marker, pool: ThreadPoolExecutor,
+    now: float, grace: float,
+) -> tuple[int, array[int], array[int]]:  # fmt: skip
+    """Only what nothing reaches needs its age: young ones are roots (marked as they
+    come, a round at a time), old ones go unless a young one reaches them. Returns
+    (young count, positions and sizes of the old unreached)."""
+    young = 0
+    batch: list[bytes] = []
+    old_pos: array[int] = array("q")
+    old_size: array[int] = array("q")
+    for pos, st in ages(repo.storage, listing, unmarked(marker.marked), pool):
+        if st is None or marker.marked[pos]:
+            continue  # gone since the listing, or reached from a young one meanwhile
+        if now - st.mtime <= grace:
+            young += 1
+            batch.append(listing.digests.digest(pos))
+            if len(batch) >= ROUND:
+                marker.mark(batch, PROBE)
+                batch = []
+        else:
+            old_pos.append(pos)
+            old_size.append(st.size)
+    marker.mark(batch, PROBE)
+    return young, old_pos, old_size
 
 
 def plan(
@@ -314,66 +198,18 @@ def plan(
     now = time.time() if now is None else now
     step = progress or (lambda what, n: None)
     # Listing first: anything written after this moment is not a candidate at all.
-    listing = _list(repo.storage)
+    listing = list_objects(repo.storage)
     listed = listing.digests
     step("listed objects", len(listed))
-    temp = []
-    for rel, st in listing.temp:
-        st = st or repo.storage.stat(rel)
-        if st is not None and now - st.mtime > grace:
-            temp.append(rel)
-
-    try:
-        refs = sorted(repo.names.items())
-        kept: set[str] = set()  # history within retention: may have been collected
-        for name in repo.names.log_names():
-            for entry in repo.names.log(name):
-                if now - entry.time <= retention:
-                    kept.update(i for i in (entry.old, entry.new) if i)
-    except IntegrityError as exc:
-        why = str(exc).removesuffix("; run 'cas fsck'")
-        raise GcRefused(f"gc deletes nothing: {why}. {_REPAIR}") from exc
-    repo.sync()
-    if repo.index.damaged:
-        _, (_, why) = min(repo.index.damaged.items())
-        why = why.removesuffix("; run 'cas fsck'")
-        more = len(repo.index.damaged) - 1
-        raise GcRefused(
-            f"gc deletes nothing: {why}"
-            + (f" (and {more} more catalog entries do not read)" if more else "")
-            + f": what it names may be a root. {_REPAIR}"
-        )
-    engine = repo.index.catalog
-    roots: set[str] = {rid for _, rid in refs} | set(engine.ids())
-    kept.update(
-        rid for rid, stamp in engine.tombstones().items() if now - stamp_time(stamp) <= retention
-    )
+    temp = _old_temp_files(repo, listing, now, grace)
+    refs, roots, kept = _roots(repo, now, retention)
     step("roots", len(roots | kept))
-
     threads = repo.storage.io_threads or _LOCAL_THREADS
     with ThreadPoolExecutor(threads, thread_name_prefix="cas-gc") as pool:
-        marker = _Marker(repo, listed, pool)
-        marker.mark(_digests(roots), _READ)
-        marker.mark(_digests(kept), _READ, may_be_gone=True)
-        # Only what nothing reaches needs its age: young ones are roots (marked as they
-        # come, a round at a time), old ones go unless a young one reaches them.
-        young = 0
-        batch: list[bytes] = []
-        old_pos: array[int] = array("q")
-        old_size: array[int] = array("q")
-        for pos, st in _ages(repo.storage, listing, _unmarked(marker.marked), pool):
-            if st is None or marker.marked[pos]:
-                continue  # gone since the listing, or reached from a young one meanwhile
-            if now - st.mtime <= grace:
-                young += 1
-                batch.append(listed.digest(pos))
-                if len(batch) >= _ROUND:
-                    marker.mark(batch, _PROBE)
-                    batch = []
-            else:
-                old_pos.append(pos)
-                old_size.append(st.size)
-        marker.mark(batch, _PROBE)
+        marker = Marker(repo, listed, pool)
+        marker.mark(digests(roots), READ)
+        marker.mark(digests(kept), READ, may_be_gone=True)
+        young, old_pos, old_size = _mark_young(repo, listing, marker, pool, now, grace)
     step("marked", marker.count)
     doomed = bytearray()
     sizes: array[int] = array("q")
@@ -382,20 +218,12 @@ def plan(
             doomed += listed.digest(pos)
             sizes.append(size)
     return GcPlan(
-        grace=grace,
-        retention=retention,
-        started=now,
-        objects=len(listed),
-        roots=len(roots | kept),
-        reachable=marker.count - young,
-        young=young,
-        delete=Condemned(Digests(doomed), sizes),
-        temp_files=tuple(temp),
-        missing=tuple(sorted(marker.missing)),
-        ref_snapshot=tuple(refs),
-        listed=listed,
+        grace=grace, retention=retention, started=now, objects=len(listed),
+        roots=len(roots | kept), reachable=marker.count - young, young=young,
+        delete=Condemned(Digests(doomed), sizes), temp_files=tuple(temp),
+        missing=tuple(sorted(marker.missing)), ref_snapshot=tuple(refs), listed=listed,
         root_ids=frozenset(roots),
-    )
+    )  # fmt: skip
 
 
 # -- execution -------------------------------------------------------------------------
@@ -409,7 +237,7 @@ def _reachable_doomed(
     stops there."""
     found: set[bytes] = set()
     seen: set[bytes] = set()
-    stack: list[Pending] = [(d, _READ) for d in _digests(roots)]
+    stack: list[Pending] = [(d, READ) for d in digests(roots)]
     while stack:
         digest, how = stack.pop()
         if digest in seen:
@@ -421,12 +249,12 @@ def _reachable_doomed(
         if condemned:
             found.add(digest)
         try:
-            children = _children(repo, digest, how)
+            found_below = children(repo, digest, how)
         except GcRefused as exc:
             raise GcRefused(f"gc stops before deleting: {exc.__cause__}") from exc.__cause__
-        if children is None:
+        if found_below is None:
             continue
-        chunks, pending = children
+        chunks, pending = found_below
         found.update(c for c in chunks if c in doomed.digests)
         stack.extend(pending)
     return found

@@ -1,0 +1,231 @@
+"""What gc reads: the listing of every object (as compact digests), and the marking of
+everything reachable from given roots, reading only what can point on.
+
+Memory stays small at millions of objects: the listing is kept as 32-byte digests in
+one sorted buffer (:class:`~cas.objects.digests.Digests`), the mark set as one byte per
+listed object. Locally a directory read gives names alone (ages are stat-ed only for
+objects nothing reaches); object stores give size and age in the listing, read one
+fan-out folder at a time, several in parallel.
+"""
+
+from __future__ import annotations
+
+import itertools
+from array import array
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Final
+
+from cas.errors import CasError, IntegrityError, ObjectNotFound
+from cas.objects import codec
+from cas.objects.digests import Digests
+from cas.objects.ids import ObjectId, is_id
+from cas.objects.kinds import CHUNK, FILE, RECORD, TREE, references
+from cas.objects.space import OBJECTS, object_path
+from cas.repo.repository import Repository
+from cas.storage import TEMP_PREFIX, Stat, Storage
+
+#: How many pending objects one marking round takes off the stack; each round's reads
+#: run in parallel, in slices of :data:`SLICE`.
+ROUND: Final = 256
+SLICE: Final = 32
+
+_FANS: Final = tuple(f"{i:02x}" for i in range(256))
+
+REPAIR: Final = (
+    "Run 'cas fsck' to see every problem, 'cas fsck --repair' to set them aside, then gc again"
+)
+
+
+class GcRefused(CasError):
+    """gc could not read a root source, so it deletes nothing."""
+
+
+@dataclass(slots=True)
+class Listing:
+    digests: Digests
+    stats: tuple[array[int], array[float]] | None  # sizes, mtimes; None: stat when needed
+    temp: list[tuple[str, Stat | None]]
+
+
+def _fan_listings(storage: Storage) -> Iterator[tuple[str, list[tuple[str, Stat | None]]]]:
+    """Each fan-out folder's file names, sorted, with their size and age when the
+    listing gives them (object stores). Locally a directory read gives names alone."""
+    if not storage.listing_stats:
+        for fan in _FANS:
+            yield fan, [(name, None) for name in storage.listdir(f"{OBJECTS}/{fan}")]
+        return
+
+    def one(fan: str) -> list[tuple[str, Stat | None]]:
+        out: list[tuple[str, Stat | None]] = []
+        for rel, st in storage.walk(f"{OBJECTS}/{fan}"):
+            parts = rel.split("/")
+            if len(parts) == 3 and parts[1] == fan:
+                out.append((parts[2], st))
+        return sorted(out, key=lambda e: e[0])
+
+    # A few folders at a time: requests in parallel, and only those folders' listings
+    # held in memory.
+    threads = storage.io_threads
+    if not threads:
+        yield from ((fan, one(fan)) for fan in _FANS)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="cas-gc-list") as pool:
+        for i in range(0, len(_FANS), threads):
+            group = _FANS[i : i + threads]
+            yield from zip(group, pool.map(one, group), strict=True)
+
+
+def list_objects(storage: Storage) -> Listing:
+    buf = bytearray()
+    sizes: array[int] = array("q")
+    mtimes: array[float] = array("d")
+    with_stats = storage.listing_stats
+    temp: list[tuple[str, Stat | None]] = []
+    for fan, entries in _fan_listings(storage):
+        last = b""
+        for name, st in entries:
+            if name.startswith(TEMP_PREFIX):
+                temp.append((f"{OBJECTS}/{fan}/{name}", st))
+                continue
+            hexid = fan + name
+            if not is_id(hexid):
+                continue
+            digest = bytes.fromhex(hexid)
+            if digest == last:
+                continue
+            last = digest
+            buf += digest
+            if with_stats:
+                assert st is not None
+                sizes.append(st.size)
+                mtimes.append(st.mtime)
+    return Listing(Digests(buf), (sizes, mtimes) if with_stats else None, temp)
+
+
+# -- marking ---------------------------------------------------------------------------
+
+# How to learn what an object points at: a chunk points at nothing (a chunk list names
+# blobs only); a file's content is read by its 16-byte header first (a blob, or a chunk
+# list hiding behind a file entry); a tree or record is read whole.
+PROBE, READ = 1, 2
+
+Pending = tuple[bytes, int]
+
+
+HOW = {TREE: READ, RECORD: READ, FILE: PROBE}
+
+
+def references_of(kind: str, oid: str, payload: bytes) -> tuple[list[bytes], list[Pending]]:
+    """What one object points at (:func:`cas.objects.kinds.references`), as (chunks,
+    other ids with how to read them)."""
+    chunks: list[bytes] = []
+    pending: list[Pending] = []
+    for ref, role in references(kind, oid, payload):
+        if role == CHUNK:
+            chunks.append(bytes.fromhex(ref))
+        else:
+            pending.append((bytes.fromhex(ref), HOW[role]))
+    return chunks, pending
+
+
+def children(repo: Repository, digest: bytes, how: int) -> tuple[list[bytes], list[Pending]] | None:
+    """What one object points at; None if it is absent."""
+    oid = ObjectId(digest.hex())
+    try:
+        if how == PROBE:
+            head = repo.storage.read_head(object_path(oid), codec.HEADER_SIZE)
+            if codec.read_header(oid, head).kind == "blob":
+                return [], []
+        kind, payload = repo.space.read_object(oid)
+        return references_of(kind, oid, payload)
+    except (FileNotFoundError, ObjectNotFound):
+        return None
+    except IntegrityError as exc:
+        raise GcRefused(f"gc deletes nothing: {exc}. {REPAIR}") from exc
+
+
+class Marker:
+    """Marks everything reachable from given roots, reading only what can point on:
+    one byte per listed object, a stack of what is still to read."""
+
+    def __init__(self, repo: Repository, listed: Digests, pool: ThreadPoolExecutor) -> None:
+        self.repo = repo
+        self.listed = listed
+        self.pool = pool
+        self.marked = bytearray(len(listed))
+        self.count = 0
+        self.missing: set[ObjectId] = set()
+
+    def _take(self, digest: bytes, gone_ok: set[bytes]) -> bool:
+        """Mark one object: True if it is listed and was not marked yet."""
+        pos = self.listed.find(digest)
+        if pos < 0:
+            if digest not in gone_ok:
+                self.missing.add(ObjectId(digest.hex()))
+            return False
+        if self.marked[pos]:
+            return False
+        self.marked[pos] = 1
+        self.count += 1
+        return True
+
+    def mark(self, roots: Iterable[bytes], how: int, *, may_be_gone: bool = False) -> None:
+        """Mark ``roots`` and all they reach. ``may_be_gone``: roots that an earlier gc
+        may rightly have collected (old history, deleted records) are not "missing"."""
+        stack: list[Pending] = [(d, how) for d in roots]
+        gone_ok = {d for d, _ in stack} if may_be_gone else set()
+        while stack:
+            batch = stack[-ROUND:]
+            del stack[-ROUND:]
+            todo = [(d, h) for d, h in batch if self._take(d, gone_ok)]
+            for digest, found in zip((d for d, _ in todo), self._read(todo), strict=True):
+                if found is None:
+                    self.missing.add(ObjectId(digest.hex()))  # listed, then gone
+                    continue
+                chunks, pending = found
+                for chunk in chunks:
+                    self._take(chunk, set())
+                stack.extend(pending)
+
+    def _read(self, todo: list[Pending]) -> list[tuple[list[bytes], list[Pending]] | None]:
+        """Each object's references, read in parallel slices."""
+        if len(todo) <= SLICE:
+            return [children(self.repo, d, h) for d, h in todo]
+        slices = [todo[i : i + SLICE] for i in range(0, len(todo), SLICE)]
+        out: list[tuple[list[bytes], list[Pending]] | None] = []
+        for part in self.pool.map(lambda s: [children(self.repo, d, h) for d, h in s], slices):
+            out.extend(part)
+        return out
+
+
+def digests(ids: Iterable[str]) -> list[bytes]:
+    return [bytes.fromhex(i) for i in ids if is_id(i)]
+
+
+def ages(
+    storage: Storage, listing: Listing, positions: Iterator[int], pool: ThreadPoolExecutor
+) -> Iterator[tuple[int, Stat | None]]:
+    """Size and age of listed objects: from the listing, or (locally) one stat each,
+    a round at a time in parallel (an inode not in the cache waits on the disk)."""
+    if listing.stats is not None:
+        sizes, mtimes = listing.stats
+        for pos in positions:
+            yield pos, Stat(sizes[pos], mtimes[pos])
+        return
+
+    def stat(part: list[int]) -> list[Stat | None]:
+        return [storage.stat(object_path(listing.digests.oid(pos))) for pos in part]
+
+    while group := list(itertools.islice(positions, 4 * ROUND)):
+        parts = [group[i : i + SLICE] for i in range(0, len(group), SLICE)]
+        stats = itertools.chain.from_iterable(pool.map(stat, parts))
+        yield from zip(group, stats, strict=True)
+
+
+def unmarked(marked: bytearray) -> Iterator[int]:
+    pos = marked.find(0)
+    while pos >= 0:
+        yield pos
+        pos = marked.find(0, pos + 1)
