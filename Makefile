@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast bench lint torture clean
+.PHONY: run test test-fast bench lint torture clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,17 @@ node_modules/.installed: package.json package-lock.json
 run: $(STAMP)
 	$(PY) -m cas.cli.demo
 
+## make browser: Debian's chromium for the page tests (apt-get, when root and missing);
+## when it cannot be had, tests/test_serve_page.py fails saying so (it never skips)
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && \
+	  { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q chromium || \
+	    { apt-get update -q && apt-get install -y -q chromium; }; }; } || \
+	  echo "make browser: $(CHROMIUM) is missing and could not be installed (as root: apt-get install -y chromium)" >&2
+
 ## make test: the whole suite, real servers included
-test: $(STAMP) node_modules/.installed
+test: $(STAMP) node_modules/.installed browser
 	$(PY) -m pytest -q
 
 ## make bench: throughput beside the limits and the peers, as ratios

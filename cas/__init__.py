@@ -1,15 +1,21 @@
 """cas: a content-addressed artifact store for ML pipelines, modeled on git.
 
-    >>> import cas
-    >>> store = cas.open_store(".cas")
-    >>> aid = store.save({"auc": 0.91}, "metrics/fraud")
-    >>> store.load("metrics/fraud") == store.load(aid)
-    True
+>>> import cas
+>>> store = cas.open_store(".cas")
+>>> aid = store.save({"auc": 0.91}, "metrics/fraud")
+>>> store.load("metrics/fraud") == store.load(aid)
+True
 """
 
-from cas.api.artifact_store import ArtifactStore, LocalArtifactStore, open_store
 from cas.api.artifact_catalog import Artifact, ArtifactCatalog
-from cas.api.cloud_stores import AzureArtifactStore, GCSArtifactStore, S3ArtifactStore, store_from_dict
+from cas.api.artifact_store import ArtifactStore, LocalArtifactStore, open_store
+from cas.api.cloud_stores import (
+    AzureArtifactStore,
+    GCSArtifactStore,
+    S3ArtifactStore,
+    store_from_dict,
+)
+from cas.api.materializers import Materializer, Stored, register_materializer
 from cas.errors import (
     BackendError,
     CasError,
@@ -24,7 +30,6 @@ from cas.errors import (
     RefConflict,
     RefLocked,
 )
-from cas.api.materializers import Materializer, Stored, register_materializer
 
 __version__ = "0.1.0"
 

@@ -14,8 +14,8 @@ import pytest
 import cas
 from cas.admin import fsck
 from cas.errors import IntegrityError
-from cas.repo.journal import JOURNAL, open_entry, stamp_day
 from cas.objects.kinds import pack
+from cas.repo.journal import JOURNAL, open_entry, stamp_day
 
 
 def _entry(root: Path, stamp: str) -> Path:

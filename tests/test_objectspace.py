@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cas.objects import codec
 from cas.errors import FormatError, IntegrityError, ObjectNotFound
+from cas.objects import codec
 from cas.objects.kinds import ChunkList
 from cas.objects.space import MARKER, ObjectSpace, object_path
 from cas.testing.strategies import load_profile

@@ -24,14 +24,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cas
-from cas.objects import codec
-from cas.admin import fsck
-from cas.admin import gc
+from cas.admin import fsck, gc
 from cas.errors import CasError, FormatError, IntegrityError, MaterializerError, ObjectNotFound
+from cas.objects import codec
 from cas.objects.ids import ObjectId, kind_id
-from cas.repo.journal import JOURNAL, stamp_day
 from cas.objects.kinds import ChunkList
 from cas.objects.space import MARKER, object_path
+from cas.repo.journal import JOURNAL, stamp_day
 from cas.testing import torture
 from cas.testing.torture import MiB, Outcome, Target, content, repro
 

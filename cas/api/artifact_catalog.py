@@ -159,7 +159,10 @@ class ArtifactCatalog:
 
     def list(self, artifact_type: str | None = None, limit: int = 100) -> builtins.list[Artifact]:
         """Newest first."""
-        return [Artifact.from_record(r) for r in self._engine.list(artifact_type=artifact_type, limit=limit)]
+        return [
+            Artifact.from_record(r)
+            for r in self._engine.list(artifact_type=artifact_type, limit=limit)
+        ]
 
     def versions(self, name: str, limit: int = 100) -> builtins.list[Artifact]:
         """Every version saved under ``name``, newest first."""
@@ -193,7 +196,9 @@ class ArtifactCatalog:
         self._repo.delete(rid, name or self._repo.record(rid).get("name"))
         return True
 
-    def get_lineage(self, artifact_id: str, depth: int | None = 1) -> dict[str, builtins.list[Artifact]]:
+    def get_lineage(
+        self, artifact_id: str, depth: int | None = 1
+    ) -> dict[str, builtins.list[Artifact]]:
         """Parents and children; ``depth=None`` follows them all the way (cycle safe)."""
         rid = self._resolve(artifact_id)
         found = self._engine.lineage(rid, depth=depth)
@@ -202,6 +207,8 @@ class ArtifactCatalog:
             for side in ("parents", "children")
         }
 
-    def lineage_graph(self, artifact_id: str, format: str = "mermaid", depth: int | None = None) -> str:
+    def lineage_graph(
+        self, artifact_id: str, format: str = "mermaid", depth: int | None = None
+    ) -> str:
         rid = self._resolve(artifact_id)
         return self._engine.lineage_graph(rid, format=format, depth=depth)

@@ -83,7 +83,9 @@ def read_up_to(stream: Reader | BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
-def cut(head: bytes, rest: Reader | BinaryIO, params: ChunkParams = DEFAULT_PARAMS) -> Iterator[bytes]:
+def cut(
+    head: bytes, rest: Reader | BinaryIO, params: ChunkParams = DEFAULT_PARAMS
+) -> Iterator[bytes]:
     """Chunks of ``head`` followed by ``rest``, each a fresh ``bytes`` (safe to keep)."""
     cdc = FastCDC(params.avg_size, min_size=params.min_size, max_size=params.max_size)
     # pyfastcdc reads through readinto() when the stream has it (no copy per read).

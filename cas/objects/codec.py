@@ -142,7 +142,8 @@ def decode(oid: str, stored: bytes | memoryview) -> tuple[str, bytes]:
             declared = zstandard.frame_content_size(body)
             if declared != header.raw_size:
                 raise IntegrityError(
-                    oid, _msg(oid, f"holds a frame of {declared} bytes, header says {header.raw_size}")
+                    oid,
+                    _msg(oid, f"holds a frame of {declared} bytes, header says {header.raw_size}"),
                 )
             payload = _decompressor().decompress(body, max_output_size=header.raw_size)
         except zstandard.ZstdError as exc:

@@ -22,9 +22,9 @@ from typing import Any, BinaryIO, Final
 import blake3
 import msgpack
 
+from cas.errors import CasError, FormatError, IntegrityError, ObjectNotFound
 from cas.objects import codec
 from cas.objects.chunking import DEFAULT_PARAMS, ChunkParams, Reader, cut, read_up_to
-from cas.errors import CasError, FormatError, IntegrityError, ObjectNotFound
 from cas.objects.ids import ObjectId, blob_id, is_id, kind_id, parse_id
 from cas.objects.kinds import ChunkList, pack, unpack
 from cas.storage import TEMP_PREFIX, Stat, Storage, open_storage

@@ -24,8 +24,8 @@ import platformdirs
 
 import catalog as _catalog
 from cas.errors import CasError, ObjectNotFound
-from cas.repo.journal import Journal, parse_stamp
 from cas.objects.space import ObjectSpace
+from cas.repo.journal import Journal, parse_stamp
 from cas.repo.records import check_record
 from cas.storage import TEMP_PREFIX
 from catalog.record import check_event

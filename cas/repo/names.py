@@ -63,7 +63,9 @@ class Names:
         with ref_errors():
             return self.store.items(prefix)
 
-    def set(self, name: str, new_id: str, *, expected: Any = _refs.ANY, message: str = "") -> str | None:
+    def set(
+        self, name: str, new_id: str, *, expected: Any = _refs.ANY, message: str = ""
+    ) -> str | None:
         with ref_errors():
             return self.store.set(name, new_id, expected=expected, message=message)
 

@@ -208,4 +208,3 @@ def same_version(previous: dict[str, Any], record: dict[str, Any]) -> bool:
     return all(previous.get(k) == record.get(k) for k in keys) and all(
         (previous.get("tags") or {}).get(k) == v for k, v in (record.get("tags") or {}).items()
     )
-

@@ -42,8 +42,8 @@ import pytest
 
 import cas
 import refs as _refs
-from cas.objects import space as objectspace
 from cas.api.artifact_store import ArtifactStore
+from cas.objects import space as objectspace
 from cas.objects.ids import ObjectId, blob_id
 from cas.objects.space import object_path
 from refs.stress import counter_id, counter_of, increment, run_increments
@@ -154,7 +154,9 @@ class BackendTests:
             second = store.save(data, f"b/{len(data)}")
             added_again = set(store.space) - before - added
             assert first != second  # two records
-            assert store.get_metadata(first)["content_id"] == store.get_metadata(second)["content_id"]
+            assert (
+                store.get_metadata(first)["content_id"] == store.get_metadata(second)["content_id"]
+            )
             assert added_again == {ObjectId(second)}  # only the second record is new
 
     def test_verify_on_read(self, backend: Backend, store: ArtifactStore, store_of: Any) -> None:
@@ -227,7 +229,9 @@ class BackendTests:
             lost = run_increments(factory, "race/counter", workers, count)
         else:
             with ThreadPoolExecutor(workers) as pool:
-                lost = list(pool.map(lambda _: increment(factory(), "race/counter", count), range(workers)))
+                lost = list(
+                    pool.map(lambda _: increment(factory(), "race/counter", count), range(workers))
+                )
         assert counter_of(rs.read("race/counter")) == workers * count
         entries = rs.log("race/counter")
         assert len(entries) == workers * count
@@ -235,7 +239,9 @@ class BackendTests:
         if backend.processes:  # threads on memory:// are serialized by the GIL: rarely race
             assert sum(lost) > 0, "the workers never raced: the test proved nothing"
 
-    def test_saves_from_threads(self, backend: Backend, store: ArtifactStore, store_of: Any) -> None:
+    def test_saves_from_threads(
+        self, backend: Backend, store: ArtifactStore, store_of: Any
+    ) -> None:
         """One store serves many threads (how many small artifacts go up at once)."""
         items = {f"threads/{i:02d}": _random(2000, 200 + i) for i in range(24)}
         with ThreadPoolExecutor(8) as pool:
