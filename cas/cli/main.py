@@ -21,6 +21,7 @@ from cas.cli import admin, everyday
 from cas.cli.common import DEFAULT_ROOT, EXIT_ERROR, EXIT_OK, Command
 from cas.cli.output import Output
 from cas.errors import CasError
+from cas.serve import cli as serve_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     everyday.add_commands(add)
     admin.add_commands(add)
+    serve_cli.add_arguments(
+        add("serve", cmd_serve, "serve the store over HTTP: a web page, a read API and "
+            "FlowyML's catalog API (needs the extra: pip install 'cas-store[serve]')"),
+        root=False,
+    )  # fmt: skip
     return parser
+
+
+def cmd_serve(args: argparse.Namespace, out: Output) -> int:
+    return serve_cli.run(args)
 
 
 def _message(exc: BaseException) -> str:

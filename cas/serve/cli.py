@@ -1,0 +1,122 @@
+"""Starting a server: :func:`serve`, and the command line (``python -m cas.serve``,
+wired into ``cas serve`` through :func:`add_arguments` and :func:`run`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import cas
+from cas.serve.deps import require
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8750
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, root: bool = True) -> None:
+    """Add ``serve``'s options to ``parser`` (``root=False`` when the caller, such as the
+    ``cas`` CLI, already has ``--root``)."""
+    if root:
+        parser.add_argument("--root", default=None, metavar="URL",
+                            help="the store (default: $CAS_ROOT, then ./.cas)")  # fmt: skip
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"address to bind (default {DEFAULT_HOST}: this machine only)")  # fmt: skip
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")  # fmt: skip
+    parser.add_argument("--token-file", default=None, metavar="F",
+                        help="file holding the bearer token writes need (default: generate "
+                        "one, write it mode 0600 in the cache folder and print where)")  # fmt: skip
+    parser.add_argument("--reads", choices=("loopback", "open", "token"), default="loopback",
+                        help="who may read without the token (default: peers on this machine)")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a server from parsed arguments until interrupted; the exit code (0, or 2 for an
+    error, printed as the CLI prints errors)."""
+    root = getattr(args, "root", None) or os.environ.get("CAS_ROOT") or ".cas"
+    try:
+        serve(root, host=args.host, port=args.port, token_file=args.token_file,
+              reads=getattr(args, "reads", "loopback"))  # fmt: skip
+    except cas.CasError as exc:
+        print(f"cas serve: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def serve(
+    root: str,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    token_file: str | None = None,
+    *,
+    reads: str = "loopback",
+    **storage_options: Any,
+) -> None:
+    """Serve the store at ``root`` on ``host:port`` until interrupted (blocks).
+
+    Writes need the token in ``token_file``; without one a token is generated and
+    written (mode 0600) to a file in cas's cache folder, whose path is printed, so
+    writes are never open by default. ``storage_options`` go to :func:`cas.open_store`.
+    """
+    require()
+    import uvicorn
+
+    from cas.serve.app import create_app, loopback_hosts
+    from cas.serve.auth import new_token_file, read_token_file
+
+    if not 0 <= port <= 65535:
+        raise cas.CasError(f"port must be 0-65535, got {port}")
+    sock = bind(host, port)
+    port = sock.getsockname()[1]
+    store = cas.open_store(root, **storage_options)
+    if token_file is not None:
+        token, where = read_token_file(token_file), os.fspath(token_file)
+    else:
+        token, path = new_token_file(host, port)
+        where = str(path)
+    app = create_app(store, token, reads=reads, allowed_hosts=loopback_hosts(host))
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, server_header=False, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    shown = f"[{host}]" if ":" in host else host
+    print(
+        f"cas serve: {store.url} at http://{shown}:{port}/ (the page)\n"
+        f"  token for writes: {where}\n"
+        f"  FlowyML: FLOWYML_CATALOG_ENDPOINT=http://{shown}:{port}/flowyml/v1 "
+        f"FLOWYML_CATALOG_API_KEY=$(cat {where})",
+        flush=True,
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        store.close()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening address of our own, so that port 0 (a free port) is known before
+    the token file is named and the address printed."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise cas.CasError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cas.serve",
+                                     description="Serve a cas store over HTTP: FlowyML's "
+                                     "catalog API, a read API and a web page.")  # fmt: skip
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
