@@ -43,6 +43,7 @@ from cas.admin.marking import (
     list_objects,
     unmarked,
 )  # fmt: skip
+from cas.admin.repack import repack
 from cas.errors import IntegrityError
 from cas.objects.digests import Condemned, Digests
 from cas.objects.ids import ObjectId
@@ -95,10 +96,16 @@ class GcPlan:
     ref_snapshot: tuple[tuple[str, str], ...] = field(repr=False, default=())
     listed: Digests = field(repr=False, compare=False, default_factory=Digests)
     root_ids: frozenset[str] = field(repr=False, default=frozenset())
+    #: Unreachable, old objects inside packs, and the packs that hold them (rewritten
+    #: without them, or removed when nothing in them lives).
+    pack_garbage: Condemned = field(
+        repr=False, compare=False, default_factory=lambda: Condemned(Digests(), array("q"))
+    )
+    repack: tuple[str, ...] = ()
 
     @property
     def bytes_freed(self) -> int:
-        return self.delete.total
+        return self.delete.total + self.pack_garbage.total
 
     def summary(self) -> dict[str, int | float]:
         return {
@@ -106,7 +113,8 @@ class GcPlan:
             "roots": self.roots,
             "reachable": self.reachable,
             "young_unreachable_kept": self.young,
-            "to_delete": len(self.delete),
+            "to_delete": len(self.delete) + len(self.pack_garbage),
+            "packs_to_rewrite": len(self.repack),
             "bytes_freed": self.bytes_freed,
             "temp_files": len(self.temp_files),
             "missing": len(self.missing),
@@ -198,7 +206,7 @@ def plan(
     now = time.time() if now is None else now
     step = progress or (lambda what, n: None)
     # Listing first: anything written after this moment is not a candidate at all.
-    listing = list_objects(repo.storage)
+    listing = list_objects(repo.storage, repo.space.packs)
     listed = listing.digests
     step("listed objects", len(listed))
     temp = _old_temp_files(repo, listing, now, grace)
@@ -211,26 +219,42 @@ def plan(
         marker.mark(digests(kept), READ, may_be_gone=True)
         young, old_pos, old_size = _mark_young(repo, listing, marker, pool, now, grace)
     step("marked", marker.count)
-    doomed = bytearray()
-    sizes: array[int] = array("q")
+    loose, packed = _Doomed(), _Doomed()
+    repack: set[str] = set()
     for pos, size in zip(old_pos, old_size, strict=True):
         if not marker.marked[pos]:
-            doomed += listed.digest(pos)
-            sizes.append(size)
+            if listing.packed(pos):
+                packed.add(listed.digest(pos), size)
+                repack.add(listing.packs[listing.pack_of[pos]])
+            else:
+                loose.add(listed.digest(pos), size)
     return GcPlan(
         grace=grace, retention=retention, started=now, objects=len(listed),
         roots=len(roots | kept), reachable=marker.count - young, young=young,
-        delete=Condemned(Digests(doomed), sizes), temp_files=tuple(temp),
+        delete=loose.condemned(), temp_files=tuple(temp),
         missing=tuple(sorted(marker.missing)), ref_snapshot=tuple(refs), listed=listed,
-        root_ids=frozenset(roots),
+        root_ids=frozenset(roots), pack_garbage=packed.condemned(), repack=tuple(sorted(repack)),
     )  # fmt: skip
+
+
+class _Doomed:
+    def __init__(self) -> None:
+        self.digests = bytearray()
+        self.sizes: array[int] = array("q")
+
+    def add(self, digest: bytes, size: int) -> None:
+        self.digests += digest
+        self.sizes.append(size)
+
+    def condemned(self) -> Condemned:
+        return Condemned(Digests(self.digests), self.sizes)
 
 
 # -- execution -------------------------------------------------------------------------
 
 
 def _reachable_doomed(
-    repo: Repository, roots: Iterable[str], doomed: Condemned, listed: Digests
+    repo: Repository, roots: Iterable[str], doomed: _Either, listed: Digests
 ) -> set[bytes]:
     """Which condemned objects the new roots reach (their digests). An object that was
     listed and not condemned was marked by the plan with all it reaches, so the walk
@@ -258,6 +282,21 @@ def _reachable_doomed(
         found.update(c for c in chunks if c in doomed.digests)
         stack.extend(pending)
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Either:
+    """The condemned of both kinds, as one set for the walk from new roots."""
+
+    loose: Digests
+    packed: Digests
+
+    @property
+    def digests(self) -> _Either:
+        return self
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self.loose or digest in self.packed
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +365,8 @@ def execute(
     now_refs = {rid for _, rid in repo.names.items()}
     repo.sync()
     fresh = (now_refs | set(repo.index.catalog.ids())) - gc_plan.root_ids
-    revived = _reachable_doomed(repo, fresh, gc_plan.delete, gc_plan.listed)
+    either = _Either(gc_plan.delete.digests, gc_plan.pack_garbage.digests)
+    revived = _reachable_doomed(repo, fresh, either, gc_plan.listed)
     deleted = freed = 0
     spared = len(revived)
     # Fan-out folders are swept in parallel: a local unlink waits on the disk's
@@ -339,6 +379,10 @@ def execute(
             deleted, freed, spared = deleted + d, freed + f, spared + s
             if d:
                 step("deleted", deleted)
+    d, f, s = repack(
+        repo, gc_plan.repack, gc_plan.pack_garbage.digests, gc_plan.grace, revived
+    )
+    deleted, freed, spared = deleted + d, freed + f, spared + s
     step("deleted", deleted)
     temp_removed = repo.storage.delete_many(list(gc_plan.temp_files))
     pruned = 0

@@ -10,15 +10,16 @@ fan-out folder at a time, several in parallel.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from array import array
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 from cas.errors import CasError, IntegrityError, ObjectNotFound
-from cas.objects import codec
+from cas.objects import packs
 from cas.objects.digests import Digests
 from cas.objects.ids import ObjectId, is_id
 from cas.objects.kinds import CHUNK, FILE, RECORD, TREE, references
@@ -47,6 +48,14 @@ class Listing:
     digests: Digests
     stats: tuple[array[int], array[float]] | None  # sizes, mtimes; None: stat when needed
     temp: list[tuple[str, Stat | None]]
+    #: Per position: the number of its pack in ``packs``, or -1 for a loose object.
+    pack_of: array[int] = field(default_factory=lambda: array("i"))
+    packed_size: array[int] = field(default_factory=lambda: array("q"))
+    packs: list[str] = field(default_factory=list)
+    pack_mtimes: list[float] = field(default_factory=list)
+
+    def packed(self, pos: int) -> bool:
+        return bool(self.pack_of) and self.pack_of[pos] >= 0
 
 
 def _fan_listings(storage: Storage) -> Iterator[tuple[str, list[tuple[str, Stat | None]]]]:
@@ -77,31 +86,74 @@ def _fan_listings(storage: Storage) -> Iterator[tuple[str, list[tuple[str, Stat 
             yield from zip(group, pool.map(one, group), strict=True)
 
 
-def list_objects(storage: Storage) -> Listing:
-    buf = bytearray()
-    sizes: array[int] = array("q")
-    mtimes: array[float] = array("d")
-    with_stats = storage.listing_stats
-    temp: list[tuple[str, Stat | None]] = []
+_LOOSE: Final = -1
+
+
+def _loose(
+    storage: Storage, temp: list[tuple[str, Stat | None]]
+) -> Iterator[tuple[bytes, int, Stat | None]]:
+    """Loose objects in id order, as (digest, -1, stat from the listing or None)."""
     for fan, entries in _fan_listings(storage):
-        last = b""
         for name, st in entries:
             if name.startswith(TEMP_PREFIX):
                 temp.append((f"{OBJECTS}/{fan}/{name}", st))
-                continue
-            hexid = fan + name
-            if not is_id(hexid):
-                continue
-            digest = bytes.fromhex(hexid)
-            if digest == last:
-                continue
-            last = digest
-            buf += digest
-            if with_stats:
-                assert st is not None
-                sizes.append(st.size)
-                mtimes.append(st.mtime)
-    return Listing(Digests(buf), (sizes, mtimes) if with_stats else None, temp)
+            elif is_id(fan + name):
+                yield bytes.fromhex(fan + name), _LOOSE, st
+
+
+def _packed(pack_set: packs.PackSet, number: int, pack_id: str) -> Iterator[tuple[bytes, int, int]]:
+    for oid, where in pack_set.index(pack_id).entries():
+        yield bytes.fromhex(oid), number, where.length
+
+
+def _pack_files(
+    storage: Storage, pack_set: packs.PackSet, temp: list[tuple[str, Stat | None]]
+) -> tuple[list[str], list[float]]:
+    """Committed packs and their ages; packs without an index (a writer killed between
+    the two) and temporary files join ``temp``."""
+    names = storage.listdir(packs.PACKS)
+    pack_set.refresh()
+    committed, mtimes = [], []
+    for pack_id in pack_set.ids():
+        st = pack_set.stat(pack_id)
+        if st is not None:
+            committed.append(pack_id)
+            mtimes.append(st.mtime)
+    present = set(names)
+    for name in names:
+        orphan = name.endswith(".pack") and f"{name[:-5]}.idx" not in present
+        if name.startswith(TEMP_PREFIX) or orphan:
+            temp.append((f"{packs.PACKS}/{name}", None))
+    return committed, mtimes
+
+
+def list_objects(storage: Storage, pack_set: packs.PackSet | None = None) -> Listing:
+    """Every object, loose and packed, in id order, in compact form (an object both
+    loose and packed is listed once, as loose)."""
+    buf = bytearray()
+    sizes: array[int] = array("q")
+    mtimes: array[float] = array("d")
+    pack_of: array[int] = array("i")
+    packed_size: array[int] = array("q")
+    with_stats = storage.listing_stats
+    temp: list[tuple[str, Stat | None]] = []
+    committed, pack_mtimes = _pack_files(storage, pack_set, temp) if pack_set else ([], [])
+    sources: list[Iterator[tuple[bytes, int, Any]]] = [_loose(storage, temp)]
+    sources += [_packed(pack_set, k, p) for k, p in enumerate(committed) if pack_set]
+    last = b""
+    for digest, number, info in heapq.merge(*sources, key=lambda e: (e[0], e[1])):
+        if digest == last:
+            continue
+        last = digest
+        buf += digest
+        pack_of.append(number)
+        packed_size.append(info if number != _LOOSE else 0)
+        if with_stats:
+            st = info if number == _LOOSE else Stat(info, pack_mtimes[number])
+            sizes.append(st.size)
+            mtimes.append(st.mtime)
+    stats = (sizes, mtimes) if with_stats else None
+    return Listing(Digests(buf), stats, temp, pack_of, packed_size, committed, pack_mtimes)
 
 
 # -- marking ---------------------------------------------------------------------------
@@ -134,10 +186,8 @@ def children(repo: Repository, digest: bytes, how: int) -> tuple[list[bytes], li
     """What one object points at; None if it is absent."""
     oid = ObjectId(digest.hex())
     try:
-        if how == PROBE:
-            head = repo.storage.read_head(object_path(oid), codec.HEADER_SIZE)
-            if codec.read_header(oid, head).kind == "blob":
-                return [], []
+        if how == PROBE and repo.space.kind(oid) == "blob":
+            return [], []
         kind, payload = repo.space.read_object(oid)
         return references_of(kind, oid, payload)
     except (FileNotFoundError, ObjectNotFound):
@@ -215,8 +265,13 @@ def ages(
             yield pos, Stat(sizes[pos], mtimes[pos])
         return
 
+    def one(pos: int) -> Stat | None:
+        if listing.packed(pos):
+            return Stat(listing.packed_size[pos], listing.pack_mtimes[listing.pack_of[pos]])
+        return storage.stat(object_path(listing.digests.oid(pos)))
+
     def stat(part: list[int]) -> list[Stat | None]:
-        return [storage.stat(object_path(listing.digests.oid(pos))) for pos in part]
+        return [one(pos) for pos in part]
 
     while group := list(itertools.islice(positions, 4 * ROUND)):
         parts = [group[i : i + SLICE] for i in range(0, len(group), SLICE)]

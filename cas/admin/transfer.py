@@ -32,10 +32,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 from cas.errors import IntegrityError, ObjectNotFound, RefConflict
-from cas.objects import codec
 from cas.objects.ids import ObjectId
 from cas.objects.kinds import ChunkList, Tree, unpack
-from cas.objects.space import object_path
 from cas.repo.names import check_name
 from cas.repo.records import check_record
 from cas.repo.repository import HasRepository, Repository, repository
@@ -141,8 +139,7 @@ class _Plan:
     def _read_content(self, oid: ObjectId) -> tuple[str, bytes]:
         """A tree's verified payload; for a blob only its kind (its bytes are read once,
         when copied)."""
-        head = self.src.storage.read_head(object_path(oid), codec.HEADER_SIZE)
-        kind = codec.read_header(oid, head).kind
+        kind = self.src.space.kind(oid)
         if kind == "tree":
             return self.src.space.read_object(oid)
         if kind not in ("blob", "chunks"):
@@ -188,6 +185,13 @@ class _Copier:
         self.total = len(plan.blobs) + len(plan.trees) + len(plan.records)
 
     def run(self) -> None:
+        """Everything goes into the destination's packs (a pack's worth a write, one
+        request on an object store), bottom-up: a pack holds, or follows the packs
+        holding, everything its objects point at."""
+        with self.plan.dst.space.batch():
+            self._run()
+
+    def _run(self) -> None:
         plan = self.plan
         self.progress("copying objects", 0, self.total)
         self._parallel(list(plan.blobs), self._copy_blob)
@@ -200,7 +204,11 @@ class _Copier:
         self.progress("copying objects", self.total, self.total)
 
     def _parallel(self, oids: Sequence[ObjectId], copy: Callable[[ObjectId], int]) -> None:
-        for size in self.pool.map(copy, oids):
+        def joined(oid: ObjectId) -> int:
+            with self.plan.dst.space.joining():
+                return copy(oid)
+
+        for size in self.pool.map(joined, oids):
             self.objects += 1
             self.bytes += size
             self.progress("copying objects", self.objects, self.total)

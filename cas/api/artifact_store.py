@@ -7,10 +7,12 @@ over :class:`cas.repo.repository.Repository`: a save turns a value into content
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -57,6 +59,7 @@ class ArtifactStore:
         self.name_prefix = name_prefix
         self.repo = Repository(url, fsync=fsync, create=create, **storage_options)
         self.catalog = ArtifactCatalog(self)
+        self._batches = threading.local()  # this thread's open batch: records to publish
 
     # -- the repository's parts (for tools and tests; users need none of them) --------
 
@@ -116,8 +119,52 @@ class ArtifactStore:
         return self.repo.record(rid)
 
     def commit(self, record: dict[str, Any]) -> ObjectId:
-        """Commit a record under ``name_prefix + record["name"]``."""
-        return self.repo.commit({**record, "name": self.name_prefix + record["name"]})
+        """Commit a record under ``name_prefix + record["name"]`` (inside :meth:`batch`,
+        its name is published when the batch ends)."""
+        full = {**record, "name": self.name_prefix + record["name"]}
+        deferred: list[tuple[ObjectId, dict[str, Any]]] | None = getattr(
+            self._batches, "items", None
+        )
+        if deferred is None:
+            return self.repo.commit(full)
+        rid, new = self.repo.prepare(full)
+        if new:
+            deferred.append((rid, full))
+        return rid
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[ArtifactStore]:
+        """Saves in the block (on this thread) are written together and made durable
+        at one sync point when it ends; their names are published after it, in order.
+        Each save returns its id at once, and what it wrote is readable by id inside
+        the block; its name moves only at the end. If the block raises, no name moves
+        (what was written is collected by gc). Nested blocks join the outermost.
+
+            with store.batch():
+                for i, row in enumerate(rows):
+                    store.save(row, f"rows/{i}")
+        """
+        if getattr(self._batches, "items", None) is not None:
+            yield self
+            return
+        items: list[tuple[ObjectId, dict[str, Any]]] = []
+        self._batches.items = items
+        try:
+            with self.space.batch():
+                yield self
+                self._batches.items = None
+                self.repo.publish(items)
+        finally:
+            self._batches.items = None
+
+    def save_many(
+        self,
+        items: Iterable[tuple[Any, str]],
+        metadata: dict[str, Any] | None = None,
+    ) -> list[str]:
+        """Save each (value, name) in one :meth:`batch`; return their ids, in order."""
+        with self.batch():
+            return [self.save(value, name, metadata) for value, name in items]
 
     # -- the public API ---------------------------------------------------------------
 
@@ -140,11 +187,32 @@ class ArtifactStore:
         _check_metadata(metadata)
         parents = [self.resolve(p)[0] for p in parent_ids]
         materializer = materializer_for(obj, allow_pickle=self.allow_pickle)
-        stored = materializer.save(obj, self.space)
-        record = make_record(
+        # Content and record go in one write and one sync (a folder: a few packs).
+        with self.space.batch():
+            stored = materializer.save(obj, self.space)
+            record = self._record(
+                path, artifact_type or materializer.artifact_type,
+                materializer.name, stored, parents, metadata, tags,
+                (source_project, source_pipeline, source_run_id, source_step),
+            )  # fmt: skip
+            return str(self.commit(record))
+
+    def _record(
+        self,
+        path: str,
+        artifact_type: str,
+        materializer: str,
+        stored: Any,
+        parents: list[ObjectId],
+        metadata: dict[str, Any] | None,
+        tags: dict[str, str] | None,
+        source: tuple[str | None, str | None, str | None, str | None],
+    ) -> dict[str, Any]:
+        source_project, source_pipeline, source_run_id, source_step = source
+        return make_record(
             name=path,
-            artifact_type=artifact_type or materializer.artifact_type,
-            materializer=materializer.name,
+            artifact_type=artifact_type,
+            materializer=materializer,
             content_id=stored.content_id,
             content_kind=stored.content_kind,
             content_info=stored.info,
@@ -157,7 +225,6 @@ class ArtifactStore:
             source_run_id=source_run_id,
             source_step=source_step,
         )
-        return str(self.commit(record))
 
     def load(self, name_or_id: str, *, dest: str | os.PathLike[str] | None = None) -> Any:
         """The value saved under a name or id, verified; ``dest`` places files and folders."""
@@ -371,3 +438,4 @@ def _check_metadata(metadata: Any) -> None:
         raise MaterializerError(
             f"metadata must hold only str, numbers, bools, None, bytes, lists and dicts ({exc})"
         ) from exc
+

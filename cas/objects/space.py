@@ -9,6 +9,7 @@ hash to the id asked for, or an :class:`IntegrityError` names the object.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import mmap
 import os
@@ -17,20 +18,23 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO, Final
+from typing import Any, BinaryIO, Final, NamedTuple
 
 import blake3
 import msgpack
 
 from cas.errors import CasError, FormatError, IntegrityError, ObjectNotFound
-from cas.objects import codec
+from cas.objects import codec, packs
+from cas.objects.batch import Pending
 from cas.objects.chunking import DEFAULT_PARAMS, ChunkParams, Reader, cut, read_up_to
 from cas.objects.ids import ObjectId, blob_id, is_id, kind_id, parse_id
 from cas.objects.kinds import ChunkList, pack, unpack
 from cas.storage import TEMP_PREFIX, Stat, Storage, open_storage
 
 MARKER: Final = "CAS"
-FORMAT_VERSION: Final = 1
+#: 2: packs (``packs/``, :mod:`cas.objects.packs`) beside loose objects. A store of
+#: format 1 is read as it is and becomes format 2 when its first pack is written.
+FORMAT_VERSION: Final = 2
 OBJECTS: Final = "objects"
 
 #: A dedup hit refreshes an object older than this, so gc's grace period (default one
@@ -92,7 +96,11 @@ class ObjectSpace:
     ) -> None:
         self.storage = storage
         self.level = level
+        self.format = FORMAT_VERSION
         self.params = self._open_marker(create)
+        self.packs = packs.PackSet(storage)
+        self.pending = Pending(storage, self.packs, object_path, self.mark_packed)
+        self._local = threading.local()  # this thread's open batches
         self.inflight = 2 * max(2, os.cpu_count() or 2)
         io_threads = storage.io_threads  # object stores: chunk requests in parallel
         self._pool = io_pool(io_threads) if io_threads else None
@@ -136,6 +144,7 @@ class ObjectSpace:
                 "chunking": DEFAULT_PARAMS.to_dict(),
             }
             self.storage.write_atomic(MARKER, pack(marker))
+            self.format = FORMAT_VERSION
             return DEFAULT_PARAMS
         try:
             marker = msgpack.unpackb(raw, raw=False)
@@ -153,7 +162,18 @@ class ObjectSpace:
             raise FormatError(f"{url}/CAS has no valid chunking parameters ({exc!r})") from exc
         if marker.get("hash") != "blake3":
             raise FormatError(f"{url} uses hash {marker.get('hash')!r}; cas knows only blake3")
+        self.format = version
         return params
+
+    def mark_packed(self) -> None:
+        """Call before writing a pack. Before the first pack of a format-1 store: mark it format 2, so that a cas
+        that cannot read packs refuses the store instead of missing objects."""
+        if self.format >= 2:
+            return
+        marker = msgpack.unpackb(self.storage.read(MARKER), raw=False)
+        if marker.get("format", 1) < 2:
+            self.storage.write_atomic(MARKER, pack({**marker, "format": 2}))
+        self.format = 2
 
     def _root_is_empty(self) -> bool:
         names = [n for n in self.storage.listdir("") if not n.startswith(".")]
@@ -162,6 +182,41 @@ class ObjectSpace:
         return not any(
             not rel.rsplit("/", 1)[-1].startswith(".") for rel, _ in self.storage.walk("")
         )
+
+    # -- batches ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """New objects written by this thread inside the block (and by the chunk workers
+        it starts) are held and written together: a pack when there are many, loose
+        objects when few, then one sync. Nested blocks join the outermost. Anything that
+        publishes a name reaching them calls :meth:`flush` first."""
+        depth = getattr(self._local, "depth", 0)
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+            if depth == 0:
+                self.pending.flush()
+
+    @contextlib.contextmanager
+    def joining(self) -> Iterator[None]:
+        """A worker thread's writes join a batch its coordinator holds open (the batch
+        is flushed when the coordinator's block ends, not this one)."""
+        depth = getattr(self._local, "depth", 0)
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+
+    def in_batch(self) -> bool:
+        return getattr(self._local, "depth", 0) > 0
+
+    def flush(self, *, durable: bool = True) -> None:
+        """Write every held object; with ``durable``, sync so they survive a crash."""
+        self.pending.flush(durable=durable)
 
     # -- writing ----------------------------------------------------------------------
 
@@ -196,22 +251,42 @@ class ObjectSpace:
         payload = pack(value)
         oid = kind_id(kind, payload)
         # A record carries its creation time: it is new but for a copy between stores.
-        self._store(oid, kind, payload, create_first=kind == "record")
+        self._store(oid, kind, payload, create_first=kind == "record", batched=self.in_batch())
         return oid
 
     def put_payload(self, kind: str, payload: bytes) -> ObjectId:
         """Store an already-canonical payload of a structured kind (trees)."""
         oid = kind_id(kind, payload)
-        self._store(oid, kind, payload)
+        self._store(oid, kind, payload, batched=self.in_batch())
         return oid
+
+    def put_stored(self, oid: ObjectId, stored: bytes) -> bool:
+        """Store an object already in its stored form (a copy from another root), after
+        checking it decodes to ``oid``; True if this call wrote it. Inside a batch it
+        joins the batch's pack."""
+        kind, payload = codec.decode(oid, stored)
+        if kind != "chunks":
+            _verify(oid, kind, payload)
+        if self._freshen(oid):
+            return False
+        if self.in_batch():
+            return self.pending.add(oid, stored)
+        self.storage.write_atomic(object_path(oid), stored)
+        return True
 
     def _put_whole(self, data: bytes) -> ObjectId:
         oid = blob_id(data)
-        self._store(oid, "blob", data)
+        self._store(oid, "blob", data, batched=self.in_batch())
         return oid
 
     def _store(
-        self, oid: ObjectId, kind: str, payload: bytes | memoryview, *, create_first: bool = False
+        self,
+        oid: ObjectId,
+        kind: str,
+        payload: bytes | memoryview,
+        *,
+        create_first: bool = False,
+        batched: bool = False,
     ) -> bool:
         """Write one object unless present; True if this call wrote it.
 
@@ -222,6 +297,10 @@ class ObjectSpace:
         refresh it as a dedup hit must (gc's grace counts from that refresh).
         """
         path = object_path(oid)
+        if batched:
+            if self._freshen(oid):
+                return False
+            return self.pending.add(oid, codec.encode(kind, payload, self.level))
         if create_first and self.storage.creates:
             encoded = codec.encode(kind, payload, self.level)
             if self.storage.create(path, encoded):
@@ -242,6 +321,11 @@ class ObjectSpace:
         A gc may delete an old unreachable object between our stat and our touch; touch
         then finds nothing and we write the object again, so it is never lost.
         """
+        if oid in self.pending:
+            return True
+        where = self.packs.find(oid)
+        if where is not None and self._freshen_pack(where.pack):
+            return True
         path = object_path(oid)
         st = self.storage.stat(path)
         if st is None:
@@ -254,9 +338,21 @@ class ObjectSpace:
             return self.storage.touch(path)
         return True
 
-    def _put_chunk(self, data: bytes, run: _NewRun) -> tuple[ObjectId, int]:
+    def _freshen_pack(self, pack_id: str) -> bool:
+        """A dedup hit on a packed object refreshes its pack's age as a loose hit does;
+        False if the pack is gone (gc rewrote it): the object is then looked up again."""
+        st = self.packs.stat(pack_id)
+        if st is None:
+            return False
+        after = 0.0 if self.storage.cheap_touch else FRESHEN_AFTER
+        if time.time() - st.mtime > after:
+            return self.packs.touch(pack_id)
+        return True
+
+    def _put_chunk(self, data: bytes, run: _NewRun, batched: bool) -> tuple[ObjectId, int]:
         oid = blob_id(data, threads=False)
-        run.saw(new=self._store(oid, "blob", data, create_first=run.likely_new()))
+        new = self._store(oid, "blob", data, create_first=run.likely_new(), batched=batched)
+        run.saw(new=new)
         return oid, len(data)
 
     def _put_chunked(
@@ -268,12 +364,13 @@ class ObjectSpace:
         pool = self._chunk_pool()
         total = blake3.blake3()
         run = _NewRun()
+        batched = self.in_batch()
         pending: deque[Future[tuple[ObjectId, int]]] = deque()
         chunks: list[tuple[ObjectId, int]] = []
         try:
             for data in cut(head, rest, self.params):
                 total.update(data)
-                pending.append(pool.submit(self._put_chunk, data, run))
+                pending.append(pool.submit(self._put_chunk, data, run, batched))
                 while len(pending) >= self.inflight:
                     chunks.append(pending.popleft().result())
             while pending:
@@ -288,41 +385,67 @@ class ObjectSpace:
         # put_file checked just now that the content is not stored (the chunk list's id
         # is the content's): its list is new, as it is after a run of new chunks.
         self._store(
-            oid, "chunks", listing.payload(), create_first=expect is not None or run.likely_new()
-        )
+            oid, "chunks", listing.payload(),
+            create_first=expect is not None or run.likely_new(), batched=batched,
+        )  # fmt: skip
         return oid
 
     # -- reading ----------------------------------------------------------------------
 
+    def read_stored(self, oid: str) -> bytes:
+        """An object's stored form (header and body), unverified: for copies and probes."""
+        return self._read_stored(parse_id(oid))
+
     def _read_stored(self, oid: ObjectId) -> bytes:
+        """An object's stored bytes: held by a batch, packed, or loose (a pack written
+        since by another process is found by one listing, on a miss)."""
+        held = self.pending.get(oid)
+        if held is not None:
+            return held
+        where = self.packs.find(oid)
+        if where is not None:
+            with contextlib.suppress(FileNotFoundError):  # rewritten by gc meanwhile
+                return self.packs.read(where)
         try:
             return self.storage.read(object_path(oid))
         except FileNotFoundError:
-            raise ObjectNotFound(oid, f"object {oid} not found in {self.url}") from None
+            pass
+        where = self.packs.find(oid, refresh=True)
+        if where is not None:
+            with contextlib.suppress(FileNotFoundError):
+                return self.packs.read(where)
+        raise ObjectNotFound(oid, f"object {oid} not found in {self.url}") from None
 
     def read_object(self, oid: str) -> tuple[str, bytes]:
         """(kind, payload) of one object, verified — except a chunk list, whose id is the
         hash of the content it assembles: that is verified when the content is read."""
         oid = parse_id(oid)
         kind, payload = codec.decode(oid, self._read_stored(oid))
-        if kind == "blob":
-            got = blob_id(payload)
-        elif kind == "chunks":
-            return kind, payload
-        else:
-            got = kind_id(kind, payload)
-        if got != oid:
-            raise IntegrityError(
-                oid,
-                f"object {oid} is corrupt (expected blake3 {oid[:12]}…, got {got[:12]}…); "
-                "run 'cas fsck' to list affected artifacts",
-            )
+        if kind != "chunks":
+            _verify(oid, kind, payload)
         return kind, payload
 
     def kind(self, oid: str) -> str:
-        """The kind of an object, from its header alone."""
+        """The kind of an object, from its header alone (16 bytes read)."""
+        return codec.read_header(oid, self.read_head(oid)).kind
+
+    def read_head(self, oid: str) -> bytes:
+        """The first bytes of an object's stored form: its header."""
         oid = parse_id(oid)
-        return codec.read_header(oid, self._read_stored(oid)).kind
+        n = codec.HEADER_SIZE
+        held = self.pending.get(oid)
+        if held is not None:
+            return held[:n]
+        where = self.packs.find(oid)
+        if where is None:
+            try:
+                return self.storage.read_head(object_path(oid), n)
+            except FileNotFoundError:
+                where = self.packs.find(oid, refresh=True)
+        if where is not None:
+            with contextlib.suppress(FileNotFoundError):
+                return self.packs.read(packs.Where(where.pack, where.offset, n))
+        return self._read_stored(oid)[:n]  # rewritten meanwhile, or absent: it says
 
     def get(self, oid: str) -> bytes:
         """The verified content of a blob (whole or chunked)."""
@@ -345,19 +468,40 @@ class ObjectSpace:
 
     def _chunks(self, listing: ChunkList, of: ObjectId, *, verify: bool = True) -> Iterator[bytes]:
         """A chunk list's chunks in order, read ahead on the pool, each verified (unless
-        the caller verifies the whole before anything leaves it)."""
+        the caller verifies the whole before anything leaves it). Chunks that lie side
+        by side in a pack are read as one range (one request on an object store)."""
         pool = self._chunk_pool()
-        todo = deque(listing.chunks)
-        ahead: deque[Future[bytes]] = deque()
+        todo = _groups(self.packs, listing)
+        ahead: deque[Future[list[bytes]]] = deque()
         try:
-            while todo or ahead:
-                while todo and len(ahead) < self.inflight:
-                    cid, size = todo.popleft()
-                    ahead.append(pool.submit(self._get_chunk, cid, size, verify, of))
-                yield ahead.popleft().result()
+            for group in todo:
+                ahead.append(pool.submit(self._get_group, group, verify, of))
+                while len(ahead) >= self.inflight:
+                    yield from ahead.popleft().result()
+            while ahead:
+                yield from ahead.popleft().result()
         finally:
             for fut in ahead:
                 fut.cancel()
+
+    def _get_group(self, group: list[_Part], verify: bool, of: ObjectId) -> list[bytes]:
+        if len(group) == 1 or group[0].where is None:
+            return [self._get_chunk(p.oid, p.size, verify, of) for p in group]
+        try:
+            stored = self.packs.read_many([p.where for p in group if p.where is not None])
+        except FileNotFoundError:  # gc rewrote the pack meanwhile: look each up again
+            return [self._get_chunk(p.oid, p.size, verify, of) for p in group]
+        out = []
+        for part, raw in zip(group, stored, strict=True):
+            kind, data = codec.decode(part.oid, raw)
+            if verify and kind == "blob":
+                _verify(part.oid, kind, data)
+            if kind != "blob" or len(data) != part.size:
+                raise IntegrityError(
+                    part.oid, f"chunk {part.oid} is not a blob of {part.size} bytes; run 'cas fsck'"
+                )
+            out.append(data)
+        return out
 
     def get_value(self, oid: str, kind: str) -> Any:
         """The verified, decoded value of a structured object of ``kind``."""
@@ -414,14 +558,25 @@ class ObjectSpace:
     # -- presence, listing, deletion --------------------------------------------------
 
     def has(self, oid: str) -> bool:
-        return self.storage.stat(object_path(parse_id(oid))) is not None
+        oid = parse_id(oid)
+        if oid in self.pending or self.packs.find(oid) is not None:
+            return True
+        if self.storage.stat(object_path(oid)) is not None:
+            return True
+        return self.packs.find(oid, refresh=True) is not None
 
     def has_many(self, oids: Iterable[str]) -> set[ObjectId]:
         """Which of these ids are present: one listing per fan-out folder, not one
         request per id (a few ids are simply checked one by one)."""
         wanted = {parse_id(o) for o in oids}
+        self.packs.refresh()
+        held = {o for o in wanted if o in self.pending or self.packs.find(o) is not None}
+        wanted -= held
         if len(wanted) <= 8:
-            return {o for o in wanted if self.has(o)}
+            return held | {o for o in wanted if self.has(o)}
+        if self.storage.listing_stats and len(wanted) > 256:
+            # An object store lists 1,000 keys a request: one walk beats 256 folders.
+            return held | (wanted & {o for o, _ in self.iter_loose()})
         by_dir: dict[str, set[str]] = {}
         for o in wanted:
             by_dir.setdefault(o[:2], set()).add(o[2:])
@@ -429,13 +584,25 @@ class ObjectSpace:
         for fan, rests in by_dir.items():
             names = set(self.storage.listdir(f"{OBJECTS}/{fan}"))
             present.update(ObjectId(fan + r) for r in rests & names)
-        return present
+        return present | held
 
     def __iter__(self) -> Iterator[ObjectId]:
         return (oid for oid, _ in self.iter_stats())
 
     def iter_stats(self) -> Iterator[tuple[ObjectId, Stat]]:
-        """Every object with its stored size and age, from listings."""
+        """Every object with its stored size and age, from listings: the loose ones,
+        then the packed ones (aged as their pack). One present both ways comes twice."""
+        yield from self.iter_loose()
+        self.packs.refresh()
+        for pack_id in self.packs.ids():
+            st = self.packs.stat(pack_id)
+            if st is None:
+                continue  # rewritten by gc since the listing
+            for oid, where in self.packs.index(pack_id).entries():
+                yield oid, Stat(where.length, st.mtime)
+
+    def iter_loose(self) -> Iterator[tuple[ObjectId, Stat]]:
+        """Every loose object with its stored size and age, from listings."""
         for rel, st in self.storage.walk(OBJECTS):
             parts = rel.split("/")
             if len(parts) == 3 and is_id(parts[1] + parts[2]):
@@ -448,7 +615,41 @@ class ObjectSpace:
                 yield rel, st
 
     def delete(self, oid: str) -> bool:
+        """Remove a loose object (a packed one goes when gc rewrites its pack)."""
         return self.storage.delete(object_path(parse_id(oid)))
+
+
+#: Chunks side by side in one pack are read together up to this many stored bytes.
+READ_SPAN: Final = 4 << 20
+
+
+class _Part(NamedTuple):
+    oid: ObjectId
+    size: int
+    where: packs.Where | None
+
+
+def _groups(pack_set: packs.PackSet, listing: ChunkList) -> Iterator[list[_Part]]:
+    """A chunk list's chunks in order, as groups to read at once: runs of chunks that
+    lie side by side in one pack (up to :data:`READ_SPAN`), and loose chunks alone."""
+    group: list[_Part] = []
+    span = 0
+    for cid, size in listing.chunks:
+        where = pack_set.find(cid)
+        last = group[-1].where if group else None
+        if (
+            where is not None and last is not None and last.pack == where.pack
+            and last.offset + last.length == where.offset and span + where.length <= READ_SPAN
+        ):  # fmt: skip
+            group.append(_Part(cid, size, where))
+            span += where.length
+            continue
+        if group:
+            yield group
+        group = [_Part(cid, size, where)]
+        span = where.length if where is not None else 0
+    if group:
+        yield group
 
 
 class _NewRun:
@@ -466,6 +667,16 @@ class _NewRun:
 
     def saw(self, *, new: bool) -> None:
         self.misses = self.misses + 1 if new else 0
+
+
+def _verify(oid: ObjectId, kind: str, payload: bytes) -> None:
+    got = blob_id(payload) if kind == "blob" else kind_id(kind, payload)
+    if got != oid:
+        raise IntegrityError(
+            oid,
+            f"object {oid} is corrupt (expected blake3 {oid[:12]}…, got {got[:12]}…); "
+            "run 'cas fsck' to list affected artifacts",
+        )
 
 
 def _check_total(oid: ObjectId, got: str) -> None:

@@ -64,10 +64,11 @@ class Journal:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
 
-    def append(self, event: dict[str, Any]) -> str:
-        """Write one event durably; return its stamp."""
+    def append(self, event: dict[str, Any], *, durable: bool = True) -> str:
+        """Write one event (durably, unless the caller syncs the storage after); return
+        its stamp."""
         stamp = new_stamp(event["op"], event["id"])
-        self.storage.write_atomic(self.path(stamp), seal(event))
+        self.storage.write_atomic(self.path(stamp), seal(event), durable=durable)
         return stamp
 
     def path(self, stamp: str) -> str:

@@ -42,10 +42,23 @@ class Names:
     """Names -> artifact ids of one root: read, list, compare-and-swap, history."""
 
     def __init__(self, storage: Storage, *, fsync: bool = True) -> None:
+        self._storage = storage
+        self._fsync = fsync
+        self._unsynced: Names | None = None
         with ref_errors():
             self.store = _refs.RefStore(
-                storage.fs, storage.root, fsync=fsync, conditional=storage.conditional()
-            )
+                storage.fs, storage.root, fsync=fsync,
+                conditional=storage.conditional(durable=fsync),
+            )  # fmt: skip
+
+    def unsynced(self) -> Names:
+        """The same names, written without a sync each (a batch publishes many, then
+        syncs the storage once); where writes are durable anyway, these names."""
+        if not self._fsync or self._storage.local_dir is None:
+            return self
+        if self._unsynced is None:
+            self._unsynced = Names(self._storage, fsync=False)
+        return self._unsynced
 
     @property
     def lock_timeout(self) -> float:

@@ -140,18 +140,42 @@ class Repository:
         """Write a record, journal it, move its name, index it. Saving what the name
         already holds (same content, type, metadata, parents, source) returns the
         existing id and writes nothing: a save is idempotent."""
-        name = record["name"]
-        current = self.names.read(name)
+        rid, new = self.prepare(record)
+        if new:
+            self.publish([(rid, record)])
+        return rid
+
+    def prepare(self, record: dict[str, Any]) -> tuple[ObjectId, bool]:
+        """The first half of a commit: (record id, True) with the record object written
+        (held, inside a batch), or (the id the name holds, False) if it holds this
+        very version already."""
+        current = self.names.read(record["name"])
         if current is not None:
             previous = self.index.catalog.get(current)
             if previous is not None and same_version(previous, record):
-                return ObjectId(current)
-        rid = self.space.put_value("record", record)
-        stamp = self.journal.append({"op": "put", "id": rid})
-        self.names.set(name, rid, message=f"save {record['artifact_type']}")
-        self.index.catalog.put({**record, "id": rid})
-        self.index.note_written(stamp)
-        return rid
+                return ObjectId(current), False
+        return self.space.put_value("record", record), True
+
+    def publish(self, items: list[tuple[ObjectId, dict[str, Any]]]) -> None:
+        """The second half: the objects written and the journal entries, made durable
+        by one sync; only then the names moved (in order) and the catalog updated.
+        A crash before the names move leaves journal entries the next open replays
+        and objects gc collects; none is ever half-visible."""
+        if not items:
+            return
+        self.space.flush(durable=False)
+        stamps = [self.journal.append({"op": "put", "id": rid}, durable=False) for rid, _ in items]
+        self.storage.sync()
+        # The names, unsynced, then one sync: a name is durable when the call returns,
+        # and never reaches anything that is not (the sync above came first).
+        names = self.names.unsynced()
+        for rid, record in items:
+            names.set(record["name"], rid, message=f"save {record['artifact_type']}")
+        if names is not self.names:
+            self.storage.sync()
+        self.index.catalog.put_many({**record, "id": rid} for rid, record in items)
+        for stamp in stamps:
+            self.index.note_written(stamp)
 
     def delete(self, rid: ObjectId, name: str | None) -> None:
         """Remove a record from the catalog (a tombstone in the journal) and its name

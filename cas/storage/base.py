@@ -64,8 +64,22 @@ class Storage(ABC):
     creates: bool = False
 
     @abstractmethod
-    def write_atomic(self, rel: str, data: bytes) -> None:
-        """Create or replace ``rel`` so that no reader sees a partial file."""
+    def write_atomic(self, rel: str, data: bytes, *, durable: bool = True) -> None:
+        """Create or replace ``rel`` so that no reader sees a partial file. With
+        ``durable=False`` the write may stay in memory until the next :meth:`sync`
+        (a batch writes many files, then syncs once)."""
+
+    def sync(self) -> None:  # noqa: B027 - a no-op unless a backend defers writes
+        """Make every write of this process so far durable (a no-op where each write
+        already is: object stores)."""
+
+    def read_range(self, rel: str, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start``; ``FileNotFoundError`` if absent."""
+        return self.read(rel)[start : start + length]
+
+    def read_ranges(self, rel: str, spans: list[tuple[int, int]]) -> list[bytes]:
+        """The bytes of each (start, end) span of one file, in order."""
+        return [self.read_range(rel, start, end - start) for start, end in spans]
 
     def create(self, rel: str, data: bytes) -> bool:
         """Write ``rel`` as :meth:`write_atomic` does unless a file is there: True if this
@@ -101,8 +115,9 @@ class Storage(ABC):
         """Names of the files directly in ``rel_dir`` (empty if absent)."""
 
     @abstractmethod
-    def conditional(self) -> Conditional:
-        """The compare-and-swap primitive refs use on this storage."""
+    def conditional(self, *, durable: bool = True) -> Conditional:
+        """The compare-and-swap primitive refs use on this storage (``durable=False``:
+        unsynced, for a batch that syncs once after its last publish)."""
 
     def exists(self, rel: str) -> bool:
         return self.stat(rel) is not None

@@ -67,7 +67,7 @@ class FsspecStorage(Storage):
     def _path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
 
-    def conditional(self) -> refs.Conditional:
+    def conditional(self, *, durable: bool = True) -> refs.Conditional:
         # docstring inherited
         if isinstance(self.service, ObjectService):
             return self.service  # the service's adapter is its compare-and-swap
@@ -146,13 +146,33 @@ class FsspecStorage(Storage):
             raise
         return data
 
-    def write_atomic(self, rel: str, data: bytes) -> None:
+    def write_atomic(self, rel: str, data: bytes, *, durable: bool = True) -> None:
         try:
             with self._boundary("writing", rel):
                 self.fs.pipe_file(self._path(rel), data)
         except FileNotFoundError as exc:  # a write has nothing to be absent: the bucket is
             self._check_bucket("writing", rel)
             raise self._fail("writing", rel, exc) from exc
+
+    def read_range(self, rel: str, start: int, length: int) -> bytes:
+        with self._boundary("reading", rel):
+            data: bytes = self.fs.cat_file(self._path(rel), start=start, end=start + length)
+        return data
+
+    def read_ranges(self, rel: str, spans: list[tuple[int, int]]) -> list[bytes]:
+        """One request per span, all in flight at once (fsspec's ``cat_ranges``)."""
+        if len(spans) == 1:
+            return [self.read_range(rel, spans[0][0], spans[0][1] - spans[0][0])]
+        path = self._path(rel)
+        with self._boundary("reading", rel):
+            got = self.fs.cat_ranges(
+                [path] * len(spans), [s for s, _ in spans], [e for _, e in spans],
+                on_error="return",
+            )  # fmt: skip
+            for item in got:
+                if isinstance(item, BaseException):
+                    raise item
+        return list(got)
 
     def create(self, rel: str, data: bytes) -> bool:
         """On S3, GCS and Azure Blob one conditional write: PutObject ``If-None-Match: *``,

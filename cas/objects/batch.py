@@ -1,0 +1,136 @@
+"""A batch of new objects, held until one write makes them durable together.
+
+While a batch is open (:meth:`ObjectSpace.batch`), new objects are encoded and held
+here instead of being written one file (one fsync, one request) each. They are
+readable from here at once by this process. When the batch closes, or holds a pack's
+worth, they are written: as one pack when there are enough of them to be worth it,
+else as loose objects, unsynced, followed by one sync of the storage. Whoever
+publishes a name that reaches them flushes first (:meth:`ObjectSpace.flush`), so no
+name is ever published before what it reaches is durable.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Final
+
+from cas.objects import packs
+from cas.objects.ids import ObjectId
+from cas.storage import Storage
+
+#: Fewer new objects than this are written loose (as git keeps loose objects): a pack
+#: of two objects would cost its index too, and many tiny packs slow every lookup.
+PACK_FROM: Final = 16
+
+#: Full packs written at once in the background; a batch holds at most this many more
+#: packs' worth of objects in memory than the one it is filling.
+WRITING: Final = 2
+
+
+class Pending:
+    """New objects of open batches, in the order they came, deduplicated. A full pack
+    is written in the background (object stores: uploads overlap the work that fills
+    the next one), readable from here until it is committed; :meth:`flush` waits."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        pack_set: packs.PackSet,
+        loose_path: Callable[[ObjectId], str],
+        before_pack: Callable[[], None],
+    ) -> None:
+        self.storage = storage
+        self.packs = pack_set
+        self.loose_path = loose_path
+        self.before_pack = before_pack  # e.g. mark the root as format 2, once
+        self.lock = threading.RLock()
+        self._objects: dict[ObjectId, bytes] = {}
+        self._bytes = 0
+        self._sealed: list[dict[ObjectId, bytes]] = []  # full packs being written
+        self._writes: deque[Future[None]] = deque()
+        self._unsynced = False
+        self._pool: ThreadPoolExecutor | None = None
+
+    def get(self, oid: ObjectId) -> bytes | None:
+        with self.lock:
+            held = self._objects.get(oid)
+            if held is None:
+                for sealed in self._sealed:
+                    held = sealed.get(oid)
+                    if held is not None:
+                        break
+            return held
+
+    def __contains__(self, oid: object) -> bool:
+        with self.lock:
+            return oid in self._objects or any(oid in s for s in self._sealed)
+
+    def add(self, oid: ObjectId, stored: bytes) -> bool:
+        """Hold a new object; False if it is held already. A full pack is sealed and
+        written in the background (at most :data:`WRITING` at once)."""
+        with self.lock:
+            if oid in self:
+                return False
+            self._objects[oid] = stored
+            self._bytes += len(stored)
+            if self._bytes < packs.PACK_SIZE:
+                return True
+            sealed, self._objects, self._bytes = self._objects, {}, 0
+            self._sealed.append(sealed)
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(WRITING, thread_name_prefix="cas-pack")
+            self._writes.append(self._pool.submit(self._write_sealed, sealed))
+            oldest = self._writes[0] if len(self._writes) > WRITING else None
+        if oldest is not None:  # bounded memory: wait for the oldest upload
+            oldest.result()
+        return True
+
+    def _write_sealed(self, sealed: dict[ObjectId, bytes]) -> None:
+        try:
+            self._write(list(sealed.items()))
+        finally:
+            with self.lock:
+                self._sealed.remove(sealed)
+
+    def flush(self, *, durable: bool = True) -> int:
+        """Write everything held and wait for the packs being written; then, with
+        ``durable``, sync the storage once if anything was written unsynced. Returns
+        the number of objects this call wrote."""
+        with self.lock:
+            objects, self._objects, self._bytes = self._objects, {}, 0
+            self._sealed.append(objects)  # readable until written
+            writes, self._writes = list(self._writes), deque()
+        try:
+            self._write(list(objects.items()))
+        except BaseException:
+            with self.lock:
+                self._objects.update(objects)  # still held: a retry can write them
+            raise
+        finally:
+            with self.lock:
+                self._sealed.remove(objects)
+        for fut in writes:
+            fut.result()
+        with self.lock:
+            if durable and self._unsynced:
+                self.storage.sync()
+                self._unsynced = False
+        return len(objects)
+
+    def _write(self, objects: list[tuple[ObjectId, bytes]]) -> None:
+        """Write objects unsynced: as one pack if there are enough, else loose. The
+        caller keeps them readable from memory until this returns."""
+        if not objects:
+            return
+        if len(objects) >= PACK_FROM:
+            self.before_pack()
+            pack_id, index = packs.write(self.storage, objects, durable=False)
+            self.packs.add(pack_id, index)
+        else:
+            for oid, stored in objects:
+                self.storage.write_atomic(self.loose_path(oid), stored, durable=False)
+        with self.lock:
+            self._unsynced = True
