@@ -7,7 +7,7 @@ entry of a record that still reads, and says which artifacts to re-save."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -18,6 +18,7 @@ from cas.objects.space import object_path
 from cas.repo.journal import parse_stamp
 from cas.repo.records import check_record
 from cas.repo.repository import HasRepository, Repository, repository
+from cas.storage import Stat
 
 Progress = Callable[[str, int], None]
 
@@ -89,50 +90,90 @@ def check(
     seconds ago (default: the refs lock timeout) and not published is reported: a
     writer died mid-update, or the ref file was deleted or rewritten."""
     repo = repository(target)
-    step = progress or (lambda what, n: None)
     report = FsckReport()
-    present = dict(repo.space.iter_stats())
-    report.objects = len(present)
-    report.bytes = sum(st.size for st in present.values())
-    bad: dict[ObjectId, str] = {}
-    children: dict[ObjectId, list[ObjectId]] = {}
-    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="cas-fsck") as pool:
-        for n, (oid, (problem, refs)) in enumerate(
-            zip(present, pool.map(lambda o: _verify(repo, o), present), strict=True), 1
-        ):
-            if problem:
-                bad[oid] = problem
-            elif refs:
-                children[oid] = refs
-            if n % 500 == 0:
-                step("verified", n)
-    step("verified", len(present))
-
-    missing: dict[ObjectId, set[ObjectId]] = {}  # missing object -> who points at it
-    for parent, refs in children.items():
-        for r in refs:
-            if r not in present:
-                missing.setdefault(r, set()).add(parent)
-
+    objects = _verify_objects(repo, progress or (lambda what, n: None))
+    report.objects = len(objects.present)
+    report.bytes = sum(st.size for st in objects.present.values())
     refs_items, ref_problems = _read_refs(repo)
     report.refs = len(refs_items) + len(ref_problems)
     journal_problems, stamps = _read_journal(repo)
-    journal_records = {p[1] for p in map(parse_stamp, stamps) if p is not None}
     repo.sync()
-    record_ids = set(repo.index.catalog.ids()) | {rid for _, rid in refs_items}
-    record_ids |= {rid for rid in journal_records if rid in present}
+    record_ids = _record_ids(repo, refs_items, stamps, objects.present)
     report.records = len(record_ids)
     names = {rid: name for name, rid in refs_items}
+    labels = _trace_records(repo, objects, record_ids, names)
 
-    # Which artifacts does each bad or missing object hurt? Walk every record's closure.
-    trouble = set(bad) | set(missing)
-    affected: dict[ObjectId, set[str]] = {}
+    report.problems.extend(ref_problems)
+    live = (record_ids & set(objects.present)) - _puts(stamps)
+    report.problems.extend(_unjournaled(repo, live, labels))
+    report.problems.extend(_lost_tag_entries(repo, set(stamps), labels))
+    wait = repo.names.lock_timeout if settle is None else settle
+    report.problems.extend(_unpublished(repo, {p.object_id for p in ref_problems}, wait))
+    report.problems.extend(_dangling_refs(refs_items, objects.present))
+    report.problems.extend(_damaged_journal(repo, journal_problems, labels))
+    report.problems.extend(_object_problems(repo, objects))
+    if repair:
+        _repair(repo, report, objects.bad)
+    return report
+
+
+@dataclass(slots=True)
+class _Objects:
+    """What verifying every object found, and which artifacts each problem affects."""
+
+    present: dict[ObjectId, Stat]
+    bad: dict[ObjectId, str] = field(default_factory=dict)  # corrupt object -> why
+    children: dict[ObjectId, list[ObjectId]] = field(default_factory=dict)
+    missing: dict[ObjectId, set[ObjectId]] = field(default_factory=dict)  # -> who points at it
+    affected: dict[ObjectId, set[str]] = field(default_factory=dict)  # -> artifact labels
+
+
+def _verify_objects(repo: Repository, step: Progress) -> _Objects:
+    """Read and verify every object (four at a time), then name what is referenced but
+    not present."""
+    found = _Objects(present=dict(repo.space.iter_stats()))
+    present = found.present
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="cas-fsck") as pool:
+        verified = pool.map(lambda o: _verify(repo, o), present)
+        for n, (oid, (problem, refs)) in enumerate(zip(present, verified, strict=True), 1):
+            if problem:
+                found.bad[oid] = problem
+            elif refs:
+                found.children[oid] = refs
+            if n % 500 == 0:
+                step("verified", n)
+    step("verified", len(present))
+    for parent, refs in found.children.items():
+        for r in refs:
+            if r not in present:
+                found.missing.setdefault(r, set()).add(parent)
+    return found
+
+
+def _record_ids(
+    repo: Repository,
+    refs_items: list[tuple[str, str]],
+    stamps: list[str],
+    present: Mapping[ObjectId, Stat],
+) -> set[str]:
+    """Every record a name, this machine's catalog or a present journaled record holds."""
+    journaled = {p[1] for p in map(parse_stamp, stamps) if p is not None}
+    record_ids = set(repo.index.catalog.ids()) | {rid for _, rid in refs_items}
+    return record_ids | {rid for rid in journaled if rid in present}
+
+
+def _trace_records(
+    repo: Repository, objects: _Objects, record_ids: set[str], names: dict[str, str]
+) -> dict[str, str]:
+    """Walk every record's closure to learn which artifacts each bad or missing object
+    hurts (a record that is not present is missing itself); the label of each record."""
+    trouble = set(objects.bad) | set(objects.missing)
     labels: dict[str, str] = {}
     for rid in sorted(record_ids):
         rid = ObjectId(rid)
         labels[rid] = label = f"{names.get(rid) or _record_name(repo, rid)} ({rid[:12]})"
-        if rid not in present:
-            missing.setdefault(rid, set())
+        if rid not in objects.present:
+            objects.missing.setdefault(rid, set())
             trouble.add(rid)
         stack, seen = [rid], set()
         while stack:
@@ -141,29 +182,41 @@ def check(
                 continue
             seen.add(oid)
             if oid in trouble:
-                affected.setdefault(oid, set()).add(label)
-            stack.extend(children.get(oid, ()))
+                objects.affected.setdefault(oid, set()).add(label)
+            stack.extend(objects.children.get(oid, ()))
+    return labels
 
-    report.problems.extend(ref_problems)
-    live = (record_ids & set(present)) - _puts(stamps)
-    report.problems.extend(_unjournaled(repo, live, labels))
-    report.problems.extend(_lost_tag_entries(repo, set(stamps), labels))
-    damaged_names = {p.object_id for p in ref_problems}
-    wait = repo.names.lock_timeout if settle is None else settle
-    report.problems.extend(_unpublished(repo, damaged_names, wait))
-    for name, rid in refs_items:
-        if rid not in present:
-            report.problems.append(
-                Problem("dangling-ref", rid, f"ref {name!r} points at a missing record")
-            )
-    for stamp, rid, why in journal_problems:
+
+def _dangling_refs(
+    refs_items: list[tuple[str, str]], present: Mapping[ObjectId, Stat]
+) -> list[Problem]:
+    return [
+        Problem("dangling-ref", rid, f"ref {name!r} points at a missing record")
+        for name, rid in refs_items
+        if rid not in present
+    ]
+
+
+def _damaged_journal(
+    repo: Repository, damaged: list[tuple[str, str, str]], labels: dict[str, str]
+) -> list[Problem]:
+    problems = []
+    for stamp, rid, why in damaged:
         who = (
             (labels.get(rid) or f"{_record_name(repo, ObjectId(rid))} ({rid[:12]})",) if rid else ()
         )
-        report.problems.append(Problem("damaged-journal", stamp, why, who))
-    for oid, text in sorted(bad.items()):
-        report.problems.append(Problem("corrupt", oid, text, tuple(sorted(affected.get(oid, ())))))
-    for oid, parents in sorted(missing.items()):
+        problems.append(Problem("damaged-journal", stamp, why, who))
+    return problems
+
+
+def _object_problems(repo: Repository, objects: _Objects) -> list[Problem]:
+    """A problem for each corrupt object, then for each missing one, with the artifacts
+    each affects."""
+    problems = [
+        Problem("corrupt", oid, text, tuple(sorted(objects.affected.get(oid, ()))))
+        for oid, text in sorted(objects.bad.items())
+    ]
+    for oid, parents in sorted(objects.missing.items()):
         lists = sorted(p for p in parents if _kind(repo, p) == "chunks")
         detail = "referenced but not present"
         if lists:
@@ -171,27 +224,30 @@ def check(
                 f"chunk of chunk list {', '.join(lists)} not present: the chunk was deleted, "
                 "or the list is damaged (a flipped digest names a chunk that never existed)"
             )
-        report.problems.append(
-            Problem("missing", oid, detail, tuple(sorted(affected.get(oid, ()))))
+        problems.append(
+            Problem("missing", oid, detail, tuple(sorted(objects.affected.get(oid, ()))))
         )
-    if repair:
-        for oid in sorted(bad):
-            data = repo.storage.read(object_path(oid))
-            repo.storage.write_atomic(f"quarantine/{oid}", data)
-            repo.storage.delete(object_path(oid))
-            report.quarantined.append(oid)
-        for found in report.problems:
-            if found.kind == "damaged-ref":
-                _restore_ref(repo, found.object_id, report)
-            elif found.kind == "damaged-journal":
-                _set_entry_aside(repo, found, report)
-            elif found.kind == "lost-journal-entry":
-                _write_tags_again(repo, found, report)
-            elif found.kind == "unjournaled":
-                repo.journal.append({"op": "put", "id": found.object_id})
-                report.repaired.append(f"journal entry of {found.artifacts[0]} written again")
-        repo.sync()  # what was set aside is no longer damaged
-    return report
+    return problems
+
+
+def _repair(repo: Repository, report: FsckReport, bad: Mapping[ObjectId, str]) -> None:
+    """Quarantine each corrupt object, then settle each problem that can be settled."""
+    for oid in sorted(bad):
+        data = repo.storage.read(object_path(oid))
+        repo.storage.write_atomic(f"quarantine/{oid}", data)
+        repo.storage.delete(object_path(oid))
+        report.quarantined.append(oid)
+    for found in report.problems:
+        if found.kind == "damaged-ref":
+            _restore_ref(repo, found.object_id, report)
+        elif found.kind == "damaged-journal":
+            _set_entry_aside(repo, found, report)
+        elif found.kind == "lost-journal-entry":
+            _write_tags_again(repo, found, report)
+        elif found.kind == "unjournaled":
+            repo.journal.append({"op": "put", "id": found.object_id})
+            report.repaired.append(f"journal entry of {found.artifacts[0]} written again")
+    repo.sync()  # what was set aside is no longer damaged
 
 
 def _restore_ref(repo: Repository, name: str, report: FsckReport) -> None:
