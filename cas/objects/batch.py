@@ -51,7 +51,6 @@ class Pending:
         self._bytes = 0
         self._sealed: list[dict[ObjectId, bytes]] = []  # full packs being written
         self._writes: deque[Future[None]] = deque()
-        self._unsynced = False
         self._pool: ThreadPoolExecutor | None = None
 
     def get(self, oid: ObjectId) -> bytes | None:
@@ -114,10 +113,8 @@ class Pending:
                 self._sealed.remove(objects)
         for fut in writes:
             fut.result()
-        with self.lock:
-            if durable and self._unsynced:
-                self.storage.sync()
-                self._unsynced = False
+        if durable:
+            self.storage.sync()  # a no-op unless something was written unsynced
         return len(objects)
 
     def _write(self, objects: list[tuple[ObjectId, bytes]]) -> None:
@@ -132,5 +129,3 @@ class Pending:
         else:
             for oid, stored in objects:
                 self.storage.write_atomic(self.loose_path(oid), stored, durable=False)
-        with self.lock:
-            self._unsynced = True

@@ -83,6 +83,13 @@ def read_up_to(stream: Reader | BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
+def cut_buffer(view: memoryview, params: ChunkParams = DEFAULT_PARAMS) -> Iterator[memoryview]:
+    """Chunks of an in-memory buffer, as slices of it (no copy)."""
+    cdc = FastCDC(params.avg_size, min_size=params.min_size, max_size=params.max_size)
+    for chunk in cdc.cut_buf(view):
+        yield view[chunk.offset : chunk.offset + chunk.length]
+
+
 def cut(
     head: bytes, rest: Reader | BinaryIO, params: ChunkParams = DEFAULT_PARAMS
 ) -> Iterator[bytes]:

@@ -99,7 +99,7 @@ def encode(kind: str, payload: bytes | memoryview, level: int = DEFAULT_LEVEL) -
         packed = _compressor(level).compress(payload)
         if len(packed) <= raw_size * (1 - MIN_SAVING):
             flags, body = FLAG_ZSTD, packed
-    return HEADER.pack(MAGIC, FORMAT, KINDS[kind], flags, 0, raw_size) + bytes(body)
+    return HEADER.pack(MAGIC, FORMAT, KINDS[kind], flags, 0, raw_size) + body  # one copy
 
 
 def _may_compress(payload: bytes | memoryview, level: int) -> bool:

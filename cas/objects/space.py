@@ -26,7 +26,14 @@ import msgpack
 from cas.errors import CasError, FormatError, IntegrityError, ObjectNotFound
 from cas.objects import codec, packs
 from cas.objects.batch import Pending
-from cas.objects.chunking import DEFAULT_PARAMS, ChunkParams, Reader, cut, read_up_to
+from cas.objects.chunking import (
+    DEFAULT_PARAMS,
+    ChunkParams,
+    Reader,
+    cut,
+    cut_buffer,
+    read_up_to,
+)
 from cas.objects.ids import ObjectId, blob_id, is_id, kind_id, parse_id
 from cas.objects.kinds import ChunkList, pack, unpack
 from cas.storage import TEMP_PREFIX, Stat, Storage, open_storage
@@ -223,14 +230,31 @@ class ObjectSpace:
     def put(self, data: bytes | bytearray | memoryview | BinaryIO | Reader) -> ObjectId:
         """Store blob content (bytes or a binary stream); return its id (``b3sum``)."""
         if isinstance(data, (bytes, bytearray, memoryview)):
-            view = memoryview(data)
-            if len(view) <= self.params.threshold:
-                return self._put_whole(bytes(view))
-            return self._put_chunked(b"", io.BytesIO(view))
+            return self.put_buffer(data)
         head = read_up_to(data, self.params.threshold + 1)
         if len(head) <= self.params.threshold:
             return self._put_whole(head)
         return self._put_chunked(head, data)
+
+    def put_buffer(self, data: Any) -> ObjectId:
+        """Store content held in memory (bytes, bytearray, memoryview, or any buffer
+        such as a contiguous numpy array). Hashed first on every core, so content
+        stored already costs one hash and one lookup; new content is cut into slices of
+        the buffer itself (no copy of the payload on the way)."""
+        view = memoryview(data)
+        if not view.c_contiguous:
+            raise CasError(
+                "cannot store a non-contiguous buffer: copy it first (numpy: np.ascontiguousarray)"
+            )
+        view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        if len(view) <= self.params.threshold:
+            oid = blob_id(view)
+            self._store(oid, "blob", view, batched=self.in_batch())
+            return oid
+        oid = blob_id(view)
+        if self._freshen(oid):
+            return oid
+        return self._put_chunked_from(cut_buffer(view, self.params), expect=oid, hashed=True)
 
     def put_file(self, path: str | os.PathLike[str]) -> ObjectId:
         """Store a local file. Hashes it first (all cores) so existing content costs one
@@ -349,7 +373,9 @@ class ObjectSpace:
             return self.packs.touch(pack_id)
         return True
 
-    def _put_chunk(self, data: bytes, run: _NewRun, batched: bool) -> tuple[ObjectId, int]:
+    def _put_chunk(
+        self, data: bytes | memoryview, run: _NewRun, batched: bool
+    ) -> tuple[ObjectId, int]:
         oid = blob_id(data, threads=False)
         new = self._store(oid, "blob", data, create_first=run.likely_new(), batched=batched)
         run.saw(new=new)
@@ -358,9 +384,19 @@ class ObjectSpace:
     def _put_chunked(
         self, head: bytes, rest: Reader | BinaryIO, expect: ObjectId | None = None
     ) -> ObjectId:
-        # The stream is cut on this thread; each chunk is hashed, compressed and written
+        return self._put_chunked_from(cut(head, rest, self.params), expect=expect)
+
+    def _put_chunked_from(
+        self,
+        pieces: Iterator[bytes] | Iterator[memoryview],
+        *,
+        expect: ObjectId | None = None,
+        hashed: bool = False,
+    ) -> ObjectId:
+        # The content is cut on this thread; each chunk is hashed, compressed and written
         # on the pool. At most `inflight` chunks are held, so memory stays flat however
-        # long the stream is.
+        # long the stream is. ``hashed``: ``expect`` is the hash of these very bytes
+        # (a buffer in memory), so the whole is not hashed again.
         pool = self._chunk_pool()
         total = blake3.blake3()
         run = _NewRun()
@@ -368,8 +404,9 @@ class ObjectSpace:
         pending: deque[Future[tuple[ObjectId, int]]] = deque()
         chunks: list[tuple[ObjectId, int]] = []
         try:
-            for data in cut(head, rest, self.params):
-                total.update(data)
+            for data in pieces:
+                if not hashed:
+                    total.update(data)
                 pending.append(pool.submit(self._put_chunk, data, run, batched))
                 while len(pending) >= self.inflight:
                     chunks.append(pending.popleft().result())
@@ -378,7 +415,7 @@ class ObjectSpace:
         finally:
             for fut in pending:
                 fut.cancel()
-        oid = ObjectId(total.hexdigest())
+        oid = expect if hashed and expect is not None else ObjectId(total.hexdigest())
         if expect is not None and oid != expect:
             raise CasError(f"file changed while it was stored (hashed {expect}, read {oid})")
         listing = ChunkList(sum(n for _, n in chunks), tuple(chunks))

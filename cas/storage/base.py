@@ -71,7 +71,7 @@ class Storage(ABC):
 
     def sync(self) -> None:  # noqa: B027 - a no-op unless a backend defers writes
         """Make every write of this process so far durable (a no-op where each write
-        already is: object stores)."""
+        already is, object stores, and when nothing was written unsynced since)."""
 
     def read_range(self, rel: str, start: int, length: int) -> bytes:
         """``length`` bytes from ``start``; ``FileNotFoundError`` if absent."""

@@ -7,13 +7,30 @@ import ctypes
 import ctypes.util
 import os
 import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 from fsspec.implementations.local import LocalFileSystem
 
 import refs
 from cas.storage.base import TEMP_PREFIX, Stat, Storage
+
+#: Write-once files (packs) kept open for range reads, per storage.
+OPEN_FILES: Final = 64
+
+
+class _Open:
+    """A descriptor kept open, with how many reads use it (closed when evicted and
+    unused, never under a reader)."""
+
+    __slots__ = ("evicted", "fd", "users")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.users = 0
+        self.evicted = False
 
 
 class LocalStorage(Storage):
@@ -26,6 +43,9 @@ class LocalStorage(Storage):
         self.fsync = fsync
         self.local_dir = self.root
         self._made_dirs: set[str] = set()
+        self._fds: OrderedDict[str, _Open] = OrderedDict()
+        self._fds_lock = threading.Lock()
+        self._unsynced = False  # a write with durable=False since the last sync
 
     listing_stats = False
     cheap_touch = True
@@ -69,6 +89,8 @@ class LocalStorage(Storage):
                 view = view[os.write(fd, view) :]
             if self.fsync and durable:
                 os.fsync(fd)
+            elif self.fsync:
+                self._unsynced = True
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -91,22 +113,52 @@ class LocalStorage(Storage):
     def sync(self) -> None:
         """One ``syncfs`` of the filesystem holding the root: every file written and
         renamed so far, data and folder entries, is on disk when it returns."""
-        if self.fsync:
+        if self.fsync and self._unsynced:
+            # Cleared before the sync: a write that lands after this line sets it again
+            # and is synced by the next call; every write before it is synced by this one.
+            self._unsynced = False
             _syncfs(self.root)
 
     def read_range(self, rel: str, start: int, length: int) -> bytes:
-        fd = os.open(self._path(rel), os.O_RDONLY)
-        try:
-            return os.pread(fd, length, start)
-        finally:
-            os.close(fd)
+        return self.read_ranges(rel, [(start, start + length)])[0]
 
     def read_ranges(self, rel: str, spans: list[tuple[int, int]]) -> list[bytes]:
-        fd = os.open(self._path(rel), os.O_RDONLY)
+        """Range reads of a write-once file (a pack) through a descriptor kept open:
+        one open for thousands of reads. A file removed since still reads its own
+        bytes, which are still the right bytes for its ids."""
+        handle = self._handle(rel)
         try:
-            return [os.pread(fd, end - start, start) for start, end in spans]
+            return [os.pread(handle.fd, end - start, start) for start, end in spans]
         finally:
-            os.close(fd)
+            self._release(handle)
+
+    def _handle(self, rel: str) -> _Open:
+        with self._fds_lock:
+            handle = self._fds.get(rel)
+            if handle is not None:
+                self._fds.move_to_end(rel)
+                handle.users += 1
+                return handle
+        fd = os.open(self._path(rel), os.O_RDONLY)
+        with self._fds_lock:
+            handle = self._fds.get(rel)
+            if handle is not None:  # another thread opened it meanwhile
+                os.close(fd)
+            else:
+                handle = self._fds[rel] = _Open(fd)
+                while len(self._fds) > OPEN_FILES:  # the least recently used goes
+                    _, old = self._fds.popitem(last=False)
+                    old.evicted = True
+                    if not old.users:
+                        os.close(old.fd)
+            handle.users += 1
+            return handle
+
+    def _release(self, handle: _Open) -> None:
+        with self._fds_lock:
+            handle.users -= 1
+            if handle.evicted and not handle.users:
+                os.close(handle.fd)
 
     def stat(self, rel: str) -> Stat | None:
         try:
