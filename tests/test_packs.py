@@ -260,3 +260,59 @@ def test_push_and_pull_write_packs(store: ArtifactStore, tmp_path: Path) -> None
         assert (out / "f0100.bin").read_bytes() == (src / "f0100.bin").read_bytes()
         assert dst.load("s/2") == b"small 2"
         assert fsck.check(dst).ok
+
+
+def _pack_of(store: ArtifactStore) -> str:
+    (name,) = [n for n in _pack_files(store) if n.endswith(".pack")]
+    return name[:-5]
+
+
+def test_fsck_repair_salvages_a_pack_keeping_what_verifies(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    src = _folder(tmp_path / "src", 40)
+    store.save(src, "d")
+    store.save(b"loose and fine", "other")
+    victim = next(e for e in store.list_files("d") if e["path"] == "f0003.bin")["id"]
+    where = store.space.packs.find(victim)
+    assert where is not None
+    path = Path(store.storage.local_dir or "") / packs.pack_path(where.pack)
+    data = bytearray(path.read_bytes())
+    data[where.offset + where.length - 5] ^= 0xFF
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    report = fsck.check(store)
+    kinds = {p.kind for p in report.problems}
+    assert {"corrupt", "damaged-pack"} <= kinds  # the object, and the pack's own hash
+    repaired = fsck.check(store, repair=True)
+    assert victim in repaired.quarantined
+    assert any("rewritten to a new pack" in line for line in repaired.repaired)
+    assert (Path(store.storage.local_dir or "") / "quarantine" / victim).exists()
+    # every other file of the folder still reads; only the damaged one is missing
+    with store.open("d", path="f0004.bin") as f:
+        assert f.read() == (src / "f0004.bin").read_bytes()
+    with pytest.raises(ObjectNotFound):
+        store.space.get(victim)
+    after = fsck.check(store)
+    assert {p.kind for p in after.problems} == {"missing"}
+    assert any("d (" in a for p in after.problems for a in p.artifacts)
+    assert store.load("other") == b"loose and fine"
+
+
+def test_fsck_rebuilds_a_damaged_index_from_its_pack(store: ArtifactStore, tmp_path: Path) -> None:
+    src = _folder(tmp_path / "src", 40)
+    store.save(src, "d")
+    pack_id = _pack_of(store)
+    idx = Path(store.storage.local_dir or "") / packs.index_path(pack_id)
+    idx.chmod(0o644)
+    idx.write_bytes(idx.read_bytes()[:-7])  # truncated
+    with cas.open_store(store.url) as fresh:
+        report = fsck.check(fresh)
+        damaged = [p for p in report.problems if p.kind == "damaged-pack"]
+        assert damaged and damaged[0].object_id == pack_id
+        assert any("d (" in a for a in damaged[0].artifacts)
+        fsck.check(fresh, repair=True)
+        assert fsck.check(fresh).ok
+        out = tmp_path / "out"
+        fresh.load("d", dest=out)
+        assert (out / "f0010.bin").read_bytes() == (src / "f0010.bin").read_bytes()

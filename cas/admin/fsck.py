@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from cas.admin import pack_check
 from cas.errors import CasError, FormatError, IntegrityError, ObjectNotFound
 from cas.objects.ids import ObjectId
 from cas.objects.kinds import references, unpack
@@ -25,7 +26,7 @@ Progress = Callable[[str, int], None]
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    # "corrupt" | "missing" | "dangling-ref" | "damaged-ref" | "damaged-journal" |
+    # "corrupt" | "missing" | "damaged-pack" | "dangling-ref" | "damaged-ref" | "damaged-journal" |
     # "unjournaled" | "lost-journal-entry" | "unpublished-update"
     kind: str
     object_id: str
@@ -112,6 +113,7 @@ def check(
     report.problems.extend(_dangling_refs(refs_items, objects.present))
     report.problems.extend(_damaged_journal(repo, journal_problems, labels))
     report.problems.extend(_object_problems(repo, objects))
+    report.problems.extend(_pack_problems(repo, objects))
     if repair:
         _repair(repo, report, objects.bad)
     return report
@@ -230,13 +232,38 @@ def _object_problems(repo: Repository, objects: _Objects) -> list[Problem]:
     return problems
 
 
+def _pack_problems(repo: Repository, objects: _Objects) -> list[Problem]:
+    """Packs whose bytes or index are damaged, with the artifacts their objects serve."""
+    problems = []
+    for pack_id, detail in pack_check.pack_problems(repo):
+        labels: set[str] = set()
+        for oid in pack_check.objects_of(repo, pack_id):
+            labels |= objects.affected.get(oid, set())
+        problems.append(
+            Problem("damaged-pack", pack_id, f"pack {pack_id}: {detail}", tuple(sorted(labels)))
+        )
+    return problems
+
+
 def _repair(repo: Repository, report: FsckReport, bad: Mapping[ObjectId, str]) -> None:
-    """Quarantine each corrupt object, then settle each problem that can be settled."""
+    """Quarantine each corrupt object (a packed one: its pack is rewritten with every
+    object that still verifies), then settle each problem that can be settled."""
+    in_packs: dict[str, list[ObjectId]] = {}
     for oid in sorted(bad):
-        data = repo.storage.read(object_path(oid))
+        try:
+            data = repo.storage.read(object_path(oid))
+        except FileNotFoundError:
+            where = repo.space.packs.find(oid)
+            if where is not None:
+                in_packs.setdefault(where.pack, []).append(oid)
+                report.quarantined.append(oid)
+            continue
         repo.storage.write_atomic(f"quarantine/{oid}", data)
         repo.storage.delete(object_path(oid))
         report.quarantined.append(oid)
+    damaged = {p.object_id for p in report.problems if p.kind == "damaged-pack"}
+    for pack_id in sorted(in_packs.keys() | damaged):
+        report.repaired.append(pack_check.salvage(repo, pack_id, in_packs.get(pack_id, ())))
     for found in report.problems:
         if found.kind == "damaged-ref":
             _restore_ref(repo, found.object_id, report)

@@ -40,6 +40,8 @@ def repack(
                 dead_bytes += where.length
             else:
                 live.append((oid, where))
+        if not dead:
+            continue  # all of it was reached again since the plan
         _write_live(repo, live)
         if not _old(pack_set, pack_id, grace):  # relied on meanwhile: keep both copies
             spared += dead
