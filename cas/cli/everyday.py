@@ -18,6 +18,8 @@ from cas.api.artifact_store import ArtifactStore, open_store
 from cas.cli.common import EXIT_OK, Add, UsageError, key_values, open_root, positive
 from cas.cli.output import Output, human_size, local_time, progress, short
 from cas.errors import CasError, ObjectNotFound
+from cas.objects.kinds import MODE_EXEC, MODE_LINK
+from cas.objects.trees import checkout, find_entry
 from cas.repo.names import check_name
 
 #: Files at least this big (and every folder) show progress while ``put`` stores them.
@@ -93,18 +95,39 @@ def _own_name(info: dict[str, Any], rid: str) -> Path:
 
 
 def cmd_get(args: argparse.Namespace, out: Output) -> int:
+    ref, colon, inner = args.ref.partition(":")  # ':' is never in a name (git's rules)
     with open_root(args) as store:
-        rid, _ = store.resolve(args.ref)
+        rid, _ = store.resolve(ref)
         record = store.repo.record(rid)
         content = record.get("content_id")
         if content is None:
             raise UsageError(f"artifact {record['name']} ({rid[:12]}) was registered without data")
         info = record.get("content_info") or {}
         result: dict[str, Any] = {"id": rid, "name": record["name"], "path": None}
-        if args.output == "-" and info.get("path") != "dir":  # as curl and tar do
+        if colon:  # NAME:PATH: one file (or subfolder) of a folder, reading only its objects
+            if record.get("content_kind") != "tree":
+                raise UsageError(f"artifact {record['name']} is a single file, not a folder: "
+                                 f"get it as 'cas get {ref}'")  # fmt: skip
+            entry = find_entry(store.space, content, inner, record["name"])
+            result["file"] = inner.strip("/")
+            if args.output == "-" and not entry.is_dir:
+                _to_stdout(store, entry.id)
+                return EXIT_OK
+            dest = Path(args.output) if args.output else Path(entry.name)
+            if not args.output and (dest.exists() or dest.is_symlink()):
+                raise UsageError(f"{dest} exists; choose where to write it with -o PATH")
+            dest = dest / entry.name if dest.is_dir() and not entry.is_dir else dest
+            if entry.is_dir:
+                checkout(store.space, entry.id, dest)
+            elif entry.mode == MODE_LINK:  # as a checkout of the whole folder writes it
+                os.symlink(store.space.get(entry.id).decode(), dest)
+            else:
+                _write_file(store, entry.id, dest, executable=entry.mode == MODE_EXEC)
+            result["path"] = str(dest)
+        elif args.output == "-" and info.get("path") != "dir":  # as curl and tar do
             _to_stdout(store, content)
             return EXIT_OK
-        if record.get("materializer") == "path":
+        elif record.get("materializer") == "path":
             own = _own_name(info, rid)
             dest = Path(args.output) if args.output else own
             if not args.output and (dest.exists() or dest.is_symlink()):
@@ -260,8 +283,11 @@ def add_commands(add: Add) -> None:
         "--parent", action="append", default=[], metavar="ID", help="parent artifact (repeatable)"
     )
     p.add_argument("--type", help="artifact type (default: files)")
-    p = add("get", cmd_get, "write an artifact's content to a file, a folder or stdout")
-    p.add_argument("ref", metavar="NAME|ID")
+    p = add("get", cmd_get, "write an artifact's content (NAME:PATH: one file of a folder "
+            "artifact) to a file, a folder or stdout")  # fmt: skip
+    p.add_argument("ref", metavar="NAME|ID[:PATH]",
+                   help="an artifact; ':PATH' picks one file or subfolder of a folder artifact, "
+                   "reading only its objects")  # fmt: skip
     p.add_argument(
         "-o", "--output", metavar="PATH", help="where to write it ('-': standard output)"
     )
