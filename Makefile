@@ -33,9 +33,19 @@ browser:
 test: $(STAMP) node_modules/.installed browser
 	$(PY) -m pytest -q
 
-## make bench: throughput beside the limits and the peers, as ratios
-bench: $(STAMP)
+## make bench: throughput beside the limits and the peers, as ratios (about 30 minutes);
+## make bench-quick: every benchmark at small sizes (a smoke run, a few minutes each).
+## The peers git and restic come from apt when root and missing; else they are reported missing.
+.PHONY: bench-quick bench-peers
+bench: $(STAMP) bench-peers
 	$(PY) -m bench
+bench-quick: $(STAMP) bench-peers
+	$(PY) -m bench --quick
+bench-peers:
+	@for p in git restic; do command -v $$p >/dev/null || { [ "$$(id -u)" = 0 ] && \
+	  { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q $$p || \
+	    { apt-get update -q && apt-get install -y -q $$p; }; }; } || \
+	  echo "make bench: $$p is missing and could not be installed (as root: apt-get install -y $$p)" >&2; done
 
 ## make lint: ruff, mypy strict on the packages, import-linter
 lint: $(STAMP)

@@ -1,6 +1,9 @@
-"""Run the benchmark suite: ``python -m bench [objects] [artifacts] [catalog] [s3] [gc] [--quick]``.
+"""Run the benchmark suite: ``python -m bench [NAME ...] [--quick]``.
 
-With no names every benchmark runs in turn. Each prints its own table, with the limits
+Benchmarks: objects (the object layer), artifacts (small saves, issue 6), saves (the
+public API at its limits, issue 17), folders (many small files, put/get/push beside git
+and restic, issue 16), catalog, s3 (large data and small artifacts on moto), serve
+(``cas serve`` content), parquet, gc. With no names every benchmark runs in turn. Each prints its own table, with the limits
 it measured in the same run and PASS/FAIL against its targets; this runner ends with a
 one-line summary per benchmark. ``CAS_BENCH_FULL=1`` runs the catalog at its full
 1,000,000 records (default 200,000, to keep ``make bench`` around ten minutes); gc
@@ -39,10 +42,21 @@ def _args(name: str, quick: bool) -> list[str]:
         if quick:
             return ["--records", "20000"]
         return [] if FULL else ["--records", "200000"]
+    if name == "folders":
+        return ["--files", "2000", "--rounds", "1", "--min-cap", "10"] if quick else []
+    if name == "saves":
+        quick_args = ["--size-mib", "64", "--count", "500", "--durable", "300", "--s3-ops", "5"]
+        return [*quick_args, "--rounds", "1"] if quick else []
+    if name == "serve":
+        return (
+            ["--small", "300", "--large-mib", "16", "--large-gets", "3", "--rounds", "1"]
+            if quick
+            else []
+        )
     return []
 
 
-BENCHMARKS = ("objects", "artifacts", "catalog", "s3", "gc")
+BENCHMARKS = ("objects", "artifacts", "saves", "folders", "catalog", "s3", "serve", "parquet", "gc")
 
 
 def _load(name: str) -> Callable[[Sequence[str]], Any] | None:

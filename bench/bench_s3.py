@@ -4,15 +4,18 @@ Run: ``python -m bench.bench_s3 [--large-mib 200] [--small 2000] [--threads 16]`
 (or ``python -m bench s3``). It starts moto itself (``cas.testing.servers.s3()``).
 
 Large data: 200 MiB of random bytes (incompressible: cas gains nothing from zstd),
-also written as 50 files of 4 MiB. The target (>= 0.8x) compares cas storing the
-200 MiB as one artifact (``store.save(path)`` cuts it into chunk objects of at most
-4 MiB and writes them on the I/O pool, 16 requests in flight; ``store.load(name,
-dest=...)`` reads them ahead the same way) with s3fs ``put_file`` / ``get_file`` of
-the same bytes in 4 MiB objects, one at a time. Also shown: s3fs moving the 200 MiB
-as one object (multipart, 50 MiB parts), s3fs moving cas's own chunk objects from 16
-threads (the most this server gives that layout), and cas saving the 50 files as 50
-artifacts in a loop (each also writes a record, a journal entry and a ref with its
-history: the small requests per save are counted).
+also written as 50 files of 4 MiB. The targets (issue 16, >= 0.8x) compare cas storing
+the 200 MiB as one artifact (``store.save(path)``; ``store.load(name, dest=...)``) with
+s3fs ``put_file`` / ``get_file`` of the same bytes in 4 MiB objects, one at a time; and
+cas saving (loading) the 50 files as 50 artifacts in a loop with the same s3fs loop.
+Also shown: s3fs moving the 200 MiB as one object (multipart, 50 MiB parts), s3fs
+moving cas's own chunk objects from 16 threads (the most this server gives that layout;
+absent when the chunks are packed), and ``store.save_many`` of the 50 files. The same
+targets run again through bench/_proxy.py (``--proxy-ms`` each way, 20 by default: a
+40 ms round trip, where requests in sequence cost what they cost on a real bucket).
+Peak RSS: cas saving and loading the 200 MiB artifact, each in a child process that
+reports its own ``VmHWM``, beside an idle one (import cas, open the store): bounded
+means under 128 MiB over idle, whatever the artifact's size.
 
 Small artifacts: ``--small`` artifacts of 2 KiB each, saved and loaded by name with
 ``store.save`` / ``store.load`` from a pool of ``--threads`` threads, beside a
@@ -30,6 +33,7 @@ import asyncio
 import collections
 import contextlib
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -104,9 +108,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--small", type=int, default=2000, help="small artifacts (default 2000)")
     ap.add_argument("--sample", type=int, default=200, help="of them timed one at a time (200)")
     ap.add_argument("--threads", type=int, default=16, help="pool for small artifacts (16)")
-    ap.add_argument("--latency-ms", type=float, default=20.0,
-                    help="simulated round trip for the second small-artifact table (20; 0: skip)")
+    ap.add_argument(
+        "--latency-ms",
+        type=float,
+        default=20.0,
+        help="simulated round trip for the second small-artifact table (20; 0: skip)",
+    )
     ap.add_argument("--latency-small", type=int, default=400, help="artifacts in it (400)")
+    ap.add_argument("--proxy-ms", type=float, default=20.0,
+                    help="the large data again through bench/_proxy.py, this delay each way (20; 0: skip)")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args(argv)
 
@@ -128,10 +138,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def _large(srv: Any, work: Path, args: argparse.Namespace) -> dict[str, bool]:
-    import cas
-    from cas.objects.kinds import ChunkList
-    from cas.objects.space import object_path
-
     n = max(1, args.large_mib // args.object_mib)
     size = args.object_mib * MIB
     rng = np.random.default_rng(20261123)
@@ -144,49 +150,90 @@ def _large(srv: Any, work: Path, args: argparse.Namespace) -> dict[str, bool]:
     with open(whole, "wb") as out:
         for path in files:
             out.write(path.read_bytes())
-    total = n * size
-    fs = srv.filesystem()
+    marks = _large_run(srv, work, args, files, whole, None)
+    marks.update(_large_memory(srv, work, files, whole))
+    if args.proxy_ms > 0:
+        from bench._proxy import latency_proxy
+
+        with latency_proxy(srv.endpoint, delay=args.proxy_ms / 1000) as proxy:
+            marks.update(_large_run(srv, work, args, files, whole, proxy))
+    return marks
+
+
+def _large_run(srv: Any, work: Path, args: argparse.Namespace, files: list[Path], whole: Path,
+               proxy: Any) -> dict[str, bool]:  # fmt: skip
+    """cas beside s3fs on the large data, directly (with the reference rows) or through
+    the latency proxy (``proxy``: only the rows with targets)."""
+    import cas
+
+    n, total = len(files), len(files) * files[0].stat().st_size
+    direct = proxy is None
+    over = {} if direct else {"endpoint_url": proxy.endpoint}
+    fs = srv.filesystem(**over)
     bucket = srv.new_bucket("bench")
     out_dir = work / "out"
-    out_dir.mkdir()
+    out_dir.mkdir(exist_ok=True)
     r = Rounds()
     per_save: collections.Counter[str] = collections.Counter()
+    seen_save: Any = None
     chunk_count = 0
+    has_many = False
     for rnd in range(args.rounds):
         raw, root = f"{bucket}/raw{rnd}", srv.url(bucket, f"cas{rnd}")
-        store = cas.open_store(root, **srv.storage_options)
-        r.run("raw put loop", lambda raw=raw: [fs.put_file(str(p), f"{raw}/{p.name}") for p in files])
-        r.run("raw put file", lambda raw=raw: fs.put_file(str(whole), f"{raw}/whole"))
+        store = cas.open_store(root, **{**srv.storage_options, **over})
+        has_many = hasattr(store, "save_many")
+        r.run("raw put loop", lambda raw=raw: [fs.put_file(str(p), f"{raw}/{p.name}") for p in files])  # fmt: skip
+        if direct:
+            r.run("raw put file", lambda raw=raw: fs.put_file(str(whole), f"{raw}/whole"))
         r.run("cas put", lambda store=store: store.save(whole, "whole"))
-        # The limit for cas's layout here: its own stored objects, 16 PUTs at once.
-        content = store.get_metadata("whole")["content_id"]
-        listing = ChunkList.parse(content, store.space.read_object(content)[1])
-        stored = [store.storage._path(object_path(cid)) for cid, _ in listing.chunks]
-        chunk_count = len(stored)
-        bodies = [(f"{raw}/same/{k}", fs.cat_file(p)) for k, p in enumerate(stored)]
-        r.run("raw put same", lambda b=bodies: _in_threads(16, fs.pipe_file, b))
+        stored: list[str] = []
+        if direct:
+            # The limit for cas's layout here: the large objects it stored for this
+            # artifact (chunks, or the packs holding them), 16 requests at once.
+            listing = fs.find(root.removeprefix("s3://"), detail=True)
+            stored = [k for k, info in listing.items() if int(info.get("size") or 0) >= MIB]
+            chunk_count = len(stored)
+            if stored:
+                bodies = [(f"{raw}/same/{k}", fs.cat_file(p)) for k, p in enumerate(stored)]
+                r.run("raw put same", lambda b=bodies: _in_threads(16, fs.pipe_file, b))
+                del bodies
         r.run("raw get loop", lambda raw=raw: [fs.get_file(f"{raw}/{p.name}", str(out_dir / p.name)) for p in files])  # fmt: skip
-        r.run("raw get file", lambda raw=raw: fs.get_file(f"{raw}/whole", str(out_dir / "w")))
+        if direct:
+            r.run("raw get file", lambda raw=raw: fs.get_file(f"{raw}/whole", str(out_dir / "w")))
         r.run("cas get", lambda store=store: store.load("whole", dest=out_dir / "c"))
-        r.run("raw get same", lambda s=stored: _in_threads(16, fs.cat_file, [(p,) for p in s]))
+        if stored:
+            r.run("raw get same", lambda s=stored: _in_threads(16, fs.cat_file, [(p,) for p in s]))
         counts: collections.Counter[str] = collections.Counter()
-        with counted_requests(counts):
+        window = proxy.window() if proxy is not None else contextlib.nullcontext(None)
+        with counted_requests(counts), window as seen:
             r.run("cas put many", lambda store=store: [store.save(p, f"parts/{p.name}") for p in files])  # fmt: skip
         per_save = collections.Counter({k: v // n for k, v in counts.items()})
+        seen_save = seen
         r.run("cas get many", lambda store=store: [store.load(f"parts/{p.name}", dest=out_dir / f"c-{p.name}") for p in files])  # fmt: skip
-        loaded = store.load("whole", dest=out_dir / "check")
-        assert Path(loaded).read_bytes() == whole.read_bytes(), "cas returned other bytes"
+        if direct and has_many:
+            r.run("cas put save_many", lambda store=store: store.save_many([(p, f"many/{p.name}") for p in files]))  # fmt: skip
+        if rnd == 0:
+            loaded = store.load("whole", dest=out_dir / "check")
+            assert Path(loaded).read_bytes() == whole.read_bytes(), "cas returned other bytes"
         store.close()
+        shutil.rmtree(out_dir)
+        out_dir.mkdir()
 
     def mbs(key: str) -> str:
-        return fmt_rate(r.rate(key, total))
+        return fmt_rate(r.rate(key, total)) if key in r.best else ""
 
     def x(a: str, b: str) -> float:
         return r.best[b] / r.best[a]
 
+    def also(a: str, b: str) -> str:
+        return f"{x(a, b):.2f}x" if a in r.best and b in r.best else ""
+
+    tag = "" if direct else " +rtt"
     marks = {
-        "large put": x("cas put", "raw put loop") >= TARGET_LARGE,
-        "large get": x("cas get", "raw get loop") >= TARGET_LARGE,
+        f"large put{tag}": x("cas put", "raw put loop") >= TARGET_LARGE,
+        f"large get{tag}": x("cas get", "raw get loop") >= TARGET_LARGE,
+        f"many put{tag}": x("cas put many", "raw put loop") >= TARGET_LARGE,
+        f"many get{tag}": x("cas get many", "raw get loop") >= TARGET_LARGE,
     }
     rows = []
     for op in ("put", "get"):
@@ -194,25 +241,139 @@ def _large(srv: Any, work: Path, args: argparse.Namespace) -> dict[str, bool]:
         rows.append([
             f"{op}, one {total / MIB:.0f} MiB artifact", mbs(f"cas {op}"), mbs(f"raw {op} loop"),
             f"{target:.2f}x {mark(target >= TARGET_LARGE)}", mbs(f"raw {op} file"),
-            f"{x(f'cas {op}', f'raw {op} file'):.2f}x", mbs(f"raw {op} same"),
-            f"{x(f'cas {op}', f'raw {op} same'):.2f}x",
+            also(f"cas {op}", f"raw {op} file"), mbs(f"raw {op} same"),
+            also(f"cas {op}", f"raw {op} same"),
         ])  # fmt: skip
     for op in ("put", "get"):
         ratio = x(f"cas {op} many", f"raw {op} loop")
         rows.append([
             f"{op}, {n} artifacts of {args.object_mib} MiB", mbs(f"cas {op} many"),
-            mbs(f"raw {op} loop"), f"{ratio:.2f}x (reported)", "", "", "", "",
+            mbs(f"raw {op} loop"), f"{ratio:.2f}x {mark(ratio >= TARGET_LARGE)}", "", "", "", "",
         ])  # fmt: skip
+    if "cas put save_many" in r.best:
+        ratio = x("cas put save_many", "raw put loop")
+        rows.append([f"put, {n} of {args.object_mib} MiB, save_many", mbs("cas put save_many"),
+                     mbs("raw put loop"), f"{ratio:.2f}x (reported)", "", "", "", ""])  # fmt: skip
     requests = ", ".join(f"{op} {count}" for op, count in sorted(per_save.items()))
+    notes = [f"requests per {args.object_mib} MiB save: {requests}"]
+    if seen_save is not None:
+        notes.append(f"at the proxy, per {args.object_mib} MiB save: {seen_save.summary(per=n)},"
+                     f" {seen_save.round_trips / n:.1f} round trips")  # fmt: skip
+    if direct:
+        notes.insert(0, "s3fs: put_file / get_file, one at a time; 'same objects': the objects of"
+                     " 1 MiB or more cas stored (chunks or packs), whole, by s3fs from 16 threads:"
+                     " what this server gives cas's layout")  # fmt: skip
+        notes.append(range_get_cost(srv))
+        if not has_many:
+            notes.append("store.save_many: not built yet")
+        where = "moto S3"
+        header = ["", "cas", f"s3fs {n} x {args.object_mib} MiB", f"ratio >= {TARGET_LARGE}x",
+                  "s3fs one file", "ratio", f"same {chunk_count} objects, 16 at once", "ratio"]  # fmt: skip
+    else:
+        where = f"moto S3 through the proxy, {args.proxy_ms:g} ms each way"
+        notes.append("the proxy runs in this process: it shares the GIL with both clients")
+        header = ["", "cas", f"s3fs {n} x {args.object_mib} MiB", f"ratio >= {TARGET_LARGE}x"]
+        rows = [row[:4] for row in rows]
+    print(table(f"large data: {total / MIB:.0f} MiB of random bytes on {where} (best of {args.rounds})",
+                header, rows, notes))  # fmt: skip
+    return marks
+
+
+def range_get_cost(srv: Any, big: int = 64 * MIB, n: int = 20) -> str:
+    """What this server charges for a small range GET of a large object (as reads of
+    packed objects send) beside a GET of a small object: moto reads the whole object
+    for a range; real S3 does not."""
+    fs = srv.filesystem()
+    bucket = srv.new_bucket("calibrate")
+    fs.pipe_file(f"{bucket}/big", os.urandom(big))
+    fs.pipe_file(f"{bucket}/small", os.urandom(4096))
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fs.cat_file(f"{bucket}/small")
+    t1 = time.perf_counter()
+    for i in range(n):
+        fs.cat_file(f"{bucket}/big", start=i * 4096, end=(i + 1) * 4096)
+    t2 = time.perf_counter()
+    fs.rm(f"{bucket}/big")
+    return (
+        f"this server: a GET of a 4 KiB object {(t1 - t0) / n * 1e3:.0f} ms, a 4 KiB range GET of a"
+        f" {big / MIB:.0f} MiB object {(t2 - t1) / n * 1e3:.0f} ms (moto reads the whole object"
+        " for a range; real S3 does not)"
+    )
+
+
+#: A child process that saves or loads the large artifact, or only opens the store
+#: (the baseline): its peak RSS is the cost of the path alone.
+_CHILD = """
+import json, pathlib, sys, time
+import cas
+op, root, path, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+store = cas.open_store(root, **options)
+t0 = time.perf_counter()
+if op == "save":
+    store.save(pathlib.Path(path), "whole")
+elif op == "load":
+    store.load("whole", dest=path)
+else:
+    store.exists("whole")
+"""
+_CHILD_S3FS = """
+import json, pathlib, sys
+import s3fs
+op, prefix, folder, options = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+fs = s3fs.S3FileSystem(**options)
+for p in sorted(pathlib.Path(folder).glob("part-*")):
+    if op == "put":
+        fs.put_file(str(p), f"{prefix}/{p.name}")
+    else:
+        fs.get_file(f"{prefix}/{p.name}", str(p) + ".got")
+"""
+MEMORY_BOUND = 128 * MIB  # peak RSS above an idle process: bounded, whatever the size
+
+
+def _large_memory(srv: Any, work: Path, files: list[Path], whole: Path) -> dict[str, bool]:
+    """Peak RSS of cas saving and loading the large artifact, each in a child process."""
+    import json
+    import sys
+
+    from bench._procs import PEAK_RSS_SNIPPET, run
+
+    bucket = srv.new_bucket("rss")
+    options = json.dumps(srv.storage_options)
+    root = srv.url(bucket, "cas")
+    got = work / "rss-out"
+    parts = work / "rss-parts"
+    parts.mkdir(exist_ok=True)
+    for p in files:
+        os.link(p, parts / p.name)
+    cas_child, s3fs_child = _CHILD + PEAK_RSS_SNIPPET, _CHILD_S3FS + PEAK_RSS_SNIPPET
+    runs = {
+        "idle (import cas, open the store)": run([sys.executable, "-c", cas_child, "open", root, "-", options]),
+        "cas save": run([sys.executable, "-c", cas_child, "save", root, str(whole), options]),
+        "cas load": run([sys.executable, "-c", cas_child, "load", root, str(got), options]),
+        "s3fs put_file loop": run([sys.executable, "-c", s3fs_child, "put", f"{bucket}/raw", str(parts), options]),
+        "s3fs get_file loop": run([sys.executable, "-c", s3fs_child, "get", f"{bucket}/raw", str(parts), options]),
+    }  # fmt: skip
+    rss = {k: int(d.stdout.split()[-1]) if d.ok else 0 for k, d in runs.items()}
+    shutil.rmtree(got, ignore_errors=True)
+    shutil.rmtree(parts)
+    idle = rss["idle (import cas, open the store)"]
+    rows, marks = [], {}
+    for label, d in runs.items():
+        rows.append([label, f"{rss[label] / MIB:,.0f} MiB" if d.ok else d.why[:60],
+                     f"{(rss[label] - idle) / MIB:+,.0f} MiB" if d.ok and idle and label != "idle (import cas, open the store)" else "",
+                     f"{d.seconds:,.1f}" if d.ok else ""])  # fmt: skip
+    for key in ("cas save", "cas load"):
+        marks[f"large {key.split()[1]} memory"] = (
+            runs[key].ok and idle > 0 and rss[key] - idle < MEMORY_BOUND
+        )
+    size = whole.stat().st_size
     print(table(
-        f"large data: {total / MIB:.0f} MiB of random bytes on moto S3 (best of {args.rounds})",
-        ["", "cas", f"s3fs {n} x {args.object_mib} MiB", f"ratio >= {TARGET_LARGE}x",
-         "s3fs one file", "ratio", f"same {chunk_count} objects, 16 at once", "ratio"], rows,
-        ["s3fs: put_file / get_file, one at a time; 'same objects': the chunk objects cas stored,"
-         " by s3fs from 16 threads: what this server gives cas's layout",
-         f"requests per {args.object_mib} MiB save: {requests}"
-         " (cas itself: a HEAD and a PUT of the content, a PUT each of record and journal"
-         " entry, and a GET of the ref; the rest is the ref update)"],
+        f"peak RSS, each a child process, one {size / MIB:.0f} MiB artifact on moto S3",
+        ["", "peak RSS (VmHWM)", "over idle", "seconds (start-up included)"], rows,
+        [f"target: cas's save and load stay under {MEMORY_BOUND / MIB:.0f} MiB over an idle"
+         f" process (bounded, not growing with the {size / MIB:.0f} MiB): "
+         + ", ".join(f"{k} {mark(v)}" for k, v in marks.items())],
     ))  # fmt: skip
     return marks
 
