@@ -36,6 +36,21 @@ _ADVICE: Final = {
 }
 
 
+def _without_100_continue(fs: fsspec.AbstractFileSystem) -> None:
+    """botocore asks S3 to accept every PUT before it sends the body (``Expect:
+    100-continue``): a round trip more for each of a save's small objects. cas's
+    objects are a few MiB at most; it sends them at once. Best effort: a filesystem
+    that cannot be set up here keeps its default."""
+    import botocore.handlers
+
+    async def setup() -> None:
+        await fs.set_session()
+        fs._s3.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+
+    with contextlib.suppress(Exception):  # noqa: BLE001 - an optimisation, never a failure
+        fsspec.asyn.sync(fs.loop, setup)
+
+
 class FsspecStorage(Storage):
     """Any fsspec filesystem. On S3, GCS and Azure Blob each file is one PUT (s3fs sends a
     single PutObject below 100 MiB, gcsfs one multipart upload below 50 MiB, adlfs one
@@ -63,6 +78,8 @@ class FsspecStorage(Storage):
         # s3fs's cat_file sends a HEAD before its GET, to split objects over 50 MiB into
         # ranges read at once; cas objects are a few MiB at most: one GET is enough.
         self._read_options: dict[str, Any] = dict(self.service.read_options)
+        if type(fs).__name__ == "S3FileSystem":
+            _without_100_continue(fs)
 
     def _path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
