@@ -53,10 +53,16 @@ def _args(name: str, quick: bool) -> list[str]:
             if quick
             else []
         )
+    if name == "parquet":
+        return ["--rows", "300000", "--rounds", "1"] if quick else []
+    if name == "delta":
+        return ["--rounds", "1", "--chain", "6"] if quick else []
     return []
 
 
-BENCHMARKS = ("objects", "artifacts", "saves", "folders", "catalog", "s3", "serve", "parquet", "gc")
+BENCHMARKS = (
+    "objects", "artifacts", "saves", "folders", "catalog", "s3", "serve", "parquet", "delta", "gc",
+)  # fmt: skip
 
 
 def _load(name: str) -> Callable[[Sequence[str]], Any] | None:

@@ -294,6 +294,7 @@ def test_gc_on_an_object_store_root(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     import uuid
 
     monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("cas.objects.batch.PACK_BYTES_FROM", 1 << 40)  # loose chunks here
     store = cas.open_store(f"memory://gc-{uuid.uuid4().hex}")
     fs, root = store.storage.fs, store.storage.root
     keep = store.save(b"keep", "keep")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from cas.admin import pack_check
 from cas.errors import CasError, FormatError, IntegrityError, ObjectNotFound
 from cas.objects.ids import ObjectId
-from cas.objects.kinds import references, unpack
+from cas.objects.kinds import BASE, references, unpack
 from cas.objects.space import object_path
 from cas.repo.journal import parse_stamp
 from cas.repo.records import check_record
@@ -55,29 +55,41 @@ class FsckReport:
         return not self.problems
 
 
-def _verify(repo: Repository, oid: ObjectId) -> tuple[str | None, list[ObjectId]]:
-    """(problem text or None, the object's references)."""
+Verified = tuple[str | None, list[ObjectId], ObjectId | None]
+
+
+def _verify(repo: Repository, oid: ObjectId) -> Verified:
+    """(problem text or None, the object's references, its delta base or None). A
+    delta is verified through its chain of bases; when a base below it is missing or
+    corrupt, that base is the problem (reported on its own, with the artifacts that
+    reach it through this delta) and this object's references are unknown."""
     try:
-        kind, payload = repo.space.read_object(oid)
-        refs = [ref for ref, _ in references(kind, oid, payload)]
+        header, payload = repo.space.read_entry(oid)
+        kind = header.kind
+        refs = [ref for ref, role in references(kind, oid, payload) if role != BASE]
         if kind == "record":
             check_record(oid, unpack(oid, payload))
-    except (IntegrityError, FormatError) as exc:
-        return str(exc), []
+    except (IntegrityError, FormatError, ObjectNotFound) as exc:
+        base = _base_of(repo, oid)
+        below = isinstance(exc, ObjectNotFound) or getattr(exc, "object_id", oid) != oid
+        if base is not None and below:
+            return None, [], base
+        return str(exc), [], None
+    base = header.base
     if kind != "chunks":
-        return None, refs
+        return None, refs, base
     # A chunk list is verified by its content's hash; a bad or missing chunk is the
     # chunk's problem (reported on its own), not the list's.
     if not repo.space.has_many(refs) >= set(refs):
-        return None, refs
+        return None, refs, base
     try:
         repo.space.get(oid)
     except IntegrityError as exc:
         if exc.object_id == oid:
-            return str(exc), refs
+            return str(exc), refs, base
     except ObjectNotFound:
         pass
-    return None, refs
+    return None, refs, base
 
 
 def check(
@@ -135,21 +147,44 @@ def _verify_objects(repo: Repository, step: Progress) -> _Objects:
     not present."""
     found = _Objects(present=dict(repo.space.iter_stats()))
     present = found.present
+    bases: dict[ObjectId, ObjectId] = {}
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="cas-fsck") as pool:
         verified = pool.map(lambda o: _verify(repo, o), present)
-        for n, (oid, (problem, refs)) in enumerate(zip(present, verified, strict=True), 1):
+        for n, (oid, (problem, refs, base)) in enumerate(zip(present, verified, strict=True), 1):
             if problem:
                 found.bad[oid] = problem
             elif refs:
                 found.children[oid] = refs
+            if base is not None:
+                bases[oid] = base
             if n % 500 == 0:
                 step("verified", n)
     step("verified", len(present))
+    # An object kept only as a delta base (an old version's folder) needs only its own
+    # base: what it points at may rightly have been collected.
+    for oid in _base_only(found.children, bases):
+        found.children.pop(oid, None)
+    for oid, base in bases.items():
+        found.children.setdefault(oid, []).append(base)
     for parent, refs in found.children.items():
         for r in refs:
             if r not in present:
                 found.missing.setdefault(r, set()).add(parent)
     return found
+
+
+def _base_only(
+    children: Mapping[ObjectId, list[ObjectId]], bases: Mapping[ObjectId, ObjectId]
+) -> set[ObjectId]:
+    """The delta bases that nothing needed points at as content: start from every base,
+    then keep out each one that an object outside the set points at, until none moves."""
+    only = set(bases.values())
+    while True:
+        needed = {r for p, refs in children.items() if p not in only for r in refs}
+        smaller = only - needed
+        if smaller == only:
+            return only
+        only = smaller
 
 
 def _record_ids(
@@ -220,8 +255,15 @@ def _object_problems(repo: Repository, objects: _Objects) -> list[Problem]:
     ]
     for oid, parents in sorted(objects.missing.items()):
         lists = sorted(p for p in parents if _kind(repo, p) == "chunks")
+        deltas = sorted(p for p in parents if _base_of(repo, p) == oid)
         detail = "referenced but not present"
-        if lists:
+        if deltas:
+            detail = (
+                f"delta base of {', '.join(deltas)} not present: "
+                f"{'they' if len(deltas) > 1 else 'it'} cannot be decoded (the base was "
+                "deleted, or the delta is damaged); save the affected artifacts again"
+            )
+        elif lists:
             detail = (
                 f"chunk of chunk list {', '.join(lists)} not present: the chunk was deleted, "
                 "or the list is damaged (a flipped digest names a chunk that never existed)"
@@ -470,6 +512,15 @@ def _read_journal(repo: Repository) -> tuple[list[tuple[str, str, str]], list[st
     for _ in repo.journal.read(stamps, on_error=note):
         pass
     return damaged, stamps
+
+
+def _base_of(repo: Repository, oid: ObjectId) -> ObjectId | None:
+    """An object's delta base, from its header; None if it is not a delta (or does not
+    read)."""
+    try:
+        return repo.space.head(oid).base
+    except CasError:
+        return None
 
 
 def _kind(repo: Repository, oid: ObjectId) -> str | None:

@@ -4,7 +4,9 @@ Roots: every ref; every ref-history entry younger than the retention period; eve
 record the catalog holds; every deleted record whose deletion is younger than the
 retention period; and every object younger than the grace period (a writer may be
 mid-way through a save that will point at it). Marking follows record -> content ->
-chunks / tree entries, and record -> parents.
+chunks / tree entries, and record -> parents, and every delta to its base (and the
+base's base): a base is kept while a delta that reaches it lives, though what the base
+itself points at (an old version's files) may go.
 
 The planner is pure: it reads and returns a frozen :class:`GcPlan`. If any root source
 cannot be read (a listing fails, a record is corrupt), planning raises and nothing is
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from cas.admin.marking import (
+    HEAD,
     PROBE,
     READ,
     REPAIR,
@@ -96,6 +99,8 @@ class GcPlan:
     ref_snapshot: tuple[tuple[str, str], ...] = field(repr=False, default=())
     listed: Digests = field(repr=False, compare=False, default_factory=Digests)
     root_ids: frozenset[str] = field(repr=False, default=frozenset())
+    #: Objects the plan kept only as delta bases (their references were not followed).
+    as_base: frozenset[bytes] = field(repr=False, compare=False, default=frozenset())
     #: Unreachable, old objects inside packs, and the packs that hold them (rewritten
     #: without them, or removed when nothing in them lives).
     pack_garbage: Condemned = field(
@@ -208,13 +213,15 @@ def plan(
     # Listing first: anything written after this moment is not a candidate at all.
     listing = list_objects(repo.storage, repo.space.packs)
     listed = listing.digests
+    # Read after the listing: a delta listed was written after its store was marked.
+    deltas = repo.space.holds_deltas()
     step("listed objects", len(listed))
     temp = _old_temp_files(repo, listing, now, grace)
     refs, roots, kept = _roots(repo, now, retention)
     step("roots", len(roots | kept))
     threads = repo.storage.io_threads or _LOCAL_THREADS
     with ThreadPoolExecutor(threads, thread_name_prefix="cas-gc") as pool:
-        marker = Marker(repo, listed, pool)
+        marker = Marker(repo, listed, pool, deltas=deltas)
         marker.mark(digests(roots), READ)
         marker.mark(digests(kept), READ, may_be_gone=True)
         young, old_pos, old_size = _mark_young(repo, listing, marker, pool, now, grace)
@@ -234,6 +241,7 @@ def plan(
         delete=loose.condemned(), temp_files=tuple(temp),
         missing=tuple(sorted(marker.missing)), ref_snapshot=tuple(refs), listed=listed,
         root_ids=frozenset(roots), pack_garbage=packed.condemned(), repack=tuple(sorted(repack)),
+        as_base=frozenset(marker.as_base()),
     )  # fmt: skip
 
 
@@ -254,26 +262,30 @@ class _Doomed:
 
 
 def _reachable_doomed(
-    repo: Repository, roots: Iterable[str], doomed: _Either, listed: Digests
-) -> set[bytes]:
+    repo: Repository, roots: Iterable[str], doomed: _Either, listed: Digests,
+    as_base: frozenset[bytes] = frozenset(),
+) -> set[bytes]:  # fmt: skip
     """Which condemned objects the new roots reach (their digests). An object that was
     listed and not condemned was marked by the plan with all it reaches, so the walk
     stops there."""
     found: set[bytes] = set()
     seen: set[bytes] = set()
+    deltas = repo.space.holds_deltas()
     stack: list[Pending] = [(d, READ) for d in digests(roots)]
     while stack:
         digest, how = stack.pop()
-        if digest in seen:
+        key = digest + (b"b" if how == HEAD else b"")  # as a base, or whole (see Marker)
+        if key in seen or digest in seen:
             continue
         condemned = digest in doomed.digests
-        if not condemned and digest in listed:
+        whole_now = how != HEAD and digest in as_base  # kept as a base, now content
+        if not condemned and digest in listed and not whole_now:
             continue
-        seen.add(digest)
+        seen.add(key)
         if condemned:
             found.add(digest)
         try:
-            found_below = children(repo, digest, how)
+            found_below = children(repo, digest, how, deltas=deltas)
         except GcRefused as exc:
             raise GcRefused(f"gc stops before deleting: {exc.__cause__}") from exc.__cause__
         if found_below is None:
@@ -366,7 +378,7 @@ def execute(
     repo.sync()
     fresh = (now_refs | set(repo.index.catalog.ids())) - gc_plan.root_ids
     either = _Either(gc_plan.delete.digests, gc_plan.pack_garbage.digests)
-    revived = _reachable_doomed(repo, fresh, either, gc_plan.listed)
+    revived = _reachable_doomed(repo, fresh, either, gc_plan.listed, gc_plan.as_base)
     deleted = freed = 0
     spared = len(revived)
     # Fan-out folders are swept in parallel: a local unlink waits on the disk's
@@ -380,8 +392,9 @@ def execute(
             if d:
                 step("deleted", deleted)
     d, f, s = repack(
-        repo, gc_plan.repack, gc_plan.pack_garbage.digests, gc_plan.grace, revived
-    )
+        repo, gc_plan.repack, gc_plan.pack_garbage.digests, gc_plan.grace, revived,
+        planned=gc_plan.started,
+    )  # fmt: skip
     deleted, freed, spared = deleted + d, freed + f, spared + s
     step("deleted", deleted)
     temp_removed = repo.storage.delete_many(list(gc_plan.temp_files))

@@ -22,7 +22,7 @@ from cas.errors import CasError, IntegrityError, ObjectNotFound
 from cas.objects import packs
 from cas.objects.digests import Digests
 from cas.objects.ids import ObjectId, is_id
-from cas.objects.kinds import CHUNK, FILE, RECORD, TREE, references
+from cas.objects.kinds import BASE, CHUNK, FILE, RECORD, TREE, references
 from cas.objects.space import OBJECTS, object_path
 from cas.repo.repository import Repository
 from cas.storage import TEMP_PREFIX, Stat, Storage
@@ -159,37 +159,49 @@ def list_objects(storage: Storage, pack_set: packs.PackSet | None = None) -> Lis
 # -- marking ---------------------------------------------------------------------------
 
 # How to learn what an object points at: a chunk points at nothing (a chunk list names
-# blobs only); a file's content is read by its 16-byte header first (a blob, or a chunk
-# list hiding behind a file entry); a tree or record is read whole.
-PROBE, READ = 1, 2
+# blobs only) but, in a store that holds deltas, its delta base; a file's content is read
+# by its header first (a blob, maybe a delta, or a chunk list hiding behind a file
+# entry); a tree or record is read whole; a delta's base by its header alone (only its
+# own base is needed to decode it, not what it points at).
+PROBE, READ, HEAD = 1, 2, 3
+#: Mark levels: reached only as a delta base (only its own base is needed), or whole.
+AS_BASE, WHOLE = 1, 2
 
 Pending = tuple[bytes, int]
 
 
-HOW = {TREE: READ, RECORD: READ, FILE: PROBE}
+HOW = {TREE: READ, RECORD: READ, FILE: PROBE, BASE: HEAD}
 
 
-def references_of(kind: str, oid: str, payload: bytes) -> tuple[list[bytes], list[Pending]]:
+def references_of(
+    kind: str, oid: str, payload: bytes, base: str | None = None, *, deltas: bool = False
+) -> tuple[list[bytes], list[Pending]]:
     """What one object points at (:func:`cas.objects.kinds.references`), as (chunks,
-    other ids with how to read them)."""
+    other ids with how to read them). ``deltas``: the store may hold deltas, so each
+    chunk's header is read for a base."""
     chunks: list[bytes] = []
     pending: list[Pending] = []
-    for ref, role in references(kind, oid, payload):
-        if role == CHUNK:
+    for ref, role in references(kind, oid, payload, base):
+        if role == CHUNK and not deltas:
             chunks.append(bytes.fromhex(ref))
         else:
-            pending.append((bytes.fromhex(ref), HOW[role]))
+            pending.append((bytes.fromhex(ref), HEAD if role == CHUNK else HOW[role]))
     return chunks, pending
 
 
-def children(repo: Repository, digest: bytes, how: int) -> tuple[list[bytes], list[Pending]] | None:
+def children(
+    repo: Repository, digest: bytes, how: int, *, deltas: bool = False
+) -> tuple[list[bytes], list[Pending]] | None:
     """What one object points at; None if it is absent."""
     oid = ObjectId(digest.hex())
     try:
-        if how == PROBE and repo.space.kind(oid) == "blob":
-            return [], []
-        kind, payload = repo.space.read_object(oid)
-        return references_of(kind, oid, payload)
+        if how in (PROBE, HEAD):
+            header = repo.space.head(oid)
+            if how == HEAD or header.kind == "blob":
+                base = [] if header.base is None else [(bytes.fromhex(header.base), HEAD)]
+                return [], base
+        header, payload = repo.space.read_entry(oid)
+        return references_of(header.kind, oid, payload, header.base, deltas=deltas)
     except (FileNotFoundError, ObjectNotFound):
         return None
     except IntegrityError as exc:
@@ -200,26 +212,41 @@ class Marker:
     """Marks everything reachable from given roots, reading only what can point on:
     one byte per listed object, a stack of what is still to read."""
 
-    def __init__(self, repo: Repository, listed: Digests, pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, repo: Repository, listed: Digests, pool: ThreadPoolExecutor, *, deltas: bool = False
+    ) -> None:
         self.repo = repo
+        self.deltas = deltas  # the store may hold deltas: chunks are read for a base
         self.listed = listed
         self.pool = pool
         self.marked = bytearray(len(listed))
         self.count = 0
         self.missing: set[ObjectId] = set()
 
-    def _take(self, digest: bytes, gone_ok: set[bytes]) -> bool:
-        """Mark one object: True if it is listed and was not marked yet."""
+    def _take(self, digest: bytes, gone_ok: set[bytes], how: int = READ) -> bool:
+        """Mark one object: True if it is listed and was not marked yet, or was marked
+        only as a delta base (its header read) and is now reached as content, whose
+        references must be read too (a folder unchanged in a new version may also be the
+        base of a changed one)."""
         pos = self.listed.find(digest)
         if pos < 0:
             if digest not in gone_ok:
                 self.missing.add(ObjectId(digest.hex()))
             return False
-        if self.marked[pos]:
+        level = AS_BASE if how == HEAD else WHOLE
+        if self.marked[pos] >= level:
             return False
-        self.marked[pos] = 1
-        self.count += 1
+        if not self.marked[pos]:
+            self.count += 1
+        self.marked[pos] = level
         return True
+
+    def as_base(self) -> Iterator[bytes]:
+        """Digests of the objects marked only as delta bases."""
+        pos = self.marked.find(AS_BASE)
+        while pos >= 0:
+            yield self.listed.digest(pos)
+            pos = self.marked.find(AS_BASE, pos + 1)
 
     def mark(self, roots: Iterable[bytes], how: int, *, may_be_gone: bool = False) -> None:
         """Mark ``roots`` and all they reach. ``may_be_gone``: roots that an earlier gc
@@ -229,7 +256,7 @@ class Marker:
         while stack:
             batch = stack[-ROUND:]
             del stack[-ROUND:]
-            todo = [(d, h) for d, h in batch if self._take(d, gone_ok)]
+            todo = [(d, h) for d, h in batch if self._take(d, gone_ok, h)]
             for digest, found in zip((d for d, _ in todo), self._read(todo), strict=True):
                 if found is None:
                     self.missing.add(ObjectId(digest.hex()))  # listed, then gone
@@ -241,11 +268,15 @@ class Marker:
 
     def _read(self, todo: list[Pending]) -> list[tuple[list[bytes], list[Pending]] | None]:
         """Each object's references, read in parallel slices."""
+
+        def one(d: bytes, h: int) -> tuple[list[bytes], list[Pending]] | None:
+            return children(self.repo, d, h, deltas=self.deltas)
+
         if len(todo) <= SLICE:
-            return [children(self.repo, d, h) for d, h in todo]
+            return [one(d, h) for d, h in todo]
         slices = [todo[i : i + SLICE] for i in range(0, len(todo), SLICE)]
         out: list[tuple[list[bytes], list[Pending]] | None] = []
-        for part in self.pool.map(lambda s: [children(self.repo, d, h) for d, h in s], slices):
+        for part in self.pool.map(lambda s: [one(d, h) for d, h in s], slices):
             out.extend(part)
         return out
 

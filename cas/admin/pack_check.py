@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import blake3
 
 from cas.errors import CasError, IntegrityError
-from cas.objects import codec, packs
+from cas.objects import codec, delta, packs
 from cas.objects.ids import ObjectId, blob_id, kind_id
 from cas.repo.repository import Repository
 
@@ -63,9 +63,17 @@ def salvage(repo: Repository, pack_id: str, bad: Iterable[str] = ()) -> str:
     skip = set(bad)
     good: list[tuple[ObjectId, bytes]] = []
     lost: list[ObjectId] = []
+    here = {oid: (offset, length) for oid, offset, length in packs.scan(raw)}
+
+    def read(oid: ObjectId) -> bytes:  # a delta's base: in this pack, or anywhere
+        if oid in here:
+            offset, length = here[oid]
+            return raw[offset : offset + length]
+        return repo.space.read_stored(oid)
+
     for oid, offset, length in packs.scan(raw):
         stored = raw[offset : offset + length]
-        if oid in skip or not _verifies(oid, stored):
+        if oid in skip or not _verifies(oid, stored, read):
             repo.storage.write_atomic(f"quarantine/{oid}", stored)
             lost.append(oid)
         else:
@@ -86,11 +94,17 @@ def salvage(repo: Repository, pack_id: str, bad: Iterable[str] = ()) -> str:
     )
 
 
-def _verifies(oid: ObjectId, stored: bytes) -> bool:
+def _verifies(oid: ObjectId, stored: bytes, read: delta.Read) -> bool:
+    """True if ``stored`` decodes to what ``oid`` promises (a delta through its bases,
+    read with ``read``; one whose base is nowhere does not verify)."""
     try:
-        kind, payload = codec.decode(oid, stored)
+        header = codec.read_header(oid, stored)
+        if header.base is None:
+            payload = codec.decode_body(oid, header, stored)
+        else:
+            payload = delta.resolve(oid, header, stored, read)
     except (IntegrityError, CasError):
         return False
-    if kind == "chunks":
+    if header.kind == "chunks":
         return True  # verified through its content, which the salvage keeps
-    return (blob_id(payload) if kind == "blob" else kind_id(kind, payload)) == oid
+    return (blob_id(payload) if header.kind == "blob" else kind_id(header.kind, payload)) == oid

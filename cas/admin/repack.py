@@ -21,14 +21,27 @@ from cas.repo.repository import Repository
 
 
 def repack(
-    repo: Repository, pack_ids: Sequence[str], garbage: Digests, grace: float, revived: set[bytes]
+    repo: Repository,
+    pack_ids: Sequence[str],
+    garbage: Digests,
+    grace: float,
+    revived: set[bytes],
+    *,
+    planned: float,
 ) -> tuple[int, int, int]:
     """Rewrite ``pack_ids`` without their ``garbage`` (unless ``revived``) when they are
-    still older than ``grace``: (objects deleted, bytes freed, packs or objects spared)."""
+    still older than ``grace`` and untouched since the plan began (``planned``): a
+    dedup hit on one of a pack's objects since then refreshed it. Returns (objects
+    deleted, bytes freed, packs or objects spared)."""
     pack_set = repo.space.packs
     deleted = freed = spared = 0
+
+    def untouched(pack_id: str) -> bool:
+        st = pack_set.stat(pack_id)
+        return st is not None and st.mtime < planned and time.time() - st.mtime > grace
+
     for pack_id in pack_ids:
-        if not _old(pack_set, pack_id, grace):
+        if not untouched(pack_id):
             spared += 1
             continue
         live: list[tuple[ObjectId, packs.Where]] = []
@@ -43,7 +56,7 @@ def repack(
         if not dead:
             continue  # all of it was reached again since the plan
         _write_live(repo, live)
-        if not _old(pack_set, pack_id, grace):  # relied on meanwhile: keep both copies
+        if not untouched(pack_id):  # relied on meanwhile: keep both copies
             spared += dead
             continue
         repo.storage.delete(packs.index_path(pack_id))
@@ -53,11 +66,6 @@ def repack(
     if pack_ids:
         pack_set.refresh()
     return deleted, freed, spared
-
-
-def _old(pack_set: packs.PackSet, pack_id: str, grace: float) -> bool:
-    st = pack_set.stat(pack_id)
-    return st is not None and time.time() - st.mtime > grace
 
 
 def _write_live(repo: Repository, live: list[tuple[ObjectId, packs.Where]]) -> None:

@@ -10,6 +10,13 @@ is trusted: every object is read with verification and written through the
 destination's normal put path, so its id is recomputed there, and a mismatch stops the
 transfer.
 
+Deltas are carried: an object stored at the source as a delta against a base the
+destination holds (or receives first in this transfer: bases are written before the
+deltas on them, and older versions of a large file before newer ones) is copied as it
+is stored, and verified there through that base; one whose base the destination lacks
+is stored there plain. Only objects the chosen artifacts reach are copied, never a base
+alone, so what is present at the destination keeps everything below it.
+
 Objects are written bottom-up (blobs, then trees deepest first, then records parents
 first), so an object present at the destination always has everything below it; an
 interrupted transfer leaves only complete pieces, and running it again copies only
@@ -32,6 +39,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 from cas.errors import IntegrityError, ObjectNotFound, RefConflict
+from cas.objects import codec
+from cas.objects.codec import Header
 from cas.objects.ids import ObjectId
 from cas.objects.kinds import ChunkList, Tree, unpack
 from cas.repo.names import check_name
@@ -86,7 +95,9 @@ class _Plan:
         self.records: dict[ObjectId, dict[str, Any]] = {}  # not indexed at dst
         self.record_payloads: dict[ObjectId, bytes] = {}
         self.record_height: dict[ObjectId, int] = {}
-        self.blobs: dict[ObjectId, None] = {}  # whole or chunked content the dst lacks
+        self.blobs: dict[ObjectId, None] = {}  # whole content the dst lacks
+        self.chunked: dict[ObjectId, None] = {}  # chunk lists (large files) the dst lacks
+        self.base_of: dict[ObjectId, ObjectId] = {}  # a delta's base at the source
         self.trees: dict[ObjectId, bytes] = {}
         self.tree_height: dict[ObjectId, int] = {}
 
@@ -122,29 +133,53 @@ class _Plan:
         while level:
             missing = sorted(level - self.dst.space.has_many(level))
             nxt: set[ObjectId] = set()
-            for oid, (kind, payload) in zip(
+            for oid, (header, payload) in zip(
                 missing, self.pool.map(self._read_content, missing), strict=True
             ):
-                if kind == "tree":
+                if header.base is not None:
+                    self.base_of[oid] = header.base
+                if header.kind == "tree":
                     self.trees[oid] = payload
                     below[oid] = [e.id for e in Tree.parse(oid, payload).entries]
                     nxt.update(below[oid])
+                elif header.kind == "chunks":
+                    self.chunked[oid] = None
                 else:
                     self.blobs[oid] = None
-            level = nxt - self.trees.keys() - self.blobs.keys()
+            level = nxt - self.trees.keys() - self.blobs.keys() - self.chunked.keys()
         self.tree_height = _heights(
             {oid: [c for c in kids if c in self.trees] for oid, kids in below.items()}
         )
 
-    def _read_content(self, oid: ObjectId) -> tuple[str, bytes]:
-        """A tree's verified payload; for a blob only its kind (its bytes are read once,
-        when copied)."""
-        kind = self.src.space.kind(oid)
-        if kind == "tree":
-            return self.src.space.read_object(oid)
-        if kind not in ("blob", "chunks"):
-            raise IntegrityError(oid, f"object {oid} in {self.src.url} is a {kind}, not content")
-        return kind, b""
+    def _read_content(self, oid: ObjectId) -> tuple[Header, bytes]:
+        """A tree's header and verified payload; for a blob only its header (its bytes
+        are read once, when copied)."""
+        header = self.src.space.head(oid)
+        if header.kind == "tree":
+            return self.src.space.read_entry(oid)
+        if header.kind not in ("blob", "chunks"):
+            raise IntegrityError(
+                oid, f"object {oid} in {self.src.url} is a {header.kind}, not content"
+            )
+        return header, b""
+
+    def chunked_in_order(self) -> list[list[ObjectId]]:
+        """Chunk lists to copy as sequences, each a name's versions oldest first (a
+        version's chunks are deltas on the chunks of the one before), then the rest."""
+        by_name: dict[str, list[tuple[str, ObjectId]]] = {}
+        for record in self.records.values():
+            content = record.get("content_id")
+            if content in self.chunked:
+                at = str(record.get("created_at") or "")
+                by_name.setdefault(str(record.get("name")), []).append((at, ObjectId(content)))
+        taken: set[ObjectId] = set()
+        out: list[list[ObjectId]] = []
+        for versions in by_name.values():
+            seq = [o for _, o in sorted(versions) if o not in taken]
+            taken.update(seq)
+            out.append(list(dict.fromkeys(seq)))
+        out.extend([o] for o in self.chunked if o not in taken)
+        return [seq for seq in out if seq]
 
 
 def _heights(below: dict[ObjectId, list[ObjectId]]) -> dict[ObjectId, int]:
@@ -165,6 +200,20 @@ def _heights(below: dict[ObjectId, list[ObjectId]]) -> dict[ObjectId, int]:
     return height
 
 
+def _rounds(oids: Sequence[ObjectId], base_of: dict[ObjectId, ObjectId]) -> list[list[ObjectId]]:
+    """``oids`` in rounds: each object after the round holding its delta base, when the
+    base is among them (so the base is at the destination before the delta is)."""
+    members = set(oids)
+    rounds: dict[int, list[ObjectId]] = {}
+    for oid in oids:
+        depth, at = 0, base_of.get(oid)
+        while at in members and depth < 64:
+            depth += 1
+            at = base_of.get(at)
+        rounds.setdefault(depth, []).append(oid)
+    return [rounds[d] for d in sorted(rounds)]
+
+
 def _by_height(heights: dict[ObjectId, int]) -> list[list[ObjectId]]:
     """Groups to write in order: everything in a group only points at earlier groups."""
     groups: dict[int, list[ObjectId]] = {}
@@ -182,7 +231,7 @@ class _Copier:
         self.progress = progress
         self.objects = 0
         self.bytes = 0
-        self.total = len(plan.blobs) + len(plan.trees) + len(plan.records)
+        self.total = len(plan.blobs) + len(plan.chunked) + len(plan.trees) + len(plan.records)
 
     def run(self) -> None:
         """Everything goes into the destination's packs (a pack's worth a write, one
@@ -194,9 +243,12 @@ class _Copier:
     def _run(self) -> None:
         plan = self.plan
         self.progress("copying objects", 0, self.total)
-        self._parallel(list(plan.blobs), self._copy_blob)
-        for group in _by_height(plan.tree_height):
-            self._parallel(group, lambda oid: self._put("tree", oid, plan.trees[oid]))
+        for group in _rounds(list(plan.blobs), plan.base_of):
+            self._parallel(group, self._copy_blob)
+        self._in_sequences(plan.chunked_in_order(), self._copy_chunked)
+        for height in _by_height(plan.tree_height):
+            for group in _rounds(height, plan.base_of):
+                self._parallel(group, self._copy_tree)
         missing = set(plan.records) - plan.dst.space.has_many(plan.records)
         for group in _by_height(plan.record_height):
             todo = [rid for rid in group if rid in missing]
@@ -209,23 +261,78 @@ class _Copier:
                 return copy(oid)
 
         for size in self.pool.map(joined, oids):
-            self.objects += 1
-            self.bytes += size
-            self.progress("copying objects", self.objects, self.total)
+            self._count(size)
+
+    def _count(self, size: int) -> None:
+        self.objects += 1
+        self.bytes += size
+        self.progress("copying objects", self.objects, self.total)
+
+    def _in_sequences(
+        self, sequences: Sequence[Sequence[ObjectId]], copy: Callable[[ObjectId], int]
+    ) -> None:
+        """Each sequence in order, the sequences in parallel."""
+
+        def joined(seq: Sequence[ObjectId]) -> list[int]:
+            with self.plan.dst.space.joining():
+                return [copy(oid) for oid in seq]
+
+        for sizes in self.pool.map(joined, sequences):
+            for size in sizes:
+                self._count(size)
+
+    def _as_stored(self, oid: ObjectId, base: ObjectId | None) -> int | None:
+        """Copy a delta as it is stored when the destination holds its base (verified
+        there through that base); the payload size, or None to store it plain."""
+        dst = self.plan.dst.space
+        if base is None or not dst.has(base):
+            return None
+        stored = self.plan.src.space.read_stored(oid)
+        try:
+            dst.put_stored(oid, stored)
+        except (IntegrityError, ObjectNotFound):
+            return None  # the destination's base does not read: store it plain
+        return codec.read_header(oid, stored).raw_size
 
     def _copy_blob(self, oid: ObjectId) -> int:
+        size = self._as_stored(oid, self.plan.base_of.get(oid))
+        if size is not None:
+            return size
+        kind, payload = self.plan.src.space.read_object(oid)
+        self._check(oid, self.plan.dst.space.put(payload))
+        return len(payload)
+
+    def _copy_chunked(self, oid: ObjectId) -> int:
         src, dst = self.plan.src.space, self.plan.dst.space
-        kind, payload = src.read_object(oid)
-        if kind == "blob":
-            got, size = dst.put(payload), len(payload)
-        else:
-            # A chunked blob: stream it (every chunk verified, then the whole) and let the
-            # destination cut it with its own parameters; chunks it has are not rewritten.
+        _, payload = src.read_object(oid)
+        listing = ChunkList.parse(oid, payload)
+        if src.params != dst.params:
+            # Stream it (every chunk verified, then the whole) and let the destination
+            # cut it with its own parameters; chunks it has are not rewritten.
             with src.open(oid) as stream:
-                got = dst.put(stream)
-            size = ChunkList.parse(oid, payload).size
-        self._check(oid, got)
-        return size
+                self._check(oid, dst.put(stream))
+            return listing.size
+        # The same chunks: each one the destination lacks is copied, a delta as it is
+        # stored when its base is there; the stream verifies every chunk and the whole.
+        have = dst.has_many(c for c, _ in listing.chunks)
+        with src.open(oid) as stream:
+            for cid, size in listing.chunks:
+                data = stream.read(size)
+                if cid in have:
+                    continue
+                if self._as_stored(cid, src.head(cid).base) is None:
+                    self._check(cid, dst.put(data))
+                have.add(cid)
+            if stream.read(1):
+                raise IntegrityError(oid, f"chunk list {oid} in {self.plan.src.url} is too short")
+        dst.put_listing(oid, listing)
+        return listing.size
+
+    def _copy_tree(self, oid: ObjectId) -> int:
+        size = self._as_stored(oid, self.plan.base_of.get(oid))
+        if size is not None:
+            return size
+        return self._put("tree", oid, self.plan.trees[oid])
 
     def _put(self, kind: str, oid: ObjectId, payload: bytes) -> int:
         self._check(oid, self.plan.dst.space.put_payload(kind, payload))

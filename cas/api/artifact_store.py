@@ -28,7 +28,7 @@ from cas.repo.journal import Journal
 from cas.repo.local_catalog import LocalCatalog, cache_root
 from cas.repo.names import check_name
 from cas.repo.records import make_record
-from cas.repo.repository import Repository
+from cas.repo.repository import UNREAD, Repository
 from cas.repo.repository import validate_root as _validate_root
 from cas.storage import Storage
 
@@ -118,16 +118,17 @@ class ArtifactStore:
     def record(self, rid: str) -> dict[str, Any]:
         return self.repo.record(rid)
 
-    def commit(self, record: dict[str, Any]) -> ObjectId:
+    def commit(self, record: dict[str, Any], *, current: Any = UNREAD) -> ObjectId:
         """Commit a record under ``name_prefix + record["name"]`` (inside :meth:`batch`,
-        its name is published when the batch ends)."""
+        its name is published when the batch ends). ``current``: what the name held,
+        when the caller has just read it."""
         full = {**record, "name": self.name_prefix + record["name"]}
         deferred: list[tuple[ObjectId, dict[str, Any]]] | None = getattr(
             self._batches, "items", None
         )
         if deferred is None:
-            return self.repo.commit(full)
-        rid, new = self.repo.prepare(full)
+            return self.repo.commit(full, current=current)
+        rid, new = self.repo.prepare(full, current=current)
         if new:
             deferred.append((rid, full))
         return rid
@@ -187,15 +188,25 @@ class ArtifactStore:
         _check_metadata(metadata)
         parents = [self.resolve(p)[0] for p in parent_ids]
         materializer = materializer_for(obj, allow_pickle=self.allow_pickle)
+        # The version the name holds now lends its content as delta bases (a hint
+        # only: if it does not read, the new version is stored without them).
+        previous: str | None = None
+        current: Any = UNREAD
+        try:
+            current = self.repo.names.read(self.name_prefix + path)
+            if current is not None:
+                previous = self.repo.record(current).get("content_id")
+        except CasError:
+            previous = None
         # Content and record go in one write and one sync (a folder: a few packs).
-        with self.space.batch():
+        with self.space.batch(), self.space.bases_from(previous):
             stored = materializer.save(obj, self.space)
             record = self._record(
                 path, artifact_type or materializer.artifact_type,
                 materializer.name, stored, parents, metadata, tags,
                 (source_project, source_pipeline, source_run_id, source_step),
             )  # fmt: skip
-            return str(self.commit(record))
+            return str(self.commit(record, current=current))
 
     def _record(
         self,
@@ -438,4 +449,3 @@ def _check_metadata(metadata: Any) -> None:
         raise MaterializerError(
             f"metadata must hold only str, numbers, bools, None, bytes, lists and dicts ({exc})"
         ) from exc
-

@@ -25,6 +25,10 @@ from cas.storage import Storage
 #: of two objects would cost its index too, and many tiny packs slow every lookup.
 PACK_FROM: Final = 16
 
+#: ... or when they hold this many bytes (a large file's few chunks: on an object store,
+#: one pack of them is read back with a few range requests, not one GET a chunk).
+PACK_BYTES_FROM: Final = 4 << 20
+
 #: Full packs written at once in the background; a batch holds at most this many more
 #: packs' worth of objects in memory than the one it is filling.
 WRITING: Final = 2
@@ -41,11 +45,14 @@ class Pending:
         pack_set: packs.PackSet,
         loose_path: Callable[[ObjectId], str],
         before_pack: Callable[[], None],
+        present_loose: Callable[[list[ObjectId]], set[ObjectId]],
     ) -> None:
         self.storage = storage
         self.packs = pack_set
         self.loose_path = loose_path
         self.before_pack = before_pack  # e.g. mark the root as format 2, once
+        self.present_loose = present_loose  # which are loose already (refreshed)
+        self._unchecked: set[ObjectId] = set()  # not yet looked for as loose objects
         self.lock = threading.RLock()
         self._objects: dict[ObjectId, bytes] = {}
         self._bytes = 0
@@ -67,13 +74,16 @@ class Pending:
         with self.lock:
             return oid in self._objects or any(oid in s for s in self._sealed)
 
-    def add(self, oid: ObjectId, stored: bytes) -> bool:
-        """Hold a new object; False if it is held already. A full pack is sealed and
-        written in the background (at most :data:`WRITING` at once)."""
+    def add(self, oid: ObjectId, stored: bytes, *, unchecked: bool = False) -> bool:
+        """Hold a new object; False if it is held already. ``unchecked``: it may be a
+        loose object already, which is asked for all such at once when written. A full
+        pack is sealed and written in the background (at most :data:`WRITING` at once)."""
         with self.lock:
             if oid in self:
                 return False
             self._objects[oid] = stored
+            if unchecked:
+                self._unchecked.add(oid)
             self._bytes += len(stored)
             if self._bytes < packs.PACK_SIZE:
                 return True
@@ -81,15 +91,16 @@ class Pending:
             self._sealed.append(sealed)
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(WRITING, thread_name_prefix="cas-pack")
-            self._writes.append(self._pool.submit(self._write_sealed, sealed))
-            oldest = self._writes[0] if len(self._writes) > WRITING else None
+            after = self._writes[-1] if self._writes else None
+            self._writes.append(self._pool.submit(self._write_sealed, sealed, after))
+            oldest = self._writes.popleft() if len(self._writes) > WRITING else None
         if oldest is not None:  # bounded memory: wait for the oldest upload
             oldest.result()
         return True
 
-    def _write_sealed(self, sealed: dict[ObjectId, bytes]) -> None:
+    def _write_sealed(self, sealed: dict[ObjectId, bytes], after: Future[None] | None) -> None:
         try:
-            self._write(list(sealed.items()))
+            self._write(list(sealed.items()), full=True, after=after)
         finally:
             with self.lock:
                 self._sealed.remove(sealed)
@@ -103,6 +114,11 @@ class Pending:
             self._sealed.append(objects)  # readable until written
             writes, self._writes = list(self._writes), deque()
         try:
+            # Packs are committed in the order they were filled, so a pack never lands
+            # before one holding what its objects point at (an interrupted push leaves
+            # only complete pieces).
+            for fut in writes:
+                fut.result()
             self._write(list(objects.items()))
         except BaseException:
             with self.lock:
@@ -111,21 +127,65 @@ class Pending:
         finally:
             with self.lock:
                 self._sealed.remove(objects)
-        for fut in writes:
-            fut.result()
         if durable:
             self.storage.sync()  # a no-op unless something was written unsynced
         return len(objects)
 
-    def _write(self, objects: list[tuple[ObjectId, bytes]]) -> None:
-        """Write objects unsynced: as one pack if there are enough, else loose. The
-        caller keeps them readable from memory until this returns."""
+    def _create_loose(self, objects: list[tuple[ObjectId, bytes]]) -> None:
+        """A few new objects on an object store: conditional creates in parallel; one
+        that was there already is refreshed as a dedup hit (``present_loose``)."""
+
+        def one(item: tuple[ObjectId, bytes]) -> None:
+            oid, stored = item
+            if not self.storage.create(self.loose_path(oid), stored):
+                self.present_loose([oid])
+
+        if len(objects) == 1:
+            one(objects[0])
+            return
+        with ThreadPoolExecutor(len(objects), thread_name_prefix="cas-loose") as pool:
+            list(pool.map(one, objects))
+
+    def _write(
+        self,
+        objects: list[tuple[ObjectId, bytes]],
+        *,
+        full: bool = False,
+        after: Future[None] | None = None,
+    ) -> None:
+        """Write objects unsynced: as one pack if there are enough of them (a full
+        pack's worth, :data:`PACK_FROM` objects, or :data:`PACK_BYTES_FROM` bytes), else
+        loose. The caller keeps them readable from memory until this returns."""
+        with self.lock:
+            unchecked = [oid for oid, _ in objects if oid in self._unchecked]
+            self._unchecked.difference_update(unchecked)
+        pack = (
+            full or len(objects) >= PACK_FROM
+            or sum(len(stored) for _, stored in objects) >= PACK_BYTES_FROM
+        )  # fmt: skip
+        if unchecked and not pack and self.storage.creates:
+            self._create_loose(objects)  # the write is the check: one request each
+            return
+        if unchecked:  # dedup exact across loose objects too: those present are not written
+            present = self.present_loose(unchecked)
+            objects = [(oid, stored) for oid, stored in objects if oid not in present]
         if not objects:
             return
-        if len(objects) >= PACK_FROM:
+        if pack:
             self.before_pack()
-            pack_id, index = packs.write(self.storage, objects, durable=False)
+            pack_id, parts, index = packs.build(objects)
+            self.storage.write_atomic(packs.pack_path(pack_id), b"".join(parts), durable=False)
+            if after is not None:
+                after.result()  # the pack filled before this one is committed first
+            self.storage.write_atomic(packs.index_path(pack_id), index, durable=False)
             self.packs.add(pack_id, index)
-        else:
+        elif len(objects) == 1 or self.storage.local_dir is not None:
             for oid, stored in objects:
                 self.storage.write_atomic(self.loose_path(oid), stored, durable=False)
+        else:  # an object store: the few requests in parallel, one round trip
+            with ThreadPoolExecutor(len(objects), thread_name_prefix="cas-loose") as pool:
+                list(
+                    pool.map(
+                        lambda o: self.storage.write_atomic(self.loose_path(o[0]), o[1]), objects
+                    )
+                )

@@ -6,9 +6,17 @@
     0      4     magic     b"CASO"
     4      1     format    1
     5      1     kind      1 blob, 2 chunk list, 3 tree, 4 record, 5 event
-    6      1     flags     bit 0: the body is one zstd frame; other bits must be 0
-    7      1     reserved  0
+    6      1     flags     bit 0: the body is one zstd frame; bit 1: a delta (below);
+                           other bits must be 0
+    7      1     depth     0; a delta: its chain depth, 1 + its base's (1..MAX_CHAIN)
     8      8     raw size  little-endian u64: the length of the payload once decoded
+    16     32    base id   a delta only: the object whose payload is the frame's dictionary
+
+A delta (flags 0b11) is a zstd frame compressed with its base object's payload (what the
+base decodes to) as a raw-content dictionary; the kind is the kind of what it decodes to,
+and its id is the hash of that, as for any object. Decoding it needs the base's payload
+(:mod:`cas.objects.delta` reads the chain). A cas from before deltas refuses the flag as
+a malformed header, and a store holding deltas is marked format 3, which it refuses.
 
 Decoding never trusts the header further than it must: the raw size is capped
 (:data:`MAX_RAW_SIZE`) before anything is allocated, and decompression produces at most
@@ -24,7 +32,8 @@ from typing import Final
 
 import zstandard
 
-from cas.errors import IntegrityError
+from cas.errors import CasError, IntegrityError
+from cas.objects.ids import ObjectId
 
 MAGIC: Final = b"CASO"
 FORMAT: Final = 1
@@ -32,7 +41,15 @@ HEADER: Final = struct.Struct("<4sBBBBQ")
 HEADER_SIZE: Final = HEADER.size  # 16
 
 FLAG_ZSTD: Final = 0x01
-_KNOWN_FLAGS: Final = FLAG_ZSTD
+FLAG_DELTA: Final = 0x02
+_KNOWN_FLAGS: Final = FLAG_ZSTD | FLAG_DELTA
+BASE_SIZE: Final = 32
+#: The most bytes a header takes: a delta's, with its base id.
+HEAD_SIZE: Final = HEADER_SIZE + BASE_SIZE  # 48
+
+#: A reader refuses a delta chain deeper than this (the writer's cap,
+#: :data:`cas.objects.delta.MAX_DEPTH`, is lower): a read is bounded by it.
+MAX_CHAIN: Final = 64
 
 KINDS: Final[dict[str, int]] = {"blob": 1, "chunks": 2, "tree": 3, "record": 4, "event": 5}
 KIND_NAMES: Final[dict[int, str]] = {v: k for k, v in KINDS.items()}
@@ -86,6 +103,12 @@ class Header:
     kind: str
     flags: int
     raw_size: int
+    base: ObjectId | None = None  # a delta's base
+    depth: int = 0  # a delta's chain depth (its base's + 1); 0 for a plain object
+
+    @property
+    def body_offset(self) -> int:
+        return HEAD_SIZE if self.base is not None else HEADER_SIZE
 
 
 def encode(kind: str, payload: bytes | memoryview, level: int = DEFAULT_LEVEL) -> bytes:
@@ -114,26 +137,61 @@ def _may_compress(payload: bytes | memoryview, level: int) -> bool:
     return packed <= 3 * w * (1 - MIN_SAVING)
 
 
+def estimate(payload: bytes | memoryview, level: int = DEFAULT_LEVEL) -> int:
+    """The stored size :func:`encode` would likely give a large payload, from the
+    compressed size of three sample windows (the probe's)."""
+    size = len(payload)
+    if size <= PROBE_ABOVE:
+        return len(encode("blob", payload, level))
+    view, w = memoryview(payload), PROBE_WINDOW
+    cctx = _compressor(level)
+    starts = (0, size // 2 - w // 2, size - w)
+    packed = sum(len(cctx.compress(view[i : i + w])) for i in starts)
+    return HEADER_SIZE + min(size, size * packed // (3 * w))
+
+
 def read_header(oid: str, stored: bytes | memoryview) -> Header:
     """Parse and check the header; every way it can be wrong names the object."""
     if len(stored) < HEADER_SIZE:
         raise IntegrityError(oid, _msg(oid, f"is truncated ({len(stored)} bytes, no header)"))
-    magic, fmt, kind, flags, reserved, raw_size = HEADER.unpack_from(stored)
+    magic, fmt, kind, flags, depth, raw_size = HEADER.unpack_from(stored)
     if magic != MAGIC:
         raise IntegrityError(oid, _msg(oid, "has no object header (bad magic)"))
     if fmt != FORMAT:
         raise IntegrityError(oid, _msg(oid, f"has unknown object format {fmt}"))
-    if kind not in KIND_NAMES or flags & ~_KNOWN_FLAGS or reserved:
+    if kind not in KIND_NAMES or flags & ~_KNOWN_FLAGS:
         raise IntegrityError(oid, _msg(oid, "has a malformed header"))
     if raw_size > MAX_RAW_SIZE:
         raise IntegrityError(oid, _msg(oid, f"claims {raw_size} bytes, over the limit"))
-    return Header(KIND_NAMES[kind], flags, raw_size)
+    if not flags & FLAG_DELTA:
+        if depth:
+            raise IntegrityError(oid, _msg(oid, "has a malformed header"))
+        return Header(KIND_NAMES[kind], flags, raw_size)
+    if not flags & FLAG_ZSTD or not 1 <= depth <= MAX_CHAIN:
+        raise IntegrityError(oid, _msg(oid, "has a malformed delta header"))
+    if len(stored) < HEAD_SIZE:
+        raise IntegrityError(oid, _msg(oid, "is truncated (a delta without its base id)"))
+    base = ObjectId(bytes(stored[HEADER_SIZE:HEAD_SIZE]).hex())
+    if base == oid:
+        raise IntegrityError(oid, _msg(oid, "names itself as its delta base"))
+    return Header(KIND_NAMES[kind], flags, raw_size, base, depth)
 
 
 def decode(oid: str, stored: bytes | memoryview) -> tuple[str, bytes]:
-    """(kind, payload) of a stored object; the payload is exactly raw_size bytes."""
+    """(kind, payload) of a stored object that is not a delta; the payload is exactly
+    raw_size bytes. A delta is decoded through its object space, which reads its base."""
     header = read_header(oid, stored)
-    body = memoryview(stored)[HEADER_SIZE:]
+    return header.kind, decode_body(oid, header, stored)
+
+
+def decode_body(
+    oid: str, header: Header, stored: bytes | memoryview, base: bytes | None = None
+) -> bytes:
+    """The payload of a stored object whose header is ``header``; a delta needs
+    ``base``, the payload of its base object."""
+    body = memoryview(stored)[header.body_offset :]
+    if header.base is not None and base is None:
+        raise CasError(f"object {oid} is a delta against {header.base}: read it from its store")
     if header.flags & FLAG_ZSTD:
         try:
             # Allocation is bounded by the header's size: the frame must declare exactly
@@ -145,7 +203,8 @@ def decode(oid: str, stored: bytes | memoryview) -> tuple[str, bytes]:
                     oid,
                     _msg(oid, f"holds a frame of {declared} bytes, header says {header.raw_size}"),
                 )
-            payload = _decompressor().decompress(body, max_output_size=header.raw_size)
+            dctx = _decompressor() if base is None else _with_dictionary(base)
+            payload = dctx.decompress(body, max_output_size=header.raw_size)
         except zstandard.ZstdError as exc:
             raise IntegrityError(oid, _msg(oid, f"does not decompress ({exc})")) from exc
     else:
@@ -154,7 +213,16 @@ def decode(oid: str, stored: bytes | memoryview) -> tuple[str, bytes]:
         raise IntegrityError(
             oid, _msg(oid, f"decodes to {len(payload)} bytes, header says {header.raw_size}")
         )
-    return header.kind, payload
+    return payload
+
+
+def dictionary(base: bytes) -> zstandard.ZstdCompressionDict:
+    """A base object's payload as a zstd raw-content dictionary (no training, no id)."""
+    return zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+
+
+def _with_dictionary(base: bytes) -> zstandard.ZstdDecompressor:
+    return zstandard.ZstdDecompressor(dict_data=dictionary(base))
 
 
 def _msg(oid: str, what: str) -> str:

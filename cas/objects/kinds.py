@@ -125,18 +125,27 @@ def mode_of(st_mode: int) -> int:
 
 
 #: What a reference is, which says how to learn what it points at in turn: a chunk is a
-#: blob (it points at nothing); a file is a blob or a chunk list (its header tells); a
-#: tree and a record are read whole.
-CHUNK, FILE, TREE, RECORD = "chunk", "file", "tree", "record"
+#: blob (it points at nothing but, stored as a delta, its base); a file is a blob or a
+#: chunk list (its header tells); a tree and a record are read whole; a base is an
+#: object a delta is decoded against: only its bytes are needed (and its own base, if it
+#: is a delta too), not what it points at.
+CHUNK, FILE, TREE, RECORD, BASE = "chunk", "file", "tree", "record", "base"
 
 Reference = tuple[ObjectId, str]
 
 
-def references(kind: str, oid: str, payload: bytes) -> list[Reference]:
+def references(kind: str, oid: str, payload: bytes, base: str | None = None) -> list[Reference]:
     """The ids an object points at, each with its role (:data:`CHUNK`, :data:`FILE`,
-    :data:`TREE`, :data:`RECORD`): the one rule gc marks by, fsck checks by and transfer
-    copies by. It fails closed: an object that does not decode as its kind raises
-    :class:`IntegrityError`, so gc refuses instead of missing what it points at."""
+    :data:`TREE`, :data:`RECORD`, :data:`BASE`): the one rule gc marks by, fsck checks
+    by and transfer copies by. ``base``: the object's delta base, from its header
+    (:attr:`cas.objects.codec.Header.base`), listed first. It fails closed: an object
+    that does not decode as its kind raises :class:`IntegrityError`, so gc refuses
+    instead of missing what it points at."""
+    based: list[Reference] = [] if base is None else [(ObjectId(base), BASE)]
+    return based + _references(kind, oid, payload)
+
+
+def _references(kind: str, oid: str, payload: bytes) -> list[Reference]:
     if kind == "blob":
         return []
     if kind == "chunks":

@@ -24,7 +24,7 @@ import blake3
 import msgpack
 
 from cas.errors import CasError, FormatError, IntegrityError, ObjectNotFound
-from cas.objects import codec, packs
+from cas.objects import codec, delta, packs
 from cas.objects.batch import Pending
 from cas.objects.chunking import (
     DEFAULT_PARAMS,
@@ -41,7 +41,13 @@ from cas.storage import TEMP_PREFIX, Stat, Storage, open_storage
 MARKER: Final = "CAS"
 #: 2: packs (``packs/``, :mod:`cas.objects.packs`) beside loose objects. A store of
 #: format 1 is read as it is and becomes format 2 when its first pack is written.
-FORMAT_VERSION: Final = 2
+#: 3: deltas (:mod:`cas.objects.delta`); a store of format 1 or 2 becomes 3 when its
+#: first delta is written, so that a cas which cannot read deltas refuses it.
+FORMAT_VERSION: Final = 3
+PACKS_FROM: Final = 2
+DELTAS_FROM: Final = 3
+#: A new store is created at format 2 and marked 3 by its first delta, so "format 3"
+#: says a store may hold deltas (gc then reads each chunk's header for a base).
 OBJECTS: Final = "objects"
 
 #: A dedup hit refreshes an object older than this, so gc's grace period (default one
@@ -56,6 +62,7 @@ FRESHEN_AFTER: Final = 3600.0
 CREATE_AFTER: Final = 8
 
 _pool_lock = threading.Lock()
+_format_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -106,7 +113,9 @@ class ObjectSpace:
         self.format = FORMAT_VERSION
         self.params = self._open_marker(create)
         self.packs = packs.PackSet(storage)
-        self.pending = Pending(storage, self.packs, object_path, self.mark_packed)
+        self.pending = Pending(
+            storage, self.packs, object_path, self.mark_packed, self._present_loose
+        )
         self._local = threading.local()  # this thread's open batches
         self.inflight = 2 * max(2, os.cpu_count() or 2)
         io_threads = storage.io_threads  # object stores: chunk requests in parallel
@@ -145,13 +154,13 @@ class ObjectSpace:
                     "use an empty folder or bucket prefix for a new store"
                 )
             marker = {
-                "format": FORMAT_VERSION,
+                "format": PACKS_FROM,  # 3 only once a delta is written: gc relies on it
                 "hash": "blake3",
                 "compression": "zstd",
                 "chunking": DEFAULT_PARAMS.to_dict(),
             }
             self.storage.write_atomic(MARKER, pack(marker))
-            self.format = FORMAT_VERSION
+            self.format = PACKS_FROM
             return DEFAULT_PARAMS
         try:
             marker = msgpack.unpackb(raw, raw=False)
@@ -175,12 +184,31 @@ class ObjectSpace:
     def mark_packed(self) -> None:
         """Call before writing a pack. Before the first pack of a format-1 store: mark it format 2, so that a cas
         that cannot read packs refuses the store instead of missing objects."""
-        if self.format >= 2:
+        self._raise_format(PACKS_FROM)
+
+    def mark_deltas(self) -> None:
+        """Call before writing a delta: a store of an older format is marked format 3,
+        so that a cas that cannot read deltas refuses it instead of misreading them."""
+        self._raise_format(DELTAS_FROM)
+
+    def holds_deltas(self) -> bool:
+        """True if the store may hold deltas (its marker says format 3), read again:
+        another process may have written the first delta since this one opened it."""
+        if self.format < DELTAS_FROM:
+            with contextlib.suppress(FileNotFoundError, ValueError, msgpack.UnpackException):
+                found = msgpack.unpackb(self.storage.read(MARKER), raw=False).get("format")
+                if isinstance(found, int) and found <= FORMAT_VERSION:
+                    self.format = max(self.format, found)
+        return self.format >= DELTAS_FROM
+
+    def _raise_format(self, version: int) -> None:
+        if self.format >= version:
             return
-        marker = msgpack.unpackb(self.storage.read(MARKER), raw=False)
-        if marker.get("format", 1) < 2:
-            self.storage.write_atomic(MARKER, pack({**marker, "format": 2}))
-        self.format = 2
+        with _format_lock:
+            marker = msgpack.unpackb(self.storage.read(MARKER), raw=False)
+            if marker.get("format", 1) < version:
+                self.storage.write_atomic(MARKER, pack({**marker, "format": version}))
+            self.format = max(self.format, version)
 
     def _root_is_empty(self) -> bool:
         names = [n for n in self.storage.listdir("") if not n.startswith(".")]
@@ -220,6 +248,139 @@ class ObjectSpace:
 
     def in_batch(self) -> bool:
         return getattr(self._local, "depth", 0) > 0
+
+    # -- delta bases ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def bases_from(self, previous: str | None) -> Iterator[None]:
+        """Content put by this thread inside the block may be stored as deltas against
+        ``previous``: the content id of the previous version of what is put (a blob, a
+        chunked blob or a tree; None: no base). A whole blob takes that blob (or the
+        chunk at its place) as its base, a large file's chunks the chunks at their
+        place in the previous version, a tree that tree; :func:`cas.objects.trees.store_dir`
+        gives each file and folder the same path in the previous version.
+
+        A blob with no such base (a file new at its path, every file of a first
+        version) may take the most similar blob put earlier in the outermost block
+        (:class:`cas.objects.delta.Sketches`)."""
+        saved = getattr(self._local, "previous", None)
+        outermost = getattr(self._local, "sketches", None) is None
+        self._local.previous = parse_id(previous) if previous else None
+        if outermost:
+            self._local.sketches = delta.Sketches()
+        try:
+            yield
+        finally:
+            self._local.previous = saved
+            if outermost:
+                self._local.sketches = None
+
+    def previous_version(self) -> ObjectId | None:
+        """The ``previous`` of this thread's innermost :meth:`bases_from` block."""
+        previous: ObjectId | None = getattr(self._local, "previous", None)
+        return previous
+
+    #: False: every new object is stored plain (the reader still reads deltas).
+    deltas: bool = True
+
+    def _encode(
+        self,
+        oid: ObjectId,
+        kind: str,
+        payload: bytes | memoryview,
+        bases: tuple[ObjectId, ...] = (),
+    ) -> bytes:
+        """The stored form of a new object: a delta against the first of ``bases`` that
+        saves at least :data:`delta.MIN_SAVING` of the plain form (with none given, a
+        whole blob or a tree tries this thread's previous version, then a blob put just
+        before that is like it); else the plain form."""
+        self._local.used = None
+        if not self.deltas:
+            return codec.encode(kind, payload, self.level)
+        if not bases and kind in ("blob", "tree"):
+            hinted = self._hinted_base(kind, len(payload))
+            bases = (hinted,) if hinted is not None else ()
+        # A blob with no base at its path: the most similar one put before in this save.
+        sketches: delta.Sketches | None = getattr(self._local, "sketches", None)
+        sketch = None
+        if not bases and sketches is not None and kind == "blob":
+            sketch = sketches.sketch(payload)
+            like = sketches.like(sketch) if sketch is not None else None
+            bases = (like,) if like is not None else ()
+        stored = self._encode_on(oid, kind, payload, bases)
+        if sketches is not None and sketch is not None:
+            sketches.add(oid, sketch)
+        return stored
+
+    def _encode_on(
+        self, oid: ObjectId, kind: str, payload: bytes | memoryview, bases: tuple[ObjectId, ...]
+    ) -> bytes:
+        size = len(payload)
+        bases = tuple(b for b in bases if b != oid)
+        if not bases or not delta.MIN_SIZE <= size <= delta.MAX_BASE:
+            return codec.encode(kind, payload, self.level)
+        plain: bytes | None = None
+        for bid in bases:
+            found = self._base(bid, kind)
+            if found is not None and found.depth >= delta.max_depth(size):
+                found = self._base(self._chain_root(found.id), kind)  # a new branch
+            if found is None or not delta.usable(found, size):
+                continue
+            if not delta.resembles(payload, found.payload):
+                continue  # no bytes in common: a delta would cost a compression for nothing
+            stored = delta.encode(kind, payload, found)
+            if not delta.clearly_better(payload, stored, self.level):
+                plain = plain if plain is not None else codec.encode(kind, payload, self.level)
+                if not delta.better(plain, stored):
+                    continue
+            # Written against the base: it must outlive a gc that condemned it meanwhile
+            # (its sweep re-reads ages), as a dedup hit refreshes what it relies on.
+            if not self._freshen(found.id):
+                continue
+            self.mark_deltas()
+            self._local.used = found.id
+            return stored
+        return plain if plain is not None else codec.encode(kind, payload, self.level)
+
+    def _base(self, bid: ObjectId, kind: str) -> delta.Base | None:
+        """A verified base of ``kind``, or None if it is absent or does not read (a
+        damaged base is not built on: the object is stored plain)."""
+        try:
+            header, payload = self.read_entry(bid)
+        except CasError:
+            return None
+        if header.kind != kind:
+            return None
+        return delta.Base(bid, payload, header.depth)
+
+    def _chain_root(self, oid: ObjectId) -> ObjectId:
+        """The plain object at the bottom of a delta's chain (headers read on the way)."""
+        header = self.head(oid)
+        for _ in range(codec.MAX_CHAIN):
+            if header.base is None:
+                break
+            oid, header = header.base, self.head(header.base)
+        return oid
+
+    def _hinted_base(self, kind: str, size: int) -> ObjectId | None:
+        previous = self.previous_version()
+        if previous is None or kind == "tree":
+            return previous
+        chunks = self._previous_chunks(previous)
+        return delta.Aligner(chunks).candidates(0, size)[0] if chunks else None
+
+    def _previous_chunks(self, previous: ObjectId) -> list[tuple[ObjectId, int]] | None:
+        """The previous version of a blob as chunks: its chunk list, or itself alone."""
+        try:
+            header = self.head(previous)
+            if header.kind == "blob":
+                return [(previous, header.raw_size)]
+            if header.kind == "chunks":
+                _, payload = self.read_entry(previous)
+                return list(ChunkList.parse(previous, payload).chunks)
+        except CasError:
+            pass
+        return None
 
     def flush(self, *, durable: bool = True) -> None:
         """Write every held object; with ``durable``, sync so they survive a crash."""
@@ -288,15 +449,23 @@ class ObjectSpace:
         """Store an object already in its stored form (a copy from another root), after
         checking it decodes to ``oid``; True if this call wrote it. Inside a batch it
         joins the batch's pack."""
-        kind, payload = codec.decode(oid, stored)
-        if kind != "chunks":
-            _verify(oid, kind, payload)
+        header, payload = self._checked(oid, stored)
         if self._freshen(oid):
             return False
+        if header.base is not None:
+            if not self._freshen(header.base):  # it read just now: a gc took it since
+                raise ObjectNotFound(header.base, f"delta base {header.base} of {oid} is gone")
+            self.mark_deltas()
         if self.in_batch():
             return self.pending.add(oid, stored)
         self.storage.write_atomic(object_path(oid), stored)
         return True
+
+    def put_listing(self, oid: str, listing: ChunkList) -> bool:
+        """Store a chunk list under ``oid``, the id of the content it assembles, whose
+        chunks are present here; the caller has checked that they hash to ``oid`` in
+        order (a copy, streamed and verified). True if this call wrote it."""
+        return self._store(parse_id(oid), "chunks", listing.payload(), batched=self.in_batch())
 
     def _put_whole(self, data: bytes) -> ObjectId:
         oid = blob_id(data)
@@ -311,8 +480,10 @@ class ObjectSpace:
         *,
         create_first: bool = False,
         batched: bool = False,
+        bases: tuple[ObjectId, ...] = (),
     ) -> bool:
-        """Write one object unless present; True if this call wrote it.
+        """Write one object unless present; True if this call wrote it. ``bases``:
+        delta bases to try, in order (see :meth:`_encode`).
 
         By default a check for presence (dedup: a hit uploads nothing), then a write. With
         ``create_first``, for objects that are most likely new, on storage whose service
@@ -322,11 +493,18 @@ class ObjectSpace:
         """
         path = object_path(oid)
         if batched:
+            if self.storage.listing_stats:
+                # An object store: whether it is loose already is asked for the whole
+                # batch at its flush (one listing, or a few requests in parallel).
+                if oid in self.pending or self._freshen_packed(oid):
+                    return False
+                encoded = self._encode(oid, kind, payload, bases)
+                return self.pending.add(oid, encoded, unchecked=True)
             if self._freshen(oid):
                 return False
-            return self.pending.add(oid, codec.encode(kind, payload, self.level))
+            return self.pending.add(oid, self._encode(oid, kind, payload, bases))
         if create_first and self.storage.creates:
-            encoded = codec.encode(kind, payload, self.level)
+            encoded = self._encode(oid, kind, payload, bases)
             if self.storage.create(path, encoded):
                 return True
             if self._freshen(oid):
@@ -336,7 +514,7 @@ class ObjectSpace:
             return True
         if self._freshen(oid):
             return False
-        self.storage.write_atomic(path, codec.encode(kind, payload, self.level))
+        self.storage.write_atomic(path, self._encode(oid, kind, payload, bases))
         return True
 
     def _freshen(self, oid: ObjectId) -> bool:
@@ -345,11 +523,15 @@ class ObjectSpace:
         A gc may delete an old unreachable object between our stat and our touch; touch
         then finds nothing and we write the object again, so it is never lost.
         """
-        if oid in self.pending:
+        if oid in self.pending or self._freshen_packed(oid):
             return True
+        return self._freshen_loose(oid)
+
+    def _freshen_packed(self, oid: ObjectId) -> bool:
         where = self.packs.find(oid)
-        if where is not None and self._freshen_pack(where.pack):
-            return True
+        return where is not None and self._freshen_pack(where.pack)
+
+    def _freshen_loose(self, oid: ObjectId) -> bool:
         path = object_path(oid)
         st = self.storage.stat(path)
         if st is None:
@@ -361,6 +543,16 @@ class ObjectSpace:
         if time.time() - st.mtime > after:
             return self.storage.touch(path)
         return True
+
+    def _present_loose(self, oids: list[ObjectId]) -> set[ObjectId]:
+        """Which of these are loose objects already (each refreshed as a dedup hit):
+        a few are asked in parallel, many by listing their folders."""
+        if len(oids) <= 16:
+            pool = self._chunk_pool()
+            hits = pool.map(self._freshen_loose, oids)
+            return {o for o, hit in zip(oids, hits, strict=True) if hit}
+        listed = self._list_loose(set(oids))
+        return {o for o in listed if self._freshen_loose(o)}
 
     def _freshen_pack(self, pack_id: str) -> bool:
         """A dedup hit on a packed object refreshes its pack's age as a loose hit does;
@@ -374,10 +566,24 @@ class ObjectSpace:
         return True
 
     def _put_chunk(
-        self, data: bytes | memoryview, run: _NewRun, batched: bool
+        self,
+        data: bytes | memoryview,
+        run: _NewRun,
+        batched: bool,
+        at: int = 0,
+        aligner: delta.Aligner | None = None,
     ) -> tuple[ObjectId, int]:
         oid = blob_id(data, threads=False)
-        new = self._store(oid, "blob", data, create_first=run.likely_new(), batched=batched)
+        bases: tuple[ObjectId, ...] = ()
+        if aligner is not None and not aligner.shared(at, oid):
+            bases = aligner.candidates(at, len(data))
+        self._local.used = None
+        new = self._store(
+            oid, "blob", data, create_first=run.likely_new(), batched=batched, bases=bases
+        )
+        used: ObjectId | None = getattr(self._local, "used", None)
+        if aligner is not None and used is not None:
+            aligner.matched(at, len(data), used)
         run.saw(new=new)
         return oid, len(data)
 
@@ -401,13 +607,18 @@ class ObjectSpace:
         total = blake3.blake3()
         run = _NewRun()
         batched = self.in_batch()
+        previous = self.previous_version()
+        chunked = self._previous_chunks(previous) if previous is not None else None
+        aligner = delta.Aligner(chunked) if chunked else None
         pending: deque[Future[tuple[ObjectId, int]]] = deque()
         chunks: list[tuple[ObjectId, int]] = []
+        at = 0
         try:
             for data in pieces:
                 if not hashed:
                     total.update(data)
-                pending.append(pool.submit(self._put_chunk, data, run, batched))
+                pending.append(pool.submit(self._put_chunk, data, run, batched, at, aligner))
+                at += len(data)
                 while len(pending) >= self.inflight:
                     chunks.append(pending.popleft().result())
             while pending:
@@ -456,20 +667,48 @@ class ObjectSpace:
     def read_object(self, oid: str) -> tuple[str, bytes]:
         """(kind, payload) of one object, verified — except a chunk list, whose id is the
         hash of the content it assembles: that is verified when the content is read."""
+        header, payload = self.read_entry(oid)
+        return header.kind, payload
+
+    def read_entry(self, oid: str) -> tuple[codec.Header, bytes]:
+        """(header, payload) of one object, verified as :meth:`read_object`; a delta is
+        decoded through its chain of bases (``header.base`` names the first)."""
         oid = parse_id(oid)
-        kind, payload = codec.decode(oid, self._read_stored(oid))
-        if kind != "chunks":
-            _verify(oid, kind, payload)
-        return kind, payload
+        return self._checked(oid, self._read_stored(oid))
+
+    def _decode(self, oid: ObjectId, stored: bytes) -> tuple[codec.Header, bytes]:
+        """(header, payload) of a stored form, a delta decoded through its bases;
+        unverified."""
+        header = codec.read_header(oid, stored)
+        if header.base is None:
+            return header, codec.decode_body(oid, header, stored)
+        return header, delta.resolve(oid, header, stored, self._read_stored)
+
+    def _checked(self, oid: ObjectId, stored: bytes) -> tuple[codec.Header, bytes]:
+        """:meth:`_decode`, then verified against ``oid`` (but a chunk list); a delta
+        that does not verify names the level of its chain that is bad."""
+        header, payload = self._decode(oid, stored)
+        if header.kind != "chunks":
+            try:
+                _verify(oid, header.kind, payload)
+            except IntegrityError:
+                if header.base is None:
+                    raise
+                raise delta.culprit(oid, header, stored, self._read_stored) from None
+        return header, payload
 
     def kind(self, oid: str) -> str:
-        """The kind of an object, from its header alone (16 bytes read)."""
-        return codec.read_header(oid, self.read_head(oid)).kind
+        """The kind of an object, from its header alone (48 bytes read at most)."""
+        return self.head(oid).kind
+
+    def head(self, oid: str) -> codec.Header:
+        """An object's header (kind, sizes, a delta's base), from its first bytes."""
+        return codec.read_header(oid, self.read_head(oid))
 
     def read_head(self, oid: str) -> bytes:
-        """The first bytes of an object's stored form: its header."""
+        """The first bytes of an object's stored form: its header (and a delta's base)."""
         oid = parse_id(oid)
-        n = codec.HEADER_SIZE
+        n = codec.HEAD_SIZE
         held = self.pending.get(oid)
         if held is not None:
             return held[:n]
@@ -481,7 +720,7 @@ class ObjectSpace:
                 where = self.packs.find(oid, refresh=True)
         if where is not None:
             with contextlib.suppress(FileNotFoundError):
-                return self.packs.read(packs.Where(where.pack, where.offset, n))
+                return self.packs.read(packs.Where(where.pack, where.offset, min(n, where.length)))
         return self._read_stored(oid)[:n]  # rewritten meanwhile, or absent: it says
 
     def get(self, oid: str) -> bytes:
@@ -530,10 +769,8 @@ class ObjectSpace:
             return [self._get_chunk(p.oid, p.size, verify, of) for p in group]
         out = []
         for part, raw in zip(group, stored, strict=True):
-            kind, data = codec.decode(part.oid, raw)
-            if verify and kind == "blob":
-                _verify(part.oid, kind, data)
-            if kind != "blob" or len(data) != part.size:
+            header, data = self._checked(part.oid, raw) if verify else self._decode(part.oid, raw)
+            if header.kind != "blob" or len(data) != part.size:
                 raise IntegrityError(
                     part.oid, f"chunk {part.oid} is not a blob of {part.size} bytes; run 'cas fsck'"
                 )
@@ -578,7 +815,8 @@ class ObjectSpace:
         if verify:
             kind, data = self.read_object(oid)
         else:
-            kind, data = codec.decode(oid, self._read_stored(oid))
+            header, data = self._decode(oid, self._read_stored(oid))
+            kind = header.kind
         if kind != "blob" or len(data) != size:
             raise IntegrityError(oid, f"chunk {oid} is not a blob of {size} bytes; run 'cas fsck'")
         return data
@@ -611,9 +849,13 @@ class ObjectSpace:
         wanted -= held
         if len(wanted) <= 8:
             return held | {o for o in wanted if self.has(o)}
-        if self.storage.listing_stats and len(wanted) > 256:
+        return held | self._list_loose(wanted)
+
+    def _list_loose(self, wanted: set[ObjectId]) -> set[ObjectId]:
+        """Which of ``wanted`` are loose, from listings of their fan-out folders."""
+        if self.storage.listing_stats and len(wanted) > 64:
             # An object store lists 1,000 keys a request: one walk beats 256 folders.
-            return held | (wanted & {o for o, _ in self.iter_loose()})
+            return wanted & {o for o, _ in self.iter_loose()}
         by_dir: dict[str, set[str]] = {}
         for o in wanted:
             by_dir.setdefault(o[:2], set()).add(o[2:])
@@ -621,7 +863,7 @@ class ObjectSpace:
         for fan, rests in by_dir.items():
             names = set(self.storage.listdir(f"{OBJECTS}/{fan}"))
             present.update(ObjectId(fan + r) for r in rests & names)
-        return present | held
+        return present
 
     def __iter__(self) -> Iterator[ObjectId]:
         return (oid for oid, _ in self.iter_stats())

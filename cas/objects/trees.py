@@ -5,36 +5,81 @@ from __future__ import annotations
 
 import contextlib
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
-from cas.errors import IntegrityError, ObjectNotFound
+from cas.errors import CasError, IntegrityError, ObjectNotFound
 from cas.objects.ids import ObjectId
 from cas.objects.kinds import MODE_DIR, MODE_EXEC, MODE_LINK, Tree, TreeEntry, mode_of
+from cas.objects.reading import read_objects
 from cas.objects.space import ObjectSpace
 
 
 def store_dir(space: ObjectSpace, path: str | os.PathLike[str]) -> tuple[ObjectId, int]:
-    """Store a folder; return (tree id, total bytes of its files)."""
+    """Store a folder; return (tree id, total bytes of its files).
+
+    Inside ``space.bases_from(previous)`` (``previous``: the tree of the previous
+    version), each file and folder may be stored as a delta against the same path in
+    that tree, and a folder renamed alone at its level (``pkg-1.0/`` -> ``pkg-1.1/``)
+    against the one it replaced. Reading the previous version costs one tree per folder.
+    """
+    return _store_dir(space, path, _previous_tree(space, space.previous_version()))
+
+
+def _previous_tree(space: ObjectSpace, tree_id: ObjectId | None) -> tuple[ObjectId, Tree] | None:
+    if tree_id is None:
+        return None
+    try:
+        if space.kind(tree_id) != "tree":
+            return None
+        return tree_id, read_tree(space, tree_id)
+    except CasError:  # a damaged or missing previous version: no bases, not a failure
+        return None
+
+
+def _store_dir(
+    space: ObjectSpace, path: str | os.PathLike[str], previous: tuple[ObjectId, Tree] | None
+) -> tuple[ObjectId, int]:
     entries: list[TreeEntry] = []
     total = 0
     with os.scandir(path) as it:
-        for item in sorted(it, key=lambda e: e.name):
-            st = item.stat(follow_symlinks=False)
-            mode = mode_of(st.st_mode)
-            if mode == MODE_DIR:
-                oid, size = store_dir(space, item.path)
-            elif mode == MODE_LINK:
-                target = os.readlink(item.path).encode()
-                oid, size = space.put(target), len(target)
-            elif item.is_file(follow_symlinks=False):
-                oid, size = space.put_file(item.path), st.st_size
-            else:
-                continue  # sockets, fifos, devices: not content
-            entries.append(TreeEntry(item.name, mode, oid))
-            total += size
-    return space.put_payload("tree", Tree.of(entries).payload()), total
+        items = sorted(it, key=lambda e: e.name)
+    before = _same_paths(items, previous[1] if previous else None)
+    for item in items:
+        st = item.stat(follow_symlinks=False)
+        mode = mode_of(st.st_mode)
+        old = before.get(item.name)
+        if mode == MODE_DIR:
+            sub = _previous_tree(space, old.id) if old is not None and old.is_dir else None
+            oid, size = _store_dir(space, item.path, sub)
+        elif mode == MODE_LINK or item.is_file(follow_symlinks=False):
+            with space.bases_from(old.id if old is not None and not old.is_dir else None):
+                if mode == MODE_LINK:
+                    target = os.readlink(item.path).encode()
+                    oid, size = space.put(target), len(target)
+                else:
+                    oid, size = space.put_file(item.path), st.st_size
+        else:
+            continue  # sockets, fifos, devices: not content
+        entries.append(TreeEntry(item.name, mode, oid))
+        total += size
+    with space.bases_from(previous[0] if previous else None):
+        return space.put_payload("tree", Tree.of(entries).payload()), total
+
+
+def _same_paths(items: list[os.DirEntry[str]], previous: Tree | None) -> dict[str, TreeEntry]:
+    """Each name's entry in the previous version of this folder; a folder that is the
+    only new one at its level takes the only old folder that is gone (a rename)."""
+    if previous is None:
+        return {}
+    old = {e.name: e for e in previous.entries}
+    names = {item.name for item in items}
+    new_dirs = [i.name for i in items if i.name not in old and i.is_dir(follow_symlinks=False)]
+    gone_dirs = [e for e in previous.entries if e.is_dir and e.name not in names]
+    if len(new_dirs) == 1 and len(gone_dirs) == 1:
+        old[new_dirs[0]] = gone_dirs[0]
+    return old
 
 
 def read_tree(space: ObjectSpace, tree_id: str) -> Tree:
@@ -85,10 +130,56 @@ def checkout(space: ObjectSpace, tree_id: str, dest: str | os.PathLike[str]) -> 
         for target, entry in files:
             _write_file(space, target, entry)
         return root
+    # Contents are read many at a time (packed ones in a few ranges of their packs,
+    # one request each on an object store), and written by a few threads as they come.
+    by_id: dict[ObjectId, list[tuple[str, TreeEntry]]] = {}
+    for target, entry in files:
+        by_id.setdefault(entry.id, []).append((target, entry))
     with ThreadPoolExecutor(CHECKOUT_THREADS, thread_name_prefix="cas-checkout") as pool:
-        for _ in pool.map(lambda f: _write_file(space, *f), files):
-            pass
+        writes = []
+        for oid, kind, payload in read_objects(space, list(by_id)):
+            for target, entry in by_id[oid]:
+                if kind == "blob" and entry.mode != MODE_LINK:
+                    writes.append(pool.submit(_write_bytes, target, entry, payload))
+                else:  # a link, or chunked content (streamed, chunk by chunk)
+                    writes.append(pool.submit(_write_file, space, target, entry))
+            if len(writes) > 4 * CHECKOUT_THREADS:
+                writes = _done(writes)
+        for fut in writes:
+            fut.result()
     return root
+
+
+def _done(writes: list[Future[None]]) -> list[Future[None]]:
+    """Raise the first failed write; keep those still running."""
+    for fut in writes:
+        if fut.done():
+            fut.result()
+    return [f for f in writes if not f.done()]
+
+
+def _write_bytes(target: str, entry: TreeEntry, payload: bytes) -> None:
+    """A file of verified content in hand: in place if new, else by a rename over."""
+    mode = 0o755 if entry.mode == MODE_EXEC else 0o644
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        path = target
+    except FileExistsError:
+        path = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.cas-tmp")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        _write_all(fd, payload)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    os.close(fd)
+    if path != target:
+        os.chmod(path, mode)
+        os.replace(path, target)
 
 
 #: Threads writing files in a checkout: creating and writing small files waits on the

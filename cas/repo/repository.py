@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import Any, Protocol
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
 
 from cas.errors import ObjectNotFound, RefConflict
 from cas.objects.ids import ObjectId, is_id, parse_id
@@ -23,6 +25,11 @@ from cas.repo.local_catalog import LocalCatalog, rebuild
 from cas.repo.names import Names, check_name
 from cas.repo.records import check_record
 from cas.storage import Storage, open_storage
+
+T = TypeVar("T")
+
+#: "The caller has not read the name": :meth:`Repository.prepare` reads it.
+UNREAD: Any = type("Unread", (), {"__repr__": lambda self: "UNREAD"})()
 
 
 class Repository:
@@ -136,20 +143,22 @@ class Repository:
 
     # -- changes --------------------------------------------------------------------------
 
-    def commit(self, record: dict[str, Any]) -> ObjectId:
+    def commit(self, record: dict[str, Any], *, current: Any = UNREAD) -> ObjectId:
         """Write a record, journal it, move its name, index it. Saving what the name
         already holds (same content, type, metadata, parents, source) returns the
         existing id and writes nothing: a save is idempotent."""
-        rid, new = self.prepare(record)
+        rid, new = self.prepare(record, current=current)
         if new:
             self.publish([(rid, record)])
         return rid
 
-    def prepare(self, record: dict[str, Any]) -> tuple[ObjectId, bool]:
+    def prepare(self, record: dict[str, Any], *, current: Any = UNREAD) -> tuple[ObjectId, bool]:
         """The first half of a commit: (record id, True) with the record object written
         (held, inside a batch), or (the id the name holds, False) if it holds this
-        very version already."""
-        current = self.names.read(record["name"])
+        very version already. ``current``: the name's value if the caller just read it
+        (:data:`UNREAD`: read it here)."""
+        if current is UNREAD:
+            current = self.names.read(record["name"])
         if current is not None:
             previous = self.index.catalog.get(current)
             if previous is not None and same_version(previous, record):
@@ -164,18 +173,38 @@ class Repository:
         if not items:
             return
         self.space.flush(durable=False)
-        stamps = [self.journal.append({"op": "put", "id": rid}, durable=False) for rid, _ in items]
+        stamps = self._in_parallel(
+            lambda item: self.journal.append({"op": "put", "id": item[0]}, durable=False),
+            items,
+        )
         self.storage.sync()
         # The names, unsynced, then one sync: a name is durable when the call returns,
-        # and never reaches anything that is not (the sync above came first).
+        # and never reaches anything that is not (the sync above came first). Distinct
+        # names move independently (in parallel on an object store); the saves of one
+        # name move it in order.
         names = self.names.unsynced()
+        by_name: dict[str, list[tuple[ObjectId, dict[str, Any]]]] = {}
         for rid, record in items:
-            names.set(record["name"], rid, message=f"save {record['artifact_type']}")
+            by_name.setdefault(record["name"], []).append((rid, record))
+
+        def move(versions: list[tuple[ObjectId, dict[str, Any]]]) -> None:
+            for rid, record in versions:
+                names.set(record["name"], rid, message=f"save {record['artifact_type']}")
+
+        self._in_parallel(move, list(by_name.values()))
         if names is not self.names:
             self.storage.sync()
         self.index.catalog.put_many({**record, "id": rid} for rid, record in items)
         for stamp in stamps:
             self.index.note_written(stamp)
+
+    def _in_parallel(self, work: Callable[[Any], T], items: list[Any]) -> list[T]:
+        """``work`` on each item, in order; on an object store, requests in parallel."""
+        threads = min(self.storage.io_threads, len(items))
+        if threads <= 1:
+            return [work(item) for item in items]
+        with ThreadPoolExecutor(threads, thread_name_prefix="cas-publish") as pool:
+            return list(pool.map(work, items))
 
     def delete(self, rid: ObjectId, name: str | None) -> None:
         """Remove a record from the catalog (a tombstone in the journal) and its name

@@ -141,6 +141,19 @@ def crash_writer(a: dict[str, Any]) -> None:
             if rng.random() < 0.5:
                 at = rng.randrange(len(data) - 4096)
                 data = data[:at] + content(f"edit-{a['seed']}-{n}", 4096) + data[at + 4096 :]
+        elif r < 0.05:  # a batch: its saves become durable together, in one pack
+            t0 = time.time()
+            specs = [(f"{a['seed']}-batch-{n}-{k}", rng.randrange(3000)) for k in range(20)]
+            names = [rng.choice(CRASH_NAMES) for _ in specs]
+            with store.batch():
+                rids = [store.save(content(*s), nm) for s, nm in zip(specs, names, strict=True)]
+            t1 = time.time()
+            for s, nm, rid in zip(specs, names, rids, strict=True):
+                data = content(*s)
+                out.emit(ev="save", name=nm, id=rid, b3=b3(data), size=len(data), t0=t0, t1=t1)
+                mine.append(s)
+            recent = [*recent[-19:], *rids[-3:]]
+            continue
         elif r < 0.14 and recent:
             rid = rng.choice(recent)
             key, value = f"t{n}", str(rng.randrange(1000))
@@ -255,6 +268,19 @@ def gc_writer(a: dict[str, Any]) -> None:
                 spec = (f"big-shared-{rng.randrange(2)}", 5 * MiB)
             else:
                 spec = (f"{who}-{a['seed']}-{i}", rng.randrange(30_000))
+            if r > 0.97:  # a batch of the pool's content: a pack, which gc then rewrites
+                specs = [
+                    spec,
+                    *((f"{who}-{a['seed']}-{i}-{k}", rng.randrange(2000)) for k in range(19)),
+                ]
+                names = [name, *(rng.choice(GC_NAMES) for _ in specs[1:])]
+                with store.batch():
+                    rids = [store.save(content(*s), n) for s, n in zip(specs, names, strict=True)]
+                t1 = time.time()
+                for s, n, rid in zip(specs, names, rids, strict=True):
+                    out.emit(ev="save", name=n, id=rid, b3=b3(content(*s)), t0=t0, t1=t1)
+                    saved = [*saved[-199:], (rid, s)]
+                continue
             data = content(*spec)
             rid = store.save(data, name)
             out.emit(ev="save", name=name, id=rid, b3=b3(data), t0=t0, t1=time.time())
@@ -285,7 +311,8 @@ def gc_loop(a: dict[str, Any]) -> None:
             continue
         out.emit(
             ev="round", t0=t0, t1=time.time(), objects=plan.objects, deleted=result.deleted,
-            spared=result.spared, condemned=[oid for oid, _ in plan.delete],
+            spared=result.spared,
+            condemned=[oid for oid, _ in plan.delete] + [oid for oid, _ in plan.pack_garbage],
         )  # fmt: skip
 
 

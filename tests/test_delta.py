@@ -1,0 +1,368 @@
+"""Deltas between versions (issue 21): a new version of a name is stored as deltas
+against the previous one, every id stays the hash of its bytes, and gc, fsck and
+push/pull keep every version whole."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import blake3
+import msgpack
+import pytest
+
+import cas
+from cas.admin import fsck, gc, transfer
+from cas.errors import IntegrityError, ObjectNotFound
+from cas.objects import codec, delta
+from cas.objects.ids import ObjectId
+from cas.objects.space import MARKER, object_path
+from cas.objects.trees import walk_tree
+
+WORDS = [
+    *[
+        "def",
+        "return",
+        "import",
+        "class",
+        "self",
+        "value",
+        "object",
+        "store",
+        "chunk",
+        "delta",
+        "version",
+        "record",
+        "tree",
+    ],
+    *[
+        "blob",
+        "name",
+        "path",
+        "file",
+        "folder",
+        "index",
+        "pack",
+        "write",
+        "read",
+        "verify",
+        "hash",
+        "bytes",
+        "size",
+        "offset",
+    ],
+    *[
+        "error",
+        "raise",
+        "except",
+        "with",
+        "open",
+        "close",
+        "for",
+        "while",
+        "if",
+        "else",
+        "elif",
+        "try",
+        "finally",
+        "yield",
+    ],
+]
+
+
+def _text(rng: random.Random, size: int) -> bytes:
+    lines = []
+    total = 0
+    while total < size:
+        line = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12)))
+        line = "    " * rng.randint(0, 3) + line + f"  # {rng.randint(0, 99999)}\n"
+        lines.append(line)
+        total += len(line)
+    return "".join(lines).encode()[:size]
+
+
+def _edit(rng: random.Random, data: bytes) -> bytes:
+    """A release's edit of a source file: a few lines changed, one inserted."""
+    lines = data.split(b"\n")
+    for _ in range(3):
+        i = rng.randrange(len(lines))
+        lines[i] = _text(rng, 60).replace(b"\n", b" ")
+    lines.insert(rng.randrange(len(lines)), _text(rng, 80).replace(b"\n", b" "))
+    return b"\n".join(lines)
+
+
+def _releases(root: Path, count: int, seed: int = 21) -> list[Path]:
+    """``count`` successive releases of a small source tree: each edits a third of the
+    files, adds one and removes one."""
+    rng = random.Random(seed)
+    files = {f"pkg/mod{i:02d}.py": _text(rng, rng.randint(2000, 20000)) for i in range(30)}
+    files |= {f"pkg/sub/util{i}.py": _text(rng, rng.randint(1000, 8000)) for i in range(8)}
+    files["README.md"] = _text(rng, 3000)
+    out = []
+    for n in range(count):
+        if n:
+            for name in rng.sample(sorted(files), len(files) // 3):
+                files[name] = _edit(rng, files[name])
+            files.pop(rng.choice(sorted(files)))
+            files[f"pkg/new{n}.py"] = _text(rng, 4000)
+        folder = root / f"release-{n}"
+        for name, data in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
+        out.append(folder)
+    return out
+
+
+def _stored_bytes(store: cas.ArtifactStore) -> int:
+    return sum(st.size for _, st in store.space.iter_stats())
+
+
+def _headers(store: cas.ArtifactStore) -> dict[ObjectId, codec.Header]:
+    return {oid: store.space.head(oid) for oid in store.space}
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    fa = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    fb = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    return fa == fb and all((a / r).read_bytes() == (b / r).read_bytes() for r in fa)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> cas.ArtifactStore:
+    return cas.open_store(tmp_path / "store", fsync=False)
+
+
+def test_versions_of_a_folder_round_trip_smaller_with_ids_unchanged(
+    store: cas.ArtifactStore, tmp_path: Path
+) -> None:
+    releases = _releases(tmp_path / "src", 4)
+    plain = cas.open_store(tmp_path / "plain", fsync=False)
+    ids = [store.save(folder, "pkg") for folder in releases]
+    plain_ids = [plain.save(folder, f"pkg{n}") for n, folder in enumerate(releases)]
+    for n, (aid, folder) in enumerate(zip(ids, releases, strict=True)):
+        out = store.load(aid, dest=tmp_path / f"out{n}")
+        assert _same_folder(folder, out)
+        # The same content has the same ids with or without deltas: a file's id is its b3sum.
+        content = store.get_metadata(aid)["content_id"]
+        assert content == plain.get_metadata(plain_ids[n])["content_id"]
+        for rel, entry in walk_tree(store.space, content):
+            if not entry.is_dir:
+                assert entry.id == blake3.blake3((folder / rel).read_bytes()).hexdigest()
+    assert store.load("pkg", dest=tmp_path / "newest").samefile(tmp_path / "newest")
+    assert _same_folder(releases[-1], tmp_path / "newest")
+    deltas = [h for h in _headers(store).values() if h.base is not None]
+    assert {h.kind for h in deltas} == {"blob", "tree"}  # files and folders both
+    # Saved under one name the versions share their bytes; under four names nothing.
+    assert _stored_bytes(store) < 0.6 * _stored_bytes(plain)
+    assert fsck.check(store).ok
+
+
+def test_a_large_file_stores_its_edited_chunks_as_deltas(
+    store: cas.ArtifactStore, tmp_path: Path
+) -> None:
+    rng = random.Random(7)
+    v1 = _text(rng, 9 << 20)  # above the 4 MiB threshold: chunked
+    v2 = bytearray(v1)
+    for at in (1 << 20, 4 << 20, 7 << 20):  # an edit in three chunks, sizes unchanged
+        v2[at : at + 200] = _text(rng, 200)
+    paths = [tmp_path / "v1.bin", tmp_path / "v2.bin"]
+    paths[0].write_bytes(v1)
+    paths[1].write_bytes(bytes(v2))
+    first = store.save(paths[0], "data")
+    after_one = _stored_bytes(store)
+    second = store.save(paths[1], "data")
+    assert _stored_bytes(store) - after_one < 0.05 * after_one
+    assert store.space.kind(store.get_metadata(second)["content_id"]) == "chunks"
+    assert store.get_metadata(second)["content_id"] == blake3.blake3(bytes(v2)).hexdigest()
+    assert store.load(first, dest=tmp_path / "o1").read_bytes() == v1
+    assert store.load(second, dest=tmp_path / "o2").read_bytes() == bytes(v2)
+    assert any(h.base is not None for h in _headers(store).values())
+
+
+def test_unrelated_content_is_stored_plain(store: cas.ArtifactStore) -> None:
+    """A delta is kept only when it saves at least the set fraction."""
+    store.save(random.Random(1).randbytes(50_000), "noise")
+    second = store.save(random.Random(2).randbytes(50_000), "noise")
+    content = ObjectId(store.get_metadata(second)["content_id"])
+    assert store.space.head(content).base is None
+
+
+def test_chains_stop_at_the_depth_cap_and_every_version_loads(store: cas.ArtifactStore) -> None:
+    rng = random.Random(3)
+    data = _text(rng, 30_000)
+    versions, ids = [], []
+    for _ in range(delta.MAX_DEPTH + 3):
+        data = _edit(rng, data)
+        versions.append(data)
+        ids.append(store.save(data, "doc"))
+    contents = [ObjectId(store.get_metadata(a)["content_id"]) for a in ids]
+    depths = [store.space.head(c).depth for c in contents]
+    assert depths[: delta.MAX_DEPTH + 1] == list(range(delta.MAX_DEPTH + 1))
+    # The cap reached: the next version starts a new branch on the chain's plain root.
+    assert depths[delta.MAX_DEPTH + 1] == 1
+    assert store.space.head(contents[delta.MAX_DEPTH + 1]).base == contents[0]
+    assert max(depths) == delta.MAX_DEPTH
+    assert [store.load(a) for a in ids] == versions
+
+
+def test_a_corrupt_base_is_named_when_its_delta_is_read(store: cas.ArtifactStore) -> None:
+    rng = random.Random(4)
+    v1 = _text(rng, 20_000)
+    store.save(v1, "doc")  # one blob: a loose object
+    second = store.save(_edit(rng, v1), "doc")
+    top = ObjectId(store.get_metadata(second)["content_id"])
+    base = store.space.head(top).base
+    assert base is not None
+    path = Path(store.storage.root) / object_path(base)
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0x01  # the base's last body byte
+    path.chmod(0o644)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError) as caught:
+        store.load(second)
+    assert base in str(caught.value)
+
+
+def test_gc_keeps_the_bases_a_live_delta_needs_and_frees_the_rest(
+    store: cas.ArtifactStore, tmp_path: Path
+) -> None:
+    releases = _releases(tmp_path / "src", 2)
+    old = store.save(releases[0], "pkg")
+    new = store.save(releases[1], "pkg")
+    store.catalog.delete(old)  # the old version goes; the new one's deltas need its files
+    bases = {h.base for h in _headers(store).values() if h.base is not None}
+    assert bases
+    plan = gc.plan(store, grace=0, retention=0)
+    gc.execute(store, plan)
+    assert len(plan.delete) + len(plan.pack_garbage) > 0  # the old record, a removed file
+    present = set(store.space)
+    assert bases <= present
+    assert _same_folder(releases[1], store.load(new, dest=tmp_path / "out"))
+    assert fsck.check(store).ok
+
+
+def test_gc_keeps_a_folder_that_is_both_a_base_and_content(
+    store: cas.ArtifactStore, tmp_path: Path
+) -> None:
+    """v2 edits a/ (a delta on v1's a/) and holds a copy of v1's a/ deeper down, as
+    x/y/b/: the old folder is a base and content at once (reached as a base first),
+    and all it holds must stay."""
+    rng = random.Random(10)
+    old = {f"f{i}.py": _text(rng, 5000) for i in range(20)}
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    for name, data in old.items():
+        (v1 / "a").mkdir(parents=True, exist_ok=True)
+        (v1 / "a" / name).write_bytes(data)
+        (v2 / "x" / "y" / "b").mkdir(parents=True, exist_ok=True)
+        (v2 / "x" / "y" / "b" / name).write_bytes(data)
+        if name != "f0.py":  # removed from a/ in v2: only b/ holds it now
+            (v2 / "a").mkdir(parents=True, exist_ok=True)
+            (v2 / "a" / name).write_bytes(_edit(rng, data) if name < "f5" else data)
+    first = store.save(v1, "two")
+    second = store.save(v2, "two")
+    store.catalog.delete(first)
+    gc.execute(store, gc.plan(store, grace=0, retention=0))
+    assert _same_folder(v2, store.load(second, dest=tmp_path / "out"))
+    assert fsck.check(store).ok
+
+
+def test_fsck_names_the_artifacts_a_missing_base_affects(store: cas.ArtifactStore) -> None:
+    rng = random.Random(5)
+    v1 = _text(rng, 20_000)
+    first = store.save(v1, "doc")
+    second = store.save(_edit(rng, v1), "doc")
+    top = ObjectId(store.get_metadata(second)["content_id"])
+    base = store.space.head(top).base
+    assert base == store.get_metadata(first)["content_id"]
+    Path(store.storage.root, object_path(base)).unlink()
+    report = fsck.check(store)
+    [problem] = [p for p in report.problems if p.object_id == base]
+    assert problem.kind == "missing"
+    assert top in problem.detail and "delta base" in problem.detail
+    assert any(second[:12] in a for a in problem.artifacts)  # the new version, through its delta
+    assert any(first[:12] in a for a in problem.artifacts)  # and the old one, whose content it is
+    with pytest.raises(ObjectNotFound) as caught:
+        store.load(second)
+    assert base in str(caught.value)
+
+
+def test_push_carries_deltas_and_a_lone_version_goes_plain(
+    store: cas.ArtifactStore, tmp_path: Path
+) -> None:
+    releases = _releases(tmp_path / "src", 3)
+    rng = random.Random(6)
+    big = _text(rng, 6 << 20)
+    for folder in releases:
+        store.save(folder, "pkg")
+        big = big[: 2 << 20] + _text(rng, 300) + big[(2 << 20) + 300 :]
+        store.save(big, "big")
+    everything = cas.open_store(tmp_path / "all", fsync=False)
+    transfer.transfer(store, everything)
+    assert _stored_bytes(everything) < 1.2 * _stored_bytes(store)
+    headers = _headers(everything)
+    assert {h.kind for h in headers.values() if h.base is not None} == {"blob", "tree"}
+    assert any(  # a chunk of the large file, carried as a delta
+        h.base is not None and everything.space.head(h.base).raw_size > 1 << 18
+        for h in headers.values()
+    )
+    for artifact in store.catalog.list(limit=100):  # every version is there, and loads
+        assert everything.get_metadata(artifact["id"])["content_id"] == artifact["content_id"]
+        assert everything.load(artifact["id"], dest=tmp_path / "each" / artifact["id"])
+    assert _same_folder(releases[-1], everything.load("pkg", dest=tmp_path / "o"))
+    assert everything.load("big") == big
+    assert fsck.check(everything).ok
+    newest = cas.open_store(tmp_path / "newest", fsync=False)
+    transfer.transfer(store, newest, ["pkg"])
+    assert all(h.base is None for h in _headers(newest).values())  # no base there: plain
+    assert _same_folder(releases[-1], newest.load("pkg", dest=tmp_path / "o2"))
+
+
+def test_the_first_delta_marks_the_store_format_3(tmp_path: Path) -> None:
+    """A cas that cannot read deltas refuses a store of format 3 ("upgrade cas"): the
+    marker says 3 from the first delta on, and 2 before it."""
+    root = tmp_path / "s"
+    rng = random.Random(8)
+    with cas.open_store(root, fsync=False) as s:
+        v1 = _text(rng, 10_000)
+        s.save(v1, "doc")
+        assert msgpack.unpackb((root / MARKER).read_bytes())["format"] == 2
+        s.save(_edit(rng, v1), "doc")
+        assert msgpack.unpackb((root / MARKER).read_bytes())["format"] == 3
+
+
+def test_a_delta_header_is_refused_by_the_rules_of_a_plain_one() -> None:
+    """The header layout: flags 0b11, depth in byte 7, the base id after 16 bytes;
+    a delta flag without depth, or a depth without the flag, is malformed."""
+    base = delta.Base(ObjectId("ab" * 32), _text(random.Random(9), 5000), 0)
+    payload = base.payload.replace(b"self", b"this")
+    stored = delta.encode("blob", payload, base)
+    oid = blake3.blake3(payload).hexdigest()
+    header = codec.read_header(oid, stored)
+    assert (header.flags, header.depth, header.base) == (0b11, 1, base.id)
+    assert stored[16:48] == bytes.fromhex(base.id)
+    assert codec.decode_body(oid, header, stored, base.payload) == payload
+    no_depth = stored[:7] + b"\0" + stored[8:]
+    plain_with_depth = stored[:6] + b"\x01\x01" + stored[8:]
+    for bad in (no_depth, plain_with_depth, stored[:40]):
+        with pytest.raises(IntegrityError):
+            codec.read_header(oid, bad)
+
+
+def test_loaded_folder_is_independent_of_older_versions_being_moved(
+    store: cas.ArtifactStore, tmp_path: Path
+) -> None:
+    """Deltas live in packs as in loose objects: a folder version goes to a pack, and
+    it reads after its source folders are gone."""
+    releases = _releases(tmp_path / "src", 2)
+    expected = {p.relative_to(releases[1]): p.read_bytes() for p in releases[1].rglob("*.py")}
+    store.save(releases[0], "pkg")
+    store.save(releases[1], "pkg")
+    shutil.rmtree(tmp_path / "src")
+    assert store.space.packs.ids()
+    packed_deltas = [
+        oid for oid, _ in store.space.packs.entries() if store.space.head(oid).base is not None
+    ]
+    assert packed_deltas
+    out = store.load("pkg", dest=tmp_path / "out")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*.py")} == expected
