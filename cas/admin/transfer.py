@@ -40,6 +40,7 @@ from typing import Any, Final
 
 from cas.errors import IntegrityError, ObjectNotFound, RefConflict
 from cas.objects import codec
+from cas.objects.batch import Pending
 from cas.objects.codec import Header
 from cas.objects.ids import ObjectId
 from cas.objects.kinds import ChunkList, Tree, unpack
@@ -232,12 +233,14 @@ class _Copier:
         self.objects = 0
         self.bytes = 0
         self.total = len(plan.blobs) + len(plan.chunked) + len(plan.trees) + len(plan.records)
+        self._held: Pending | None = None  # the destination's batch, which workers join
 
     def run(self) -> None:
         """Everything goes into the destination's packs (a pack's worth a write, one
         request on an object store), bottom-up: a pack holds, or follows the packs
         holding, everything its objects point at."""
-        with self.plan.dst.space.batch():
+        with self.plan.dst.space.batch(keep_on_error=True) as held:
+            self._held = held
             self._run()
 
     def _run(self) -> None:
@@ -257,7 +260,7 @@ class _Copier:
 
     def _parallel(self, oids: Sequence[ObjectId], copy: Callable[[ObjectId], int]) -> None:
         def joined(oid: ObjectId) -> int:
-            with self.plan.dst.space.joining():
+            with self.plan.dst.space.joining(self._held):
                 return copy(oid)
 
         for size in self.pool.map(joined, oids):
@@ -274,7 +277,7 @@ class _Copier:
         """Each sequence in order, the sequences in parallel."""
 
         def joined(seq: Sequence[ObjectId]) -> list[int]:
-            with self.plan.dst.space.joining():
+            with self.plan.dst.space.joining(self._held):
                 return [copy(oid) for oid in seq]
 
         for sizes in self.pool.map(joined, sequences):

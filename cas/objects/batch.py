@@ -11,6 +11,7 @@ name is ever published before what it reaches is durable.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -29,8 +30,9 @@ PACK_FROM: Final = 16
 #: one pack of them is read back with a few range requests, not one GET a chunk).
 PACK_BYTES_FROM: Final = 4 << 20
 
-#: Full packs written at once in the background; a batch holds at most this many more
-#: packs' worth of objects in memory than the one it is filling.
+#: Full packs written at once in the background (on an object store, where each upload
+#: waits on the network, twice as many); a batch holds at most this many more packs'
+#: worth of objects in memory than the one it is filling.
 WRITING: Final = 2
 
 
@@ -46,6 +48,7 @@ class Pending:
         loose_path: Callable[[ObjectId], str],
         before_pack: Callable[[], None],
         present_loose: Callable[[list[ObjectId]], set[ObjectId]],
+        tickets: Callable[[], int],
     ) -> None:
         self.storage = storage
         self.packs = pack_set
@@ -53,12 +56,15 @@ class Pending:
         self.before_pack = before_pack  # e.g. mark the root as format 2, once
         self.present_loose = present_loose  # which are loose already (refreshed)
         self._unchecked: set[ObjectId] = set()  # not yet looked for as loose objects
+        self._order: dict[ObjectId, int] = {}  # each held object's place in its pack
+        self._tickets = tickets
         self.lock = threading.RLock()
         self._objects: dict[ObjectId, bytes] = {}
         self._bytes = 0
         self._sealed: list[dict[ObjectId, bytes]] = []  # full packs being written
         self._writes: deque[Future[None]] = deque()
         self._pool: ThreadPoolExecutor | None = None
+        self._writing = WRITING if storage.local_dir is not None else 2 * WRITING
 
     def get(self, oid: ObjectId) -> bytes | None:
         with self.lock:
@@ -74,7 +80,13 @@ class Pending:
         with self.lock:
             return oid in self._objects or any(oid in s for s in self._sealed)
 
-    def add(self, oid: ObjectId, stored: bytes, *, unchecked: bool = False) -> bool:
+    def ticket(self) -> int:
+        """A place in the order of packs, taken before the object is ready."""
+        return self._tickets()
+
+    def add(
+        self, oid: ObjectId, stored: bytes, *, unchecked: bool = False, order: int | None = None
+    ) -> bool:
         """Hold a new object; False if it is held already. ``unchecked``: it may be a
         loose object already, which is asked for all such at once when written. A full
         pack is sealed and written in the background (at most :data:`WRITING` at once)."""
@@ -82,6 +94,7 @@ class Pending:
             if oid in self:
                 return False
             self._objects[oid] = stored
+            self._order[oid] = self.ticket() if order is None else order
             if unchecked:
                 self._unchecked.add(oid)
             self._bytes += len(stored)
@@ -90,10 +103,10 @@ class Pending:
             sealed, self._objects, self._bytes = self._objects, {}, 0
             self._sealed.append(sealed)
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(WRITING, thread_name_prefix="cas-pack")
+                self._pool = ThreadPoolExecutor(self._writing, thread_name_prefix="cas-pack")
             after = self._writes[-1] if self._writes else None
             self._writes.append(self._pool.submit(self._write_sealed, sealed, after))
-            oldest = self._writes.popleft() if len(self._writes) > WRITING else None
+            oldest = self._writes.popleft() if len(self._writes) > self._writing else None
         if oldest is not None:  # bounded memory: wait for the oldest upload
             oldest.result()
         return True
@@ -120,10 +133,6 @@ class Pending:
             for fut in writes:
                 fut.result()
             self._write(list(objects.items()))
-        except BaseException:
-            with self.lock:
-                self._objects.update(objects)  # still held: a retry can write them
-            raise
         finally:
             with self.lock:
                 self._sealed.remove(objects)
@@ -159,6 +168,7 @@ class Pending:
         with self.lock:
             unchecked = [oid for oid, _ in objects if oid in self._unchecked]
             self._unchecked.difference_update(unchecked)
+            places = {oid: self._order.pop(oid, 0) for oid, _ in objects}
         pack = (
             full or len(objects) >= PACK_FROM
             or sum(len(stored) for _, stored in objects) >= PACK_BYTES_FROM
@@ -172,6 +182,7 @@ class Pending:
         if not objects:
             return
         if pack:
+            objects.sort(key=lambda o: places[o[0]])  # as they were asked for
             self.before_pack()
             pack_id, parts, index = packs.build(objects)
             self.storage.write_atomic(packs.pack_path(pack_id), b"".join(parts), durable=False)
@@ -189,3 +200,42 @@ class Pending:
                         lambda o: self.storage.write_atomic(self.loose_path(o[0]), o[1]), objects
                     )
                 )
+
+    def close(self) -> None:
+        """The batch is over (written, or dropped after a failure)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Held:
+    """Every open batch of one object space: what any of them holds reads at once, as
+    if written (each batch writes and drops its own; a failed one takes nothing of
+    another with it)."""
+
+    def __init__(self) -> None:
+        self._open: list[Pending] = []
+        self._lock = threading.Lock()
+        self._tickets = itertools.count()
+
+    def ticket(self) -> int:
+        """Places in pack order, shared by the batches (only the order matters)."""
+        return next(self._tickets)
+
+    def open(self, batch: Pending) -> None:
+        with self._lock:
+            self._open = [*self._open, batch]
+
+    def close(self, batch: Pending) -> None:
+        with self._lock:
+            self._open = [b for b in self._open if b is not batch]
+        batch.close()
+
+    def get(self, oid: ObjectId) -> bytes | None:
+        for batch in self._open:  # a snapshot: the list is replaced, never changed
+            held = batch.get(oid)
+            if held is not None:
+                return held
+        return None
+
+    def __contains__(self, oid: object) -> bool:
+        return any(oid in batch for batch in self._open)

@@ -44,7 +44,12 @@ _FRAME: Final = struct.Struct("<32sI")  # before each object in a pack: id, stor
 #: A pack is closed when its objects reach this many bytes: large enough that a folder
 #: of thousands of small files is a handful of requests, small enough to be rewritten
 #: cheaply by gc and held in memory while it is written (restic: 16 MiB, Xet: 64 MiB).
-PACK_SIZE: Final = 32 << 20
+PACK_SIZE: Final = 16 << 20
+
+
+#: Objects of one pack this close (their frames, or a few small objects between) are
+#: read in one range rather than two requests.
+NEAR: Final = 64 << 10
 
 
 def pack_path(pack_id: str) -> str:
@@ -229,13 +234,14 @@ class PackSet:
 
     def read_many(self, wheres: list[Where]) -> list[bytes]:
         """The stored bytes of objects of one pack, in order, in as few reads as their
-        ranges allow (adjacent ranges are read as one)."""
+        ranges allow: objects in order and no further apart than :data:`NEAR` are read
+        as one range (the frames between them are read and dropped)."""
         if not wheres:
             return []
         pack = wheres[0].pack
         spans: list[tuple[int, int]] = []
         for w in wheres:
-            if spans and spans[-1][1] == w.offset:
+            if spans and 0 <= w.offset - spans[-1][1] <= NEAR:
                 spans[-1] = (spans[-1][0], w.offset + w.length)
             else:
                 spans.append((w.offset, w.offset + w.length))

@@ -25,7 +25,7 @@ import msgpack
 
 from cas.errors import CasError, FormatError, IntegrityError, ObjectNotFound
 from cas.objects import codec, delta, packs
-from cas.objects.batch import Pending
+from cas.objects.batch import Held, Pending
 from cas.objects.chunking import (
     DEFAULT_PARAMS,
     ChunkParams,
@@ -113,10 +113,8 @@ class ObjectSpace:
         self.format = FORMAT_VERSION
         self.params = self._open_marker(create)
         self.packs = packs.PackSet(storage)
-        self.pending = Pending(
-            storage, self.packs, object_path, self.mark_packed, self._present_loose
-        )
-        self._local = threading.local()  # this thread's open batches
+        self.pending = Held()  # the objects every open batch holds, readable at once
+        self._local = threading.local()  # this thread's open batch
         self.inflight = 2 * max(2, os.cpu_count() or 2)
         io_threads = storage.io_threads  # object stores: chunk requests in parallel
         self._pool = io_pool(io_threads) if io_threads else None
@@ -221,33 +219,58 @@ class ObjectSpace:
     # -- batches ----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, keep_on_error: bool = False) -> Iterator[Pending]:
         """New objects written by this thread inside the block (and by the chunk workers
         it starts) are held and written together: a pack when there are many, loose
         objects when few, then one sync. Nested blocks join the outermost. Anything that
-        publishes a name reaching them calls :meth:`flush` first."""
-        depth = getattr(self._local, "depth", 0)
-        self._local.depth = depth + 1
+        publishes a name reaching them calls :meth:`flush` first. If the block raises,
+        what it holds is dropped (a refused save writes nothing), unless
+        ``keep_on_error`` (a copy that a later run resumes): then it is written, if
+        every pack before it was."""
+        held: Pending | None = getattr(self._local, "batch", None)
+        if held is not None:  # nested: joins the outermost
+            yield held
+            return
+        held = Pending(
+            self.storage, self.packs, object_path, self.mark_packed, self._present_loose,
+            self.pending.ticket,
+        )  # fmt: skip
+        self.pending.open(held)
+        self._local.batch = held
         try:
-            yield
+            try:
+                yield held
+            except BaseException:
+                if keep_on_error:  # what it holds is complete: keep it (a resumed copy)
+                    with contextlib.suppress(Exception):
+                        held.flush()
+                raise
+            held.flush()
         finally:
-            self._local.depth = depth
-            if depth == 0:
-                self.pending.flush()
+            # A batch whose block or flush failed is dropped whole: what it held was never
+            # visible to anyone else, and nothing reaching it was published.
+            self._local.batch = None
+            self.pending.close(held)
 
     @contextlib.contextmanager
-    def joining(self) -> Iterator[None]:
-        """A worker thread's writes join a batch its coordinator holds open (the batch
-        is flushed when the coordinator's block ends, not this one)."""
-        depth = getattr(self._local, "depth", 0)
-        self._local.depth = depth + 1
+    def joining(self, held: Pending | None = None) -> Iterator[None]:
+        """A worker thread's writes join ``held``, a batch its coordinator holds open
+        (flushed when the coordinator's block ends, not this one)."""
+        before = getattr(self._local, "batch", None)
+        self._local.batch = held
         try:
             yield
         finally:
-            self._local.depth = depth
+            self._local.batch = before
 
     def in_batch(self) -> bool:
-        return getattr(self._local, "depth", 0) > 0
+        return getattr(self._local, "batch", None) is not None
+
+    def _held(self, batched: bool | Pending | None) -> Pending | None:
+        """The batch a write goes to: the one given, or this thread's when True."""
+        if batched is True:
+            return getattr(self._local, "batch", None)
+        return batched or None
 
     # -- delta bases ------------------------------------------------------------------
 
@@ -383,8 +406,11 @@ class ObjectSpace:
         return None
 
     def flush(self, *, durable: bool = True) -> None:
-        """Write every held object; with ``durable``, sync so they survive a crash."""
-        self.pending.flush(durable=durable)
+        """Write every object this thread's batch holds; with ``durable``, sync so they
+        survive a crash (outside a batch: nothing is held)."""
+        held: Pending | None = getattr(self._local, "batch", None)
+        if held is not None:
+            held.flush(durable=durable)
 
     # -- writing ----------------------------------------------------------------------
 
@@ -456,8 +482,9 @@ class ObjectSpace:
             if not self._freshen(header.base):  # it read just now: a gc took it since
                 raise ObjectNotFound(header.base, f"delta base {header.base} of {oid} is gone")
             self.mark_deltas()
-        if self.in_batch():
-            return self.pending.add(oid, stored)
+        held = self._held(True)
+        if held is not None:
+            return held.add(oid, stored)
         self.storage.write_atomic(object_path(oid), stored)
         return True
 
@@ -479,8 +506,9 @@ class ObjectSpace:
         payload: bytes | memoryview,
         *,
         create_first: bool = False,
-        batched: bool = False,
+        batched: bool | Pending | None = False,
         bases: tuple[ObjectId, ...] = (),
+        order: int | None = None,
     ) -> bool:
         """Write one object unless present; True if this call wrote it. ``bases``:
         delta bases to try, in order (see :meth:`_encode`).
@@ -492,17 +520,18 @@ class ObjectSpace:
         refresh it as a dedup hit must (gc's grace counts from that refresh).
         """
         path = object_path(oid)
-        if batched:
+        held = self._held(batched)
+        if held is not None:
             if self.storage.listing_stats:
                 # An object store: whether it is loose already is asked for the whole
                 # batch at its flush (one listing, or a few requests in parallel).
                 if oid in self.pending or self._freshen_packed(oid):
                     return False
                 encoded = self._encode(oid, kind, payload, bases)
-                return self.pending.add(oid, encoded, unchecked=True)
+                return held.add(oid, encoded, unchecked=True, order=order)
             if self._freshen(oid):
                 return False
-            return self.pending.add(oid, self._encode(oid, kind, payload, bases))
+            return held.add(oid, self._encode(oid, kind, payload, bases), order=order)
         if create_first and self.storage.creates:
             encoded = self._encode(oid, kind, payload, bases)
             if self.storage.create(path, encoded):
@@ -569,9 +598,10 @@ class ObjectSpace:
         self,
         data: bytes | memoryview,
         run: _NewRun,
-        batched: bool,
+        batched: Pending | None,
         at: int = 0,
         aligner: delta.Aligner | None = None,
+        order: int | None = None,
     ) -> tuple[ObjectId, int]:
         oid = blob_id(data, threads=False)
         bases: tuple[ObjectId, ...] = ()
@@ -579,7 +609,8 @@ class ObjectSpace:
             bases = aligner.candidates(at, len(data))
         self._local.used = None
         new = self._store(
-            oid, "blob", data, create_first=run.likely_new(), batched=batched, bases=bases
+            oid, "blob", data, create_first=run.likely_new(), batched=batched, bases=bases,
+            order=order,
         )
         used: ObjectId | None = getattr(self._local, "used", None)
         if aligner is not None and used is not None:
@@ -606,7 +637,7 @@ class ObjectSpace:
         pool = self._chunk_pool()
         total = blake3.blake3()
         run = _NewRun()
-        batched = self.in_batch()
+        batched = self._held(True)  # this thread's batch: the chunk workers write to it
         previous = self.previous_version()
         chunked = self._previous_chunks(previous) if previous is not None else None
         aligner = delta.Aligner(chunked) if chunked else None
@@ -617,7 +648,12 @@ class ObjectSpace:
             for data in pieces:
                 if not hashed:
                     total.update(data)
-                pending.append(pool.submit(self._put_chunk, data, run, batched, at, aligner))
+                # The chunk's place in the pack is taken now, in content order (chunks
+                # finish out of order): a read of the content finds them side by side.
+                order = self.pending.ticket()
+                pending.append(
+                    pool.submit(self._put_chunk, data, run, batched, at, aligner, order)
+                )
                 at += len(data)
                 while len(pending) >= self.inflight:
                     chunks.append(pending.popleft().result())
@@ -899,7 +935,7 @@ class ObjectSpace:
 
 
 #: Chunks side by side in one pack are read together up to this many stored bytes.
-READ_SPAN: Final = 4 << 20
+READ_SPAN: Final = 8 << 20
 
 
 class _Part(NamedTuple):
@@ -918,7 +954,8 @@ def _groups(pack_set: packs.PackSet, listing: ChunkList) -> Iterator[list[_Part]
         last = group[-1].where if group else None
         if (
             where is not None and last is not None and last.pack == where.pack
-            and last.offset + last.length == where.offset and span + where.length <= READ_SPAN
+            and 0 <= where.offset - (last.offset + last.length) <= packs.NEAR
+            and span + where.length <= READ_SPAN
         ):  # fmt: skip
             group.append(_Part(cid, size, where))
             span += where.length
