@@ -316,3 +316,22 @@ def test_fsck_rebuilds_a_damaged_index_from_its_pack(store: ArtifactStore, tmp_p
         out = tmp_path / "out"
         fresh.load("d", dest=out)
         assert (out / "f0010.bin").read_bytes() == (src / "f0010.bin").read_bytes()
+
+
+def test_gc_packs_old_loose_objects_that_live(store: ArtifactStore, tmp_path: Path) -> None:
+    ids = [store.save(f"small {i}".encode(), f"s/{i}") for i in range(30)]  # loose
+    store.save(b"gone soon", "gone")
+    store.delete("gone")
+    loose_before = _loose(store)
+    assert len(loose_before) >= 60
+    plan = gc.plan(store, grace=0, retention=0, pack_loose_from=10)
+    assert len(plan.to_pack) == 60  # 30 contents and 30 records; not the garbage
+    result = gc.execute(store, plan)
+    assert result.packed == 60
+    assert len(_loose(store)) == 0  # packed, or deleted as garbage
+    with cas.open_store(store.url) as fresh:  # another process finds them in the pack
+        assert [fresh.load(i) for i in ids] == [f"small {i}".encode() for i in range(30)]
+        assert fsck.check(fresh).ok
+    # below the threshold, loose objects stay loose
+    store.save(b"one more", "more")
+    assert len(gc.plan(store, grace=0).to_pack) == 0

@@ -46,7 +46,7 @@ from cas.admin.marking import (
     list_objects,
     unmarked,
 )  # fmt: skip
-from cas.admin.repack import repack
+from cas.admin.repack import pack_loose, repack
 from cas.errors import IntegrityError
 from cas.objects.digests import Condemned, Digests
 from cas.objects.ids import ObjectId
@@ -66,6 +66,9 @@ __all__ = [
 ]
 
 DEFAULT_GRACE: Final = 24 * 3600.0
+#: gc packs the old loose objects that live once there are this many of them (single
+#: saves write loose objects; a pack of them lists, copies and backs up as one file).
+PACK_LOOSE_FROM: Final = 1000
 DEFAULT_RETENTION: Final = 30 * 24 * 3600.0
 
 #: Object stores delete up to this many keys a request; local deletes go in such batches too.
@@ -107,6 +110,8 @@ class GcPlan:
         repr=False, compare=False, default_factory=lambda: Condemned(Digests(), array("q"))
     )
     repack: tuple[str, ...] = ()
+    #: Old loose objects that live, to move into packs (none below ``PACK_LOOSE_FROM``).
+    to_pack: Digests = field(repr=False, compare=False, default_factory=Digests)
 
     @property
     def bytes_freed(self) -> int:
@@ -120,6 +125,7 @@ class GcPlan:
             "young_unreachable_kept": self.young,
             "to_delete": len(self.delete) + len(self.pack_garbage),
             "packs_to_rewrite": len(self.repack),
+            "loose_to_pack": len(self.to_pack),
             "bytes_freed": self.bytes_freed,
             "temp_files": len(self.temp_files),
             "missing": len(self.missing),
@@ -204,8 +210,10 @@ def plan(
     retention: float = DEFAULT_RETENTION,
     now: float | None = None,
     progress: Progress | None = None,
+    pack_loose_from: int = PACK_LOOSE_FROM,
 ) -> GcPlan:
-    """Decide what to delete. Reads the store and writes nothing to it (it brings this
+    """Decide what to delete, and which old loose objects to pack (when there are at
+    least ``pack_loose_from`` loose objects that live). Reads the store and writes nothing to it (it brings this
     machine's catalog up to date with the journal, which is a cache)."""
     repo = repository(target)
     now = time.time() if now is None else now
@@ -242,7 +250,25 @@ def plan(
         missing=tuple(sorted(marker.missing)), ref_snapshot=tuple(refs), listed=listed,
         root_ids=frozenset(roots), pack_garbage=packed.condemned(), repack=tuple(sorted(repack)),
         as_base=frozenset(marker.as_base()),
+        to_pack=_old_loose_live(repo, listing, marker, now, grace, pack_loose_from),
     )  # fmt: skip
+
+
+def _old_loose_live(
+    repo: Repository, listing: Listing, marker: Marker, now: float, grace: float, least: int
+) -> Digests:
+    """Reachable loose objects older than the grace period, if there are at least
+    ``least`` loose objects (as ``git gc --auto``, which packs from 6,700)."""
+    marked = marker.marked
+    live = [p for p in range(len(marked)) if marked[p] and not listing.packed(p)]
+    if len(live) < least:
+        return Digests()
+    old = bytearray()
+    with ThreadPoolExecutor(_LOCAL_THREADS, thread_name_prefix="cas-gc-age") as pool:
+        for pos, st in ages(repo.storage, listing, iter(live), pool):
+            if st is not None and now - st.mtime > grace:
+                old += listing.digests.digest(pos)
+    return Digests(old)
 
 
 class _Doomed:
@@ -318,6 +344,7 @@ class GcResult:
     spared: int  # planned, but reachable again or refreshed by a writer meanwhile
     temp_removed: int
     log_entries_pruned: int
+    packed: int = 0  # old loose objects moved into packs
 
 
 def _current_ages(
@@ -402,4 +429,7 @@ def execute(
     cutoff = gc_plan.started - gc_plan.retention
     for name in repo.names.log_names():
         pruned += repo.names.prune_log(name, cutoff)
-    return GcResult(deleted, freed, spared, temp_removed, pruned)
+    packed = pack_loose(repo, gc_plan.to_pack)
+    if packed:
+        step("packed loose objects", packed)
+    return GcResult(deleted, freed, spared, temp_removed, pruned, packed)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from cas.objects import packs
 from cas.objects.digests import Digests
 from cas.objects.ids import ObjectId
+from cas.objects.space import object_path
 from cas.repo.repository import Repository
 
 
@@ -66,6 +67,36 @@ def repack(
     if pack_ids:
         pack_set.refresh()
     return deleted, freed, spared
+
+
+def pack_loose(repo: Repository, oids: Digests) -> int:
+    """Move loose objects into packs: each pack is committed (pack, then index) before
+    its objects' loose files are removed, so every object is readable throughout (a
+    reader that misses a loose file finds the pack). Returns the objects packed."""
+    group: list[tuple[ObjectId, bytes]] = []
+    size = done = 0
+
+    def commit() -> int:
+        repo.space.mark_packed()
+        pack_id, index = packs.write(repo.storage, group)
+        repo.space.packs.add(pack_id, index)
+        repo.storage.delete_many([object_path(oid) for oid, _ in group])
+        return len(group)
+
+    for i in range(len(oids)):
+        oid = oids.oid(i)
+        try:
+            stored = repo.storage.read(object_path(oid))
+        except FileNotFoundError:
+            continue  # gone since the plan (another gc)
+        group.append((oid, stored))
+        size += len(stored)
+        if size >= packs.PACK_SIZE:
+            done += commit()
+            group, size = [], 0
+    if group:
+        done += commit()
+    return done
 
 
 def _write_live(repo: Repository, live: list[tuple[ObjectId, packs.Where]]) -> None:

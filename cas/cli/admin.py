@@ -42,6 +42,7 @@ def cmd_gc(args: argparse.Namespace, out: Output) -> int:
     doc["result"] = None if result is None else {
         "deleted": result.deleted, "bytes_freed": result.bytes_freed, "spared": result.spared,
         "temp_removed": result.temp_removed, "log_entries_pruned": result.log_entries_pruned,
+        "packed": result.packed,
     }  # fmt: skip
     out.document(doc)
     if plan.missing:
@@ -75,6 +76,8 @@ def cmd_gc(args: argparse.Namespace, out: Output) -> int:
         out.line("nothing to delete")
     if result.spared:
         out.line(f"spared {result.spared} objects that became live during gc")
+    if result.packed:
+        out.line(f"packed {result.packed} old loose objects")
     return EXIT_OK
 
 
