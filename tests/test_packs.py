@@ -318,7 +318,7 @@ def test_fsck_rebuilds_a_damaged_index_from_its_pack(store: ArtifactStore, tmp_p
         assert (out / "f0010.bin").read_bytes() == (src / "f0010.bin").read_bytes()
 
 
-def test_gc_packs_old_loose_objects_that_live(store: ArtifactStore, tmp_path: Path) -> None:
+def test_gc_pack_moves_loose_objects_that_live_into_packs(store: ArtifactStore, tmp_path: Path) -> None:
     ids = [store.save(f"small {i}".encode(), f"s/{i}") for i in range(30)]  # loose
     store.save(b"gone soon", "gone")
     store.delete("gone")
@@ -326,6 +326,7 @@ def test_gc_packs_old_loose_objects_that_live(store: ArtifactStore, tmp_path: Pa
     assert len(loose_before) >= 60
     plan = gc.plan(store, grace=0, retention=0, pack_loose_from=10)
     assert len(plan.to_pack) == 60  # 30 contents and 30 records; not the garbage
+    assert len(gc.plan(store, grace=0, retention=0).to_pack) == 0  # only when asked
     result = gc.execute(store, plan)
     assert result.packed == 60
     assert len(_loose(store)) == 0  # packed, or deleted as garbage
@@ -334,4 +335,4 @@ def test_gc_packs_old_loose_objects_that_live(store: ArtifactStore, tmp_path: Pa
         assert fsck.check(fresh).ok
     # below the threshold, loose objects stay loose
     store.save(b"one more", "more")
-    assert len(gc.plan(store, grace=0).to_pack) == 0
+    assert len(gc.plan(store, grace=0, pack_loose_from=10).to_pack) == 0

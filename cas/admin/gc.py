@@ -66,8 +66,9 @@ __all__ = [
 ]
 
 DEFAULT_GRACE: Final = 24 * 3600.0
-#: gc packs the old loose objects that live once there are this many of them (single
-#: saves write loose objects; a pack of them lists, copies and backs up as one file).
+#: ``cas gc --pack`` packs the loose objects that live once there are this many of them
+#: (single saves write loose objects; a pack of them lists, copies and backs up as one
+#: file). Plain gc leaves them, as ``git prune`` does.
 PACK_LOOSE_FROM: Final = 1000
 DEFAULT_RETENTION: Final = 30 * 24 * 3600.0
 
@@ -110,7 +111,7 @@ class GcPlan:
         repr=False, compare=False, default_factory=lambda: Condemned(Digests(), array("q"))
     )
     repack: tuple[str, ...] = ()
-    #: Old loose objects that live, to move into packs (none below ``PACK_LOOSE_FROM``).
+    #: Loose objects that live, to move into packs (``cas gc --pack``).
     to_pack: Digests = field(repr=False, compare=False, default_factory=Digests)
 
     @property
@@ -210,10 +211,11 @@ def plan(
     retention: float = DEFAULT_RETENTION,
     now: float | None = None,
     progress: Progress | None = None,
-    pack_loose_from: int = PACK_LOOSE_FROM,
+    pack_loose_from: int | None = None,
 ) -> GcPlan:
-    """Decide what to delete, and which old loose objects to pack (when there are at
-    least ``pack_loose_from`` loose objects that live). Reads the store and writes nothing to it (it brings this
+    """Decide what to delete; with ``pack_loose_from`` (``cas gc --pack``: at least
+    :data:`PACK_LOOSE_FROM`), also which loose objects that live to move into packs,
+    when there are at least that many. Reads the store and writes nothing to it (it brings this
     machine's catalog up to date with the journal, which is a cache)."""
     repo = repository(target)
     now = time.time() if now is None else now
@@ -250,25 +252,21 @@ def plan(
         missing=tuple(sorted(marker.missing)), ref_snapshot=tuple(refs), listed=listed,
         root_ids=frozenset(roots), pack_garbage=packed.condemned(), repack=tuple(sorted(repack)),
         as_base=frozenset(marker.as_base()),
-        to_pack=_old_loose_live(repo, listing, marker, now, grace, pack_loose_from),
+        to_pack=_loose_live(listing, marker, pack_loose_from),
     )  # fmt: skip
 
 
-def _old_loose_live(
-    repo: Repository, listing: Listing, marker: Marker, now: float, grace: float, least: int
-) -> Digests:
-    """Reachable loose objects older than the grace period, if there are at least
-    ``least`` loose objects (as ``git gc --auto``, which packs from 6,700)."""
+def _loose_live(listing: Listing, marker: Marker, least: int | None) -> Digests:
+    """Loose objects that live (reachable, or young and kept), if there are at least
+    ``least`` of them (as ``git gc --auto``, which packs from 6,700). Moving a live
+    object into a pack is safe at any age: it is readable all the while."""
+    if least is None:
+        return Digests()
     marked = marker.marked
     live = [p for p in range(len(marked)) if marked[p] and not listing.packed(p)]
     if len(live) < least:
         return Digests()
-    old = bytearray()
-    with ThreadPoolExecutor(_LOCAL_THREADS, thread_name_prefix="cas-gc-age") as pool:
-        for pos, st in ages(repo.storage, listing, iter(live), pool):
-            if st is not None and now - st.mtime > grace:
-                old += listing.digests.digest(pos)
-    return Digests(old)
+    return Digests(b"".join(listing.digests.digest(p) for p in live))
 
 
 class _Doomed:

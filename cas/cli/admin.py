@@ -21,8 +21,9 @@ def cmd_gc(args: argparse.Namespace, out: Output) -> int:
     with Repository(args.root, create=False) as repo, progress("gc") as bar:
         try:
             plan = gc.plan(
-                repo, grace=args.grace, retention=args.retention, progress=lambda w, n: bar(w, n)
-            )
+                repo, grace=args.grace, retention=args.retention, progress=lambda w, n: bar(w, n),
+                pack_loose_from=gc.PACK_LOOSE_FROM if args.pack else None,
+            )  # fmt: skip
         except gc.GcRefused as exc:
             return _refused(out, str(exc))
         except (CasError, _catalog.CatalogError, OSError) as exc:
@@ -207,6 +208,9 @@ def cmd_pull(args: argparse.Namespace, out: Output) -> int:
 def add_commands(add: Add) -> None:
     p = add("gc", cmd_gc, "delete objects nothing reaches (plan first with --dry-run)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, delete nothing")
+    p.add_argument("--pack", action="store_true",
+                   help=f"also move the loose objects that live into packs (from "
+                   f"{gc.PACK_LOOSE_FROM:,} of them), as git gc packs loose objects")  # fmt: skip
     p.add_argument(
         "--grace", type=duration, default=gc.DEFAULT_GRACE, metavar="DURATION",
         help="spare unreachable objects younger than this (default 1d; 0, 90s, 30m, 12h, 2w)",
