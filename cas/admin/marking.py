@@ -97,8 +97,11 @@ def _loose(
         for name, st in entries:
             if name.startswith(TEMP_PREFIX):
                 temp.append((f"{OBJECTS}/{fan}/{name}", st))
-            elif is_id(fan + name):
-                yield bytes.fromhex(fan + name), _LOOSE, st
+            elif len(name) == 62 and name == name.lower():  # ids are lower-case hex
+                try:
+                    yield bytes.fromhex(fan + name), _LOOSE, st
+                except ValueError:
+                    continue  # not an object's name
 
 
 def _packed(pack_set: packs.PackSet, number: int, pack_id: str) -> Iterator[tuple[bytes, int, int]]:
@@ -127,6 +130,10 @@ def _pack_files(
     return committed, mtimes
 
 
+def _order(entry: tuple[bytes, int, Any]) -> tuple[bytes, int]:
+    return entry[0], entry[1]  # by id; loose (-1) before packed
+
+
 def list_objects(storage: Storage, pack_set: packs.PackSet | None = None) -> Listing:
     """Every object, loose and packed, in id order, in compact form (an object both
     loose and packed is listed once, as loose)."""
@@ -141,7 +148,8 @@ def list_objects(storage: Storage, pack_set: packs.PackSet | None = None) -> Lis
     sources: list[Iterator[tuple[bytes, int, Any]]] = [_loose(storage, temp)]
     sources += [_packed(pack_set, k, p) for k, p in enumerate(committed) if pack_set]
     last = b""
-    for digest, number, info in heapq.merge(*sources, key=lambda e: (e[0], e[1])):
+    merged = heapq.merge(*sources, key=_order) if len(sources) > 1 else sources[0]
+    for digest, number, info in merged:
         if digest == last:
             continue
         last = digest
