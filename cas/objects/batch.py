@@ -11,10 +11,11 @@ name is ever published before what it reaches is durable.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Final
 
@@ -239,3 +240,53 @@ class Held:
 
     def __contains__(self, oid: object) -> bool:
         return any(oid in batch for batch in self._open)
+
+
+class Batches:
+    """Each thread's open batch (the outermost of nested blocks, or the one it joined),
+    opened by ``make`` and registered with ``held`` while it is open."""
+
+    def __init__(self, held: Held, make: Callable[[], Pending]) -> None:
+        self._held = held
+        self._make = make
+        self._local = threading.local()
+
+    def current(self) -> Pending | None:
+        """This thread's open batch, if any."""
+        batch: Pending | None = getattr(self._local, "batch", None)
+        return batch
+
+    @contextlib.contextmanager
+    def open(self, *, keep_on_error: bool = False) -> Iterator[Pending]:
+        """See :meth:`ObjectSpace.batch`."""
+        held = self.current()
+        if held is not None:  # nested: joins the outermost
+            yield held
+            return
+        held = self._make()
+        self._held.open(held)
+        self._local.batch = held
+        try:
+            try:
+                yield held
+            except BaseException:
+                if keep_on_error:  # what it holds is complete: keep it (a resumed copy)
+                    with contextlib.suppress(Exception):
+                        held.flush()
+                raise
+            held.flush()
+        finally:
+            # A batch whose block or flush failed is dropped whole: what it held was never
+            # visible to anyone else, and nothing reaching it was published.
+            self._local.batch = None
+            self._held.close(held)
+
+    @contextlib.contextmanager
+    def joining(self, held: Pending | None = None) -> Iterator[None]:
+        """See :meth:`ObjectSpace.joining`."""
+        before = self.current()
+        self._local.batch = held
+        try:
+            yield
+        finally:
+            self._local.batch = before

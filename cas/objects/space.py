@@ -5,101 +5,58 @@ object's age so a concurrent gc's grace period counts from this write. New objec
 written atomically (temp name + rename locally, one PUT on object stores), so no reader
 ever sees a partial object under its final name. Every read verifies: the bytes returned
 hash to the id asked for, or an :class:`IntegrityError` names the object.
+
+The parts of its work that stand alone live beside it: the format marker
+(:mod:`cas.objects.marker`), loose objects' paths and listings (:mod:`cas.objects.loose`),
+batches (:mod:`cas.objects.batch`), choosing delta bases
+(:mod:`cas.objects.delta_bases`), the chunked write and read paths
+(:mod:`cas.objects.chunk_writes`, :mod:`cas.objects.chunk_reads`) and the thread pools
+they run on (:mod:`cas.objects.pools`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import mmap
 import os
-import threading
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO, Final, NamedTuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, BinaryIO, Final
 
 import blake3
-import msgpack
 
-from cas.errors import CasError, FormatError, IntegrityError, ObjectNotFound
-from cas.objects import codec, delta, packs
-from cas.objects.batch import Held, Pending
-from cas.objects.chunking import (
-    DEFAULT_PARAMS,
-    ChunkParams,
-    Reader,
-    cut,
-    cut_buffer,
-    read_up_to,
-)
-from cas.objects.ids import ObjectId, blob_id, is_id, kind_id, parse_id
+from cas.errors import CasError, IntegrityError, ObjectNotFound
+from cas.objects import chunk_reads, chunk_writes, codec, delta, delta_bases, loose, marker, packs
+from cas.objects.batch import Batches, Held, Pending
+from cas.objects.chunk_writes import CREATE_AFTER
+from cas.objects.chunking import Reader, cut, cut_buffer, read_up_to
+from cas.objects.ids import ObjectId, blob_id, kind_id, parse_id
 from cas.objects.kinds import ChunkList, pack, unpack
-from cas.storage import TEMP_PREFIX, Stat, Storage, open_storage
+from cas.objects.loose import OBJECTS, object_path
+from cas.objects.marker import DELTAS_FROM, FORMAT_VERSION, MARKER, PACKS_FROM
+from cas.objects.pools import ahead, io_pool, worker_pool
+from cas.storage import Stat, Storage, open_storage
 
-MARKER: Final = "CAS"
-#: 2: packs (``packs/``, :mod:`cas.objects.packs`) beside loose objects. A store of
-#: format 1 is read as it is and becomes format 2 when its first pack is written.
-#: 3: deltas (:mod:`cas.objects.delta`); a store of format 1 or 2 becomes 3 when its
-#: first delta is written, so that a cas which cannot read deltas refuses it.
-FORMAT_VERSION: Final = 3
-PACKS_FROM: Final = 2
-DELTAS_FROM: Final = 3
-#: A new store is created at format 2 and marked 3 by its first delta, so "format 3"
-#: says a store may hold deltas (gc then reads each chunk's header for a base).
-OBJECTS: Final = "objects"
+__all__ = [
+    "CREATE_AFTER",
+    "DELTAS_FROM",
+    "FORMAT_VERSION",
+    "FRESHEN_AFTER",
+    "MARKER",
+    "OBJECTS",
+    "PACKS_FROM",
+    "ObjectSpace",
+    "io_pool",
+    "object_path",
+    "worker_pool",
+]
 
 #: A dedup hit refreshes an object older than this, so gc's grace period (default one
 #: day, never below this) counts from the latest write that relied on it.
 FRESHEN_AFTER: Final = 3600.0
-
-#: On object stores, after this many chunks of one put in a row were new, the next ones
-#: are written with a conditional create (one request) instead of a HEAD and then a PUT;
-#: the first chunk found present goes back to checking first. So new content costs one
-#: request a chunk, and content that is mostly stored already (a new version of a large
-#: file) uploads at most a window of chunks (``inflight``) twice per run of new ones.
-CREATE_AFTER: Final = 8
-
-_pool_lock = threading.Lock()
-_format_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-
-
-def worker_pool() -> ThreadPoolExecutor:
-    """One pool for chunk work: BLAKE3 and zstd release the GIL, so threads use every core.
-
-    Only leaf tasks run on it (hash+compress+write one chunk, read+verify one chunk);
-    nothing on it waits for another task on it, so it cannot deadlock.
-    """
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(
-                max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="cas-chunk"
-            )
-        return _pool
-
-
-_io_pools: dict[int, ThreadPoolExecutor] = {}
-
-
-def io_pool(threads: int) -> ThreadPoolExecutor:
-    """A pool for chunk work on storage where each request waits on the network (object
-    stores): many requests in flight, as the CPU pool's two would leave the link idle.
-    The same leaf tasks as :func:`worker_pool`, so it cannot deadlock either."""
-    with _pool_lock:
-        pool = _io_pools.get(threads)
-        if pool is None:
-            pool = _io_pools[threads] = ThreadPoolExecutor(
-                max_workers=threads, thread_name_prefix="cas-io"
-            )
-        return pool
-
-
-def object_path(oid: ObjectId) -> str:
-    """The one mapping from an id to a path: ``objects/ab/cdef...``."""
-    return f"{OBJECTS}/{oid[:2]}/{oid[2:]}"
 
 
 class ObjectSpace:
@@ -110,11 +67,11 @@ class ObjectSpace:
     ) -> None:
         self.storage = storage
         self.level = level
-        self.format = FORMAT_VERSION
-        self.params = self._open_marker(create)
+        self.params, self.format = marker.open_marker(storage, create)
         self.packs = packs.PackSet(storage)
         self.pending = Held()  # the objects every open batch holds, readable at once
-        self._local = threading.local()  # this thread's open batch
+        self._batches = Batches(self.pending, self._new_batch)  # each thread's open batch
+        self._hints = delta_bases.Hints()  # each thread's previous version, for bases
         self.inflight = 2 * max(2, os.cpu_count() or 2)
         io_threads = storage.io_threads  # object stores: chunk requests in parallel
         self._pool = io_pool(io_threads) if io_threads else None
@@ -135,50 +92,6 @@ class ObjectSpace:
 
     # -- the marker -------------------------------------------------------------------
 
-    def _open_marker(self, create: bool) -> ChunkParams:
-        url = self.storage.url
-        try:
-            raw = self.storage.read(MARKER)
-        except FileNotFoundError:
-            raw = None
-        if raw is None:
-            if not create:
-                raise FormatError(f"{url} is not a cas store (no CAS marker); run 'cas init'")
-            if not self._root_is_empty():
-                if self.storage.exists(MARKER):  # another process created it meanwhile
-                    return self._open_marker(create=False)
-                raise FormatError(
-                    f"{url} holds files but is not a cas store (no CAS marker); "
-                    "use an empty folder or bucket prefix for a new store"
-                )
-            marker = {
-                "format": PACKS_FROM,  # 3 only once a delta is written: gc relies on it
-                "hash": "blake3",
-                "compression": "zstd",
-                "chunking": DEFAULT_PARAMS.to_dict(),
-            }
-            self.storage.write_atomic(MARKER, pack(marker))
-            self.format = PACKS_FROM
-            return DEFAULT_PARAMS
-        try:
-            marker = msgpack.unpackb(raw, raw=False)
-            version = marker["format"]
-        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
-            raise FormatError(f"{url}/CAS is not a cas format marker ({exc!r})") from exc
-        if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
-            raise FormatError(
-                f"{url} is a cas store of format {version!r}; this cas reads format "
-                f"{FORMAT_VERSION}: upgrade cas to use it"
-            )
-        try:
-            params = ChunkParams.from_dict(marker["chunking"])
-        except (KeyError, TypeError) as exc:
-            raise FormatError(f"{url}/CAS has no valid chunking parameters ({exc!r})") from exc
-        if marker.get("hash") != "blake3":
-            raise FormatError(f"{url} uses hash {marker.get('hash')!r}; cas knows only blake3")
-        self.format = version
-        return params
-
     def mark_packed(self) -> None:
         """Call before writing a pack. Before the first pack of a format-1 store: mark it format 2, so that a cas
         that cannot read packs refuses the store instead of missing objects."""
@@ -193,33 +106,21 @@ class ObjectSpace:
         """True if the store may hold deltas (its marker says format 3), read again:
         another process may have written the first delta since this one opened it."""
         if self.format < DELTAS_FROM:
-            with contextlib.suppress(FileNotFoundError, ValueError, msgpack.UnpackException):
-                found = msgpack.unpackb(self.storage.read(MARKER), raw=False).get("format")
-                if isinstance(found, int) and found <= FORMAT_VERSION:
-                    self.format = max(self.format, found)
+            found = marker.stored_format(self.storage)
+            if found is not None:
+                self.format = max(self.format, found)
         return self.format >= DELTAS_FROM
 
     def _raise_format(self, version: int) -> None:
         if self.format >= version:
             return
-        with _format_lock:
-            marker = msgpack.unpackb(self.storage.read(MARKER), raw=False)
-            if marker.get("format", 1) < version:
-                self.storage.write_atomic(MARKER, pack({**marker, "format": version}))
+        with marker.format_lock:
+            marker.raise_format(self.storage, version)
             self.format = max(self.format, version)
-
-    def _root_is_empty(self) -> bool:
-        names = [n for n in self.storage.listdir("") if not n.startswith(".")]
-        if names:
-            return False
-        return not any(
-            not rel.rsplit("/", 1)[-1].startswith(".") for rel, _ in self.storage.walk("")
-        )
 
     # -- batches ----------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def batch(self, *, keep_on_error: bool = False) -> Iterator[Pending]:
+    def batch(self, *, keep_on_error: bool = False) -> contextlib.AbstractContextManager[Pending]:
         """New objects written by this thread inside the block (and by the chunk workers
         it starts) are held and written together: a pack when there are many, loose
         objects when few, then one sync. Nested blocks join the outermost. Anything that
@@ -227,55 +128,38 @@ class ObjectSpace:
         what it holds is dropped (a refused save writes nothing), unless
         ``keep_on_error`` (a copy that a later run resumes): then it is written, if
         every pack before it was."""
-        held: Pending | None = getattr(self._local, "batch", None)
-        if held is not None:  # nested: joins the outermost
-            yield held
-            return
-        held = Pending(
+        return self._batches.open(keep_on_error=keep_on_error)
+
+    def _new_batch(self) -> Pending:
+        return Pending(
             self.storage, self.packs, object_path, self.mark_packed, self._present_loose,
             self.pending.ticket,
         )  # fmt: skip
-        self.pending.open(held)
-        self._local.batch = held
-        try:
-            try:
-                yield held
-            except BaseException:
-                if keep_on_error:  # what it holds is complete: keep it (a resumed copy)
-                    with contextlib.suppress(Exception):
-                        held.flush()
-                raise
-            held.flush()
-        finally:
-            # A batch whose block or flush failed is dropped whole: what it held was never
-            # visible to anyone else, and nothing reaching it was published.
-            self._local.batch = None
-            self.pending.close(held)
 
-    @contextlib.contextmanager
-    def joining(self, held: Pending | None = None) -> Iterator[None]:
+    def joining(self, held: Pending | None = None) -> contextlib.AbstractContextManager[None]:
         """A worker thread's writes join ``held``, a batch its coordinator holds open
         (flushed when the coordinator's block ends, not this one)."""
-        before = getattr(self._local, "batch", None)
-        self._local.batch = held
-        try:
-            yield
-        finally:
-            self._local.batch = before
+        return self._batches.joining(held)
 
     def in_batch(self) -> bool:
-        return getattr(self._local, "batch", None) is not None
+        return self._batches.current() is not None
 
     def _held(self, batched: bool | Pending | None) -> Pending | None:
         """The batch a write goes to: the one given, or this thread's when True."""
         if batched is True:
-            return getattr(self._local, "batch", None)
+            return self._batches.current()
         return batched or None
+
+    def flush(self, *, durable: bool = True) -> None:
+        """Write every object this thread's batch holds; with ``durable``, sync so they
+        survive a crash (outside a batch: nothing is held)."""
+        held = self._batches.current()
+        if held is not None:
+            held.flush(durable=durable)
 
     # -- delta bases ------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def bases_from(self, previous: str | None) -> Iterator[None]:
+    def bases_from(self, previous: str | None) -> contextlib.AbstractContextManager[None]:
         """Content put by this thread inside the block may be stored as deltas against
         ``previous``: the content id of the previous version of what is put (a blob, a
         chunked blob or a tree; None: no base). A whole blob takes that blob (or the
@@ -286,22 +170,11 @@ class ObjectSpace:
         A blob with no such base (a file new at its path, every file of a first
         version) may take the most similar blob put earlier in the outermost block
         (:class:`cas.objects.delta.Sketches`)."""
-        saved = getattr(self._local, "previous", None)
-        outermost = getattr(self._local, "sketches", None) is None
-        self._local.previous = parse_id(previous) if previous else None
-        if outermost:
-            self._local.sketches = delta.Sketches()
-        try:
-            yield
-        finally:
-            self._local.previous = saved
-            if outermost:
-                self._local.sketches = None
+        return self._hints.scope(previous)
 
     def previous_version(self) -> ObjectId | None:
         """The ``previous`` of this thread's innermost :meth:`bases_from` block."""
-        previous: ObjectId | None = getattr(self._local, "previous", None)
-        return previous
+        return self._hints.previous()
 
     #: False: every new object is stored plain (the reader still reads deltas).
     deltas: bool = True
@@ -313,104 +186,16 @@ class ObjectSpace:
         payload: bytes | memoryview,
         bases: tuple[ObjectId, ...] = (),
     ) -> bytes:
-        """The stored form of a new object: a delta against the first of ``bases`` that
-        saves at least :data:`delta.MIN_SAVING` of the plain form (with none given, a
-        whole blob or a tree tries this thread's previous version, then a blob put just
-        before that is like it); else the plain form."""
-        self._local.used = None
+        """The stored form of a new object (:func:`cas.objects.delta_bases.encode`);
+        the base it used, if any, is left in ``self._hints.used``."""
+        self._hints.used = None
         if not self.deltas:
             return codec.encode(kind, payload, self.level)
-        if not bases and kind in ("blob", "tree"):
-            hinted = self._hinted_base(kind, len(payload))
-            bases = (hinted,) if hinted is not None else ()
-        # A blob with no base at its path: the most similar one put before in this save.
-        sketches: delta.Sketches | None = getattr(self._local, "sketches", None)
-        sketch = None
-        if not bases and sketches is not None and kind == "blob":
-            sketch = sketches.sketch(payload)
-            like = sketches.like(sketch) if sketch is not None else None
-            bases = (like,) if like is not None else ()
-        stored = self._encode_on(oid, kind, payload, bases)
-        if sketches is not None and sketch is not None:
-            sketches.add(oid, sketch)
+        stored, self._hints.used = delta_bases.encode(
+            self, oid, kind, payload, bases, level=self.level, hints=self._hints,
+            freshen=self._freshen,
+        )  # fmt: skip
         return stored
-
-    def _encode_on(
-        self, oid: ObjectId, kind: str, payload: bytes | memoryview, bases: tuple[ObjectId, ...]
-    ) -> bytes:
-        size = len(payload)
-        bases = tuple(b for b in bases if b != oid)
-        if not bases or not delta.MIN_SIZE <= size <= delta.MAX_BASE:
-            return codec.encode(kind, payload, self.level)
-        plain: bytes | None = None
-        for bid in bases:
-            found = self._base(bid, kind)
-            if found is not None and found.depth >= delta.max_depth(size):
-                found = self._base(self._chain_root(found.id), kind)  # a new branch
-            if found is None or not delta.usable(found, size):
-                continue
-            if not delta.resembles(payload, found.payload):
-                continue  # no bytes in common: a delta would cost a compression for nothing
-            stored = delta.encode(kind, payload, found)
-            if not delta.clearly_better(payload, stored, self.level):
-                plain = plain if plain is not None else codec.encode(kind, payload, self.level)
-                if not delta.better(plain, stored):
-                    continue
-            # Written against the base: it must outlive a gc that condemned it meanwhile
-            # (its sweep re-reads ages), as a dedup hit refreshes what it relies on.
-            if not self._freshen(found.id):
-                continue
-            self.mark_deltas()
-            self._local.used = found.id
-            return stored
-        return plain if plain is not None else codec.encode(kind, payload, self.level)
-
-    def _base(self, bid: ObjectId, kind: str) -> delta.Base | None:
-        """A verified base of ``kind``, or None if it is absent or does not read (a
-        damaged base is not built on: the object is stored plain)."""
-        try:
-            header, payload = self.read_entry(bid)
-        except CasError:
-            return None
-        if header.kind != kind:
-            return None
-        return delta.Base(bid, payload, header.depth)
-
-    def _chain_root(self, oid: ObjectId) -> ObjectId:
-        """The plain object at the bottom of a delta's chain (headers read on the way)."""
-        header = self.head(oid)
-        for _ in range(codec.MAX_CHAIN):
-            if header.base is None:
-                break
-            oid, header = header.base, self.head(header.base)
-        return oid
-
-    def _hinted_base(self, kind: str, size: int) -> ObjectId | None:
-        previous = self.previous_version()
-        if previous is None or kind == "tree":
-            return previous
-        chunks = self._previous_chunks(previous)
-        return delta.Aligner(chunks).candidates(0, size)[0] if chunks else None
-
-    def _previous_chunks(self, previous: ObjectId) -> list[tuple[ObjectId, int]] | None:
-        """The previous version of a blob as chunks: its chunk list, or itself alone."""
-        try:
-            header = self.head(previous)
-            if header.kind == "blob":
-                return [(previous, header.raw_size)]
-            if header.kind == "chunks":
-                _, payload = self.read_entry(previous)
-                return list(ChunkList.parse(previous, payload).chunks)
-        except CasError:
-            pass
-        return None
-
-    def flush(self, *, durable: bool = True) -> None:
-        """Write every object this thread's batch holds; with ``durable``, sync so they
-        survive a crash (outside a batch: nothing is held)."""
-        held: Pending | None = getattr(self._local, "batch", None)
-        if held is not None:
-            held.flush(durable=durable)
 
     # -- writing ----------------------------------------------------------------------
 
@@ -580,7 +365,7 @@ class ObjectSpace:
             pool = self._chunk_pool()
             hits = pool.map(self._freshen_loose, oids)
             return {o for o, hit in zip(oids, hits, strict=True) if hit}
-        listed = self._list_loose(set(oids))
+        listed = loose.listed(self.storage, set(oids))
         return {o for o in listed if self._freshen_loose(o)}
 
     def _freshen_pack(self, pack_id: str) -> bool:
@@ -594,29 +379,22 @@ class ObjectSpace:
             return self.packs.touch(pack_id)
         return True
 
-    def _put_chunk(
+    def _store_chunk(
         self,
-        data: bytes | memoryview,
-        run: _NewRun,
         batched: Pending | None,
-        at: int = 0,
-        aligner: delta.Aligner | None = None,
-        order: int | None = None,
-    ) -> tuple[ObjectId, int]:
-        oid = blob_id(data, threads=False)
-        bases: tuple[ObjectId, ...] = ()
-        if aligner is not None and not aligner.shared(at, oid):
-            bases = aligner.candidates(at, len(data))
-        self._local.used = None
+        oid: ObjectId,
+        data: bytes | memoryview,
+        *,
+        create_first: bool,
+        bases: tuple[ObjectId, ...],
+        order: int,
+    ) -> tuple[bool, ObjectId | None]:
+        self._hints.used = None
         new = self._store(
-            oid, "blob", data, create_first=run.likely_new(), batched=batched, bases=bases,
+            oid, "blob", data, create_first=create_first, batched=batched, bases=bases,
             order=order,
-        )
-        used: ObjectId | None = getattr(self._local, "used", None)
-        if aligner is not None and used is not None:
-            aligner.matched(at, len(data), used)
-        run.saw(new=new)
-        return oid, len(data)
+        )  # fmt: skip
+        return new, self._hints.used
 
     def _put_chunked(
         self, head: bytes, rest: Reader | BinaryIO, expect: ObjectId | None = None
@@ -630,42 +408,18 @@ class ObjectSpace:
         expect: ObjectId | None = None,
         hashed: bool = False,
     ) -> ObjectId:
-        # The content is cut on this thread; each chunk is hashed, compressed and written
-        # on the pool. At most `inflight` chunks are held, so memory stays flat however
-        # long the stream is. ``hashed``: ``expect`` is the hash of these very bytes
-        # (a buffer in memory), so the whole is not hashed again.
-        pool = self._chunk_pool()
-        total = blake3.blake3()
-        run = _NewRun()
         batched = self._held(True)  # this thread's batch: the chunk workers write to it
         previous = self.previous_version()
-        chunked = self._previous_chunks(previous) if previous is not None else None
-        aligner = delta.Aligner(chunked) if chunked else None
-        pending: deque[Future[tuple[ObjectId, int]]] = deque()
-        chunks: list[tuple[ObjectId, int]] = []
-        at = 0
-        try:
-            for data in pieces:
-                if not hashed:
-                    total.update(data)
-                # The chunk's place in the pack is taken now, in content order (chunks
-                # finish out of order): a read of the content finds them side by side.
-                order = self.pending.ticket()
-                pending.append(
-                    pool.submit(self._put_chunk, data, run, batched, at, aligner, order)
-                )
-                at += len(data)
-                while len(pending) >= self.inflight:
-                    chunks.append(pending.popleft().result())
-            while pending:
-                chunks.append(pending.popleft().result())
-        finally:
-            for fut in pending:
-                fut.cancel()
-        oid = expect if hashed and expect is not None else ObjectId(total.hexdigest())
-        if expect is not None and oid != expect:
-            raise CasError(f"file changed while it was stored (hashed {expect}, read {oid})")
-        listing = ChunkList(sum(n for _, n in chunks), tuple(chunks))
+        oid, listing, run = chunk_writes.write_chunks(
+            pieces,
+            functools.partial(self._store_chunk, batched),
+            pool=self._chunk_pool(),
+            inflight=self.inflight,
+            ticket=self.pending.ticket,
+            previous=delta_bases.previous_chunks(self, previous) if previous is not None else None,
+            expect=expect,
+            hashed=hashed,
+        )
         # put_file checked just now that the content is not stored (the chunk list's id
         # is the content's): its list is new, as it is after a run of new chunks.
         self._store(
@@ -775,7 +529,7 @@ class ObjectSpace:
         if got != oid:
             for cid, size in listing.chunks:
                 self._get_chunk(cid, size, of=ObjectId(oid))
-            _check_total(ObjectId(oid), got)
+            chunk_reads.check_total(ObjectId(oid), got)
         return data
 
     def _chunks(self, listing: ChunkList, of: ObjectId, *, verify: bool = True) -> Iterator[bytes]:
@@ -783,35 +537,17 @@ class ObjectSpace:
         the caller verifies the whole before anything leaves it). Chunks that lie side
         by side in a pack are read as one range (one request on an object store)."""
         pool = self._chunk_pool()
-        todo = _groups(self.packs, listing)
-        ahead: deque[Future[list[bytes]]] = deque()
-        try:
-            for group in todo:
-                ahead.append(pool.submit(self._get_group, group, verify, of))
-                while len(ahead) >= self.inflight:
-                    yield from ahead.popleft().result()
-            while ahead:
-                yield from ahead.popleft().result()
-        finally:
-            for fut in ahead:
-                fut.cancel()
+        todo = chunk_reads.groups(self.packs, listing)
+        task = functools.partial(self._get_group, verify=verify, of=of)
+        with contextlib.closing(ahead(pool, self.inflight, task, todo)) as groups:
+            for group in groups:
+                yield from group
 
-    def _get_group(self, group: list[_Part], verify: bool, of: ObjectId) -> list[bytes]:
-        if len(group) == 1 or group[0].where is None:
-            return [self._get_chunk(p.oid, p.size, verify, of) for p in group]
-        try:
-            stored = self.packs.read_many([p.where for p in group if p.where is not None])
-        except FileNotFoundError:  # gc rewrote the pack meanwhile: look each up again
-            return [self._get_chunk(p.oid, p.size, verify, of) for p in group]
-        out = []
-        for part, raw in zip(group, stored, strict=True):
-            header, data = self._checked(part.oid, raw) if verify else self._decode(part.oid, raw)
-            if header.kind != "blob" or len(data) != part.size:
-                raise IntegrityError(
-                    part.oid, f"chunk {part.oid} is not a blob of {part.size} bytes; run 'cas fsck'"
-                )
-            out.append(data)
-        return out
+    def _get_group(self, group: list[chunk_reads.Part], verify: bool, of: ObjectId) -> list[bytes]:
+        return chunk_reads.read_group(
+            group, self.packs, self._checked if verify else self._decode,
+            lambda p: self._get_chunk(p.oid, p.size, verify, of),
+        )  # fmt: skip
 
     def get_value(self, oid: str, kind: str) -> Any:
         """The verified, decoded value of a structured object of ``kind``."""
@@ -831,7 +567,8 @@ class ObjectSpace:
         return self._open_chunked(ObjectId(oid), ChunkList.parse(oid, payload))
 
     def _open_chunked(self, oid: ObjectId, listing: ChunkList) -> BinaryIO:
-        return io.BufferedReader(_ChunkedReader(self, oid, listing), buffer_size=1 << 20)
+        reader = chunk_reads.ChunkedReader(oid, self._chunks(listing, oid))
+        return io.BufferedReader(reader, buffer_size=1 << 20)
 
     def _get_chunk(
         self, oid: ObjectId, size: int, verify: bool = True, of: ObjectId | None = None
@@ -885,21 +622,7 @@ class ObjectSpace:
         wanted -= held
         if len(wanted) <= 8:
             return held | {o for o in wanted if self.has(o)}
-        return held | self._list_loose(wanted)
-
-    def _list_loose(self, wanted: set[ObjectId]) -> set[ObjectId]:
-        """Which of ``wanted`` are loose, from listings of their fan-out folders."""
-        if self.storage.listing_stats and len(wanted) > 64:
-            # An object store lists 1,000 keys a request: one walk beats 256 folders.
-            return wanted & {o for o, _ in self.iter_loose()}
-        by_dir: dict[str, set[str]] = {}
-        for o in wanted:
-            by_dir.setdefault(o[:2], set()).add(o[2:])
-        present: set[ObjectId] = set()
-        for fan, rests in by_dir.items():
-            names = set(self.storage.listdir(f"{OBJECTS}/{fan}"))
-            present.update(ObjectId(fan + r) for r in rests & names)
-        return present
+        return held | loose.listed(self.storage, wanted)
 
     def __iter__(self) -> Iterator[ObjectId]:
         return (oid for oid, _ in self.iter_stats())
@@ -908,81 +631,19 @@ class ObjectSpace:
         """Every object with its stored size and age, from listings: the loose ones,
         then the packed ones (aged as their pack). One present both ways comes twice."""
         yield from self.iter_loose()
-        self.packs.refresh()
-        for pack_id in self.packs.ids():
-            st = self.packs.stat(pack_id)
-            if st is None:
-                continue  # rewritten by gc since the listing
-            for oid, where in self.packs.index(pack_id).entries():
-                yield oid, Stat(where.length, st.mtime)
+        yield from loose.iter_packed(self.packs)
 
     def iter_loose(self) -> Iterator[tuple[ObjectId, Stat]]:
         """Every loose object with its stored size and age, from listings."""
-        for rel, st in self.storage.walk(OBJECTS):
-            parts = rel.split("/")
-            if len(parts) == 3 and is_id(parts[1] + parts[2]):
-                yield ObjectId(parts[1] + parts[2]), st
+        return loose.iter_loose(self.storage)
 
     def iter_temp(self) -> Iterator[tuple[str, Stat]]:
         """Temporary files left by writers that died mid-write (gc removes old ones)."""
-        for rel, st in self.storage.walk(OBJECTS):
-            if rel.rsplit("/", 1)[-1].startswith(TEMP_PREFIX):
-                yield rel, st
+        return loose.iter_temp(self.storage)
 
     def delete(self, oid: str) -> bool:
         """Remove a loose object (a packed one goes when gc rewrites its pack)."""
         return self.storage.delete(object_path(parse_id(oid)))
-
-
-#: Chunks side by side in one pack are read together up to this many stored bytes.
-READ_SPAN: Final = 8 << 20
-
-
-class _Part(NamedTuple):
-    oid: ObjectId
-    size: int
-    where: packs.Where | None
-
-
-def _groups(pack_set: packs.PackSet, listing: ChunkList) -> Iterator[list[_Part]]:
-    """A chunk list's chunks in order, as groups to read at once: runs of chunks that
-    lie side by side in one pack (up to :data:`READ_SPAN`), and loose chunks alone."""
-    group: list[_Part] = []
-    span = 0
-    for cid, size in listing.chunks:
-        where = pack_set.find(cid)
-        last = group[-1].where if group else None
-        if (
-            where is not None and last is not None and last.pack == where.pack
-            and 0 <= where.offset - (last.offset + last.length) <= packs.NEAR
-            and span + where.length <= READ_SPAN
-        ):  # fmt: skip
-            group.append(_Part(cid, size, where))
-            span += where.length
-            continue
-        if group:
-            yield group
-        group = [_Part(cid, size, where)]
-        span = where.length if where is not None else 0
-    if group:
-        yield group
-
-
-class _NewRun:
-    """How many chunks of one put in a row were new: past :data:`CREATE_AFTER`, the next
-    chunk is most likely new too, and is written without a check first. Chunks finish
-    on many threads; a race between them only blurs the count, never what is stored."""
-
-    __slots__ = ("misses",)
-
-    def __init__(self) -> None:
-        self.misses = 0
-
-    def likely_new(self) -> bool:
-        return self.misses >= CREATE_AFTER
-
-    def saw(self, *, new: bool) -> None:
-        self.misses = self.misses + 1 if new else 0
 
 
 def _verify(oid: ObjectId, kind: str, payload: bytes) -> None:
@@ -993,47 +654,3 @@ def _verify(oid: ObjectId, kind: str, payload: bytes) -> None:
             f"object {oid} is corrupt (expected blake3 {oid[:12]}…, got {got[:12]}…); "
             "run 'cas fsck' to list affected artifacts",
         )
-
-
-def _check_total(oid: ObjectId, got: str) -> None:
-    if got != oid:
-        raise IntegrityError(
-            oid,
-            f"object {oid} is corrupt (its chunks hash to {got[:12]}…); "
-            "run 'cas fsck' to list affected artifacts",
-        )
-
-
-class _ChunkedReader(io.RawIOBase):
-    """Chunks fetched ahead on the pool, verified one by one, total hash at the end."""
-
-    def __init__(self, space: ObjectSpace, oid: ObjectId, listing: ChunkList) -> None:
-        self._oid = oid
-        self._chunks = space._chunks(listing, oid)
-        self._buf = memoryview(b"")
-        self._total = blake3.blake3()
-        self._done = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        while not self._buf:
-            data = next(self._chunks, None)
-            if data is None:
-                if not self._done:
-                    self._done = True
-                    _check_total(self._oid, self._total.hexdigest())
-                return 0
-            self._total.update(data)
-            self._buf = memoryview(data)
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-    def close(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
-        super().close()

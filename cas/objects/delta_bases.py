@@ -1,0 +1,184 @@
+"""Choosing a delta base for a new object, and encoding it against that base.
+
+The object space tells each thread what was stored before at the same place
+(:class:`Hints`, set by :meth:`ObjectSpace.bases_from`); here a new object's stored
+form is chosen: a delta against the first candidate base that saves enough, else the
+plain form. Candidates are read back through the object space (:class:`Objects`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from cas.errors import CasError
+from cas.objects import codec, delta
+from cas.objects.ids import ObjectId, parse_id
+from cas.objects.kinds import ChunkList
+
+
+class Objects(Protocol):
+    """What choosing a base reads: the object space."""
+
+    def read_entry(self, oid: str) -> tuple[codec.Header, bytes]: ...
+
+    def head(self, oid: str) -> codec.Header: ...
+
+    def mark_deltas(self) -> None: ...
+
+
+class Hints:
+    """Per thread: the previous version of what is put (:meth:`scope`), the sketches of
+    blobs put in the outermost scope, and the base the last encoding used."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def scope(self, previous: str | None) -> Iterator[None]:
+        saved = getattr(self._local, "previous", None)
+        outermost = getattr(self._local, "sketches", None) is None
+        self._local.previous = parse_id(previous) if previous else None
+        if outermost:
+            self._local.sketches = delta.Sketches()
+        try:
+            yield
+        finally:
+            self._local.previous = saved
+            if outermost:
+                self._local.sketches = None
+
+    def previous(self) -> ObjectId | None:
+        previous: ObjectId | None = getattr(self._local, "previous", None)
+        return previous
+
+    def sketches(self) -> delta.Sketches | None:
+        sketches: delta.Sketches | None = getattr(self._local, "sketches", None)
+        return sketches
+
+    @property
+    def used(self) -> ObjectId | None:
+        """The base this thread's last encoding was written against (None: plain)."""
+        used: ObjectId | None = getattr(self._local, "used", None)
+        return used
+
+    @used.setter
+    def used(self, base: ObjectId | None) -> None:
+        self._local.used = base
+
+
+def encode(
+    objects: Objects,
+    oid: ObjectId,
+    kind: str,
+    payload: bytes | memoryview,
+    bases: tuple[ObjectId, ...],
+    *,
+    level: int,
+    hints: Hints,
+    freshen: Callable[[ObjectId], bool],
+) -> tuple[bytes, ObjectId | None]:
+    """(stored form, base it is a delta against or None) of a new object: a delta
+    against the first of ``bases`` that saves at least :data:`delta.MIN_SAVING` of the
+    plain form (with none given, a whole blob or a tree tries this thread's previous
+    version, then a blob put just before that is like it); else the plain form."""
+    if not bases and kind in ("blob", "tree"):
+        hinted = hinted_base(objects, hints.previous(), kind, len(payload))
+        bases = (hinted,) if hinted is not None else ()
+    # A blob with no base at its path: the most similar one put before in this save.
+    sketches = hints.sketches()
+    sketch = None
+    if not bases and sketches is not None and kind == "blob":
+        sketch = sketches.sketch(payload)
+        like = sketches.like(sketch) if sketch is not None else None
+        bases = (like,) if like is not None else ()
+    stored, used = encode_on(objects, oid, kind, payload, bases, level=level, freshen=freshen)
+    if sketches is not None and sketch is not None:
+        sketches.add(oid, sketch)
+    return stored, used
+
+
+def encode_on(
+    objects: Objects,
+    oid: ObjectId,
+    kind: str,
+    payload: bytes | memoryview,
+    bases: tuple[ObjectId, ...],
+    *,
+    level: int,
+    freshen: Callable[[ObjectId], bool],
+) -> tuple[bytes, ObjectId | None]:
+    """:func:`encode` with the candidate bases chosen; ``freshen`` refreshes the base
+    a delta is written against (False: it is gone, try the next)."""
+    size = len(payload)
+    bases = tuple(b for b in bases if b != oid)
+    if not bases or not delta.MIN_SIZE <= size <= delta.MAX_BASE:
+        return codec.encode(kind, payload, level), None
+    plain: bytes | None = None
+    for bid in bases:
+        found = find_base(objects, bid, kind)
+        if found is not None and found.depth >= delta.max_depth(size):
+            found = find_base(objects, chain_root(objects, found.id), kind)  # a new branch
+        if found is None or not delta.usable(found, size):
+            continue
+        if not delta.resembles(payload, found.payload):
+            continue  # no bytes in common: a delta would cost a compression for nothing
+        stored = delta.encode(kind, payload, found)
+        if not delta.clearly_better(payload, stored, level):
+            plain = plain if plain is not None else codec.encode(kind, payload, level)
+            if not delta.better(plain, stored):
+                continue
+        # Written against the base: it must outlive a gc that condemned it meanwhile
+        # (its sweep re-reads ages), as a dedup hit refreshes what it relies on.
+        if not freshen(found.id):
+            continue
+        objects.mark_deltas()
+        return stored, found.id
+    return (plain if plain is not None else codec.encode(kind, payload, level)), None
+
+
+def find_base(objects: Objects, bid: ObjectId, kind: str) -> delta.Base | None:
+    """A verified base of ``kind``, or None if it is absent or does not read (a
+    damaged base is not built on: the object is stored plain)."""
+    try:
+        header, payload = objects.read_entry(bid)
+    except CasError:
+        return None
+    if header.kind != kind:
+        return None
+    return delta.Base(bid, payload, header.depth)
+
+
+def chain_root(objects: Objects, oid: ObjectId) -> ObjectId:
+    """The plain object at the bottom of a delta's chain (headers read on the way)."""
+    header = objects.head(oid)
+    for _ in range(codec.MAX_CHAIN):
+        if header.base is None:
+            break
+        oid, header = header.base, objects.head(header.base)
+    return oid
+
+
+def hinted_base(
+    objects: Objects, previous: ObjectId | None, kind: str, size: int
+) -> ObjectId | None:
+    if previous is None or kind == "tree":
+        return previous
+    chunks = previous_chunks(objects, previous)
+    return delta.Aligner(chunks).candidates(0, size)[0] if chunks else None
+
+
+def previous_chunks(objects: Objects, previous: ObjectId) -> list[tuple[ObjectId, int]] | None:
+    """The previous version of a blob as chunks: its chunk list, or itself alone."""
+    try:
+        header = objects.head(previous)
+        if header.kind == "blob":
+            return [(previous, header.raw_size)]
+        if header.kind == "chunks":
+            _, payload = objects.read_entry(previous)
+            return list(ChunkList.parse(previous, payload).chunks)
+    except CasError:
+        pass
+    return None
