@@ -36,15 +36,6 @@ def _looping_root(tmp_path: Path) -> str:
 class TestLocal(StorageTests):
     failure = OSError  # LocalStorage raises the system's error; the contract asks no more
     mtime_resolution = 0.05
-    known_failures: ClassVar[dict[str, str]] = {
-        call: "bug: LocalStorage.walk uses os.walk without onerror, so a root it cannot "
-        "list (ELOOP, EACCES, EIO) walks as empty instead of raising"
-        for call in ("walk", "walk_root")
-    }
-    known_bugs: ClassVar[dict[str, str]] = {
-        "test_a_folder_is_not_a_file": "bug: LocalStorage.stat answers a folder's os.stat, "
-        "so stat/exists of a folder name say a file is there (object stores: None/False)",
-    }
 
     @pytest.fixture
     def storage(self, tmp_path: Path) -> Storage:
@@ -92,17 +83,7 @@ class TestMemory(StorageTests):
         return FsspecStorage(fs, "/cas-down/root", "memory://cas-down/root")
 
 
-_RANGE_ON_MISSING_BUCKET = (
-    "bug: FsspecStorage.read_range/read_ranges let FileNotFoundError through without "
-    "_check_bucket, so a range read in a missing bucket reads as an absent file"
-)
-
-
 class _CloudStorageTests(StorageTests):
-    known_failures: ClassVar[dict[str, str]] = {
-        f"missing-bucket-{call}": _RANGE_ON_MISSING_BUCKET for call in ("read_range", "read_ranges")
-    }
-
     @pytest.fixture
     def server(self) -> Server:
         raise NotImplementedError
@@ -121,8 +102,6 @@ class _CloudStorageTests(StorageTests):
 
 class TestS3(_CloudStorageTests):
     known_bugs: ClassVar[dict[str, str]] = {
-        "test_delete": "bug: S3 DeleteObject answers 204 for an absent key (moto and real "
-        "S3), and FsspecStorage.delete returns True for it instead of False",
         "test_delete_many_counts_only_present_files": "bug: S3 DeleteObjects reports absent "
         "keys as Deleted (moto and real S3), so FsspecStorage.delete_many counts them",
     }

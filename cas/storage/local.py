@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import os
 import secrets
+import stat as stat_module
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -165,6 +166,8 @@ class LocalStorage(Storage):
             st = os.stat(self._path(rel))
         except FileNotFoundError:
             return None
+        if stat_module.S_ISDIR(st.st_mode):
+            return None  # a folder is not a file (as on object stores)
         return Stat(st.st_size, st.st_mtime)
 
     def touch(self, rel: str) -> bool:
@@ -183,7 +186,7 @@ class LocalStorage(Storage):
 
     def walk(self, rel_dir: str) -> Iterator[tuple[str, Stat]]:
         base = self._path(rel_dir)
-        for dirpath, dirnames, filenames in os.walk(base):
+        for dirpath, dirnames, filenames in os.walk(base, onerror=_raise_unless_absent):
             dirnames.sort()
             for name in sorted(filenames):
                 full = os.path.join(dirpath, name)
@@ -226,6 +229,13 @@ def _syncfs(path: str) -> None:
             raise OSError(err, f"syncfs failed: {os.strerror(err)}", path)
     finally:
         os.close(fd)
+
+
+def _raise_unless_absent(exc: OSError) -> None:
+    """os.walk's errors: an absent folder walks as empty; any other is raised (a folder
+    that cannot be read is not an empty one)."""
+    if not isinstance(exc, FileNotFoundError):
+        raise exc
 
 
 def _fsync_dir(path: str) -> None:

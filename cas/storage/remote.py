@@ -172,8 +172,12 @@ class FsspecStorage(Storage):
             raise self._fail("writing", rel, exc) from exc
 
     def read_range(self, rel: str, start: int, length: int) -> bytes:
-        with self._boundary("reading", rel):
-            data: bytes = self.fs.cat_file(self._path(rel), start=start, end=start + length)
+        try:
+            with self._boundary("reading", rel):
+                data: bytes = self.fs.cat_file(self._path(rel), start=start, end=start + length)
+        except FileNotFoundError:
+            self._check_bucket("reading", rel)
+            raise
         return data
 
     def read_ranges(self, rel: str, spans: list[tuple[int, int]]) -> list[bytes]:
@@ -181,6 +185,17 @@ class FsspecStorage(Storage):
         if len(spans) == 1:
             return [self.read_range(rel, spans[0][0], spans[0][1] - spans[0][0])]
         path = self._path(rel)
+        out: list[bytes] = []
+        try:
+            self._cat_ranges_into(path, rel, spans, out)
+        except FileNotFoundError:
+            self._check_bucket("reading", rel)
+            raise
+        return out
+
+    def _cat_ranges_into(
+        self, path: str, rel: str, spans: list[tuple[int, int]], out: list[bytes]
+    ) -> None:
         with self._boundary("reading", rel):
             got = self.fs.cat_ranges(
                 [path] * len(spans), [s for s, _ in spans], [e for _, e in spans],
@@ -189,7 +204,7 @@ class FsspecStorage(Storage):
             for item in got:
                 if isinstance(item, BaseException):
                     raise item
-        return list(got)
+        out.extend(got)
 
     def create(self, rel: str, data: bytes) -> bool:
         """On S3, GCS and Azure Blob one conditional write: PutObject ``If-None-Match: *``,
@@ -239,6 +254,8 @@ class FsspecStorage(Storage):
         return True
 
     def delete(self, rel: str) -> bool:
+        if self.service.name == "S3" and self.stat(rel) is None:
+            return False  # S3 answers a delete of an absent key as done
         try:
             with self._boundary("deleting", rel):
                 self.fs.rm_file(self._path(rel))
