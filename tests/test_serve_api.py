@@ -266,11 +266,19 @@ def test_corrupt_object_is_502_naming_it(tmp_path: pathlib.Path) -> None:
     store.save(os.urandom(BIG), "big")
     cids = {n: store.get_metadata(n)["content_id"] for n in ("small", "big")}
     for path in (tmp_path / "s" / "objects").rglob("*"):
-        if path.is_file() and path.stat().st_size > 50_000:  # the small blob and every chunk
+        if path.is_file() and path.stat().st_size > 50_000:  # the small blob (loose)
             data = bytearray(path.read_bytes())
             data[-20] ^= 0xFF
             path.chmod(0o644)
             path.write_bytes(bytes(data))
+    for pack_id in store.space.packs.ids():  # every chunk of the big one (packed)
+        path = tmp_path / "s" / "packs" / f"{pack_id}.pack"
+        data = bytearray(path.read_bytes())
+        for _, where in store.space.packs.index(pack_id).entries():
+            if where.length > 50_000:
+                data[where.offset + where.length - 20] ^= 0xFF
+        path.chmod(0o644)
+        path.write_bytes(bytes(data))
     with running(store) as srv, httpx.Client(base_url=srv.url) as c:
         r = c.get("/api/v1/content/small")
         assert r.status_code == 502, r.text

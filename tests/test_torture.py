@@ -144,7 +144,11 @@ def pristine(
     (folder / "sub").mkdir(parents=True)
     (folder / "a.txt").write_text("alpha\n")
     (folder / "sub" / "b.bin").write_bytes(content("b.bin", 3000))
-    with cas.open_store(str(root)) as store:
+    # Each damaged file is one object's own file: the big artifact's chunks stay loose
+    # here (a large file's chunks are packed by default; damage inside packs:
+    # tests/test_packs.py).
+    with pytest.MonkeyPatch.context() as mp, cas.open_store(str(root)) as store:
+        mp.setattr("cas.objects.batch.PACK_BYTES_FROM", 1 << 40)
         small = store.save(b"small content " * 10, "c/small")
         big = store.save(content("c-big", 5 * MiB + 12345), "c/big")
         tree = store.save(folder, "c/dir")

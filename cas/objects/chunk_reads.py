@@ -18,6 +18,11 @@ from cas.objects.kinds import ChunkList
 
 #: Chunks side by side in one pack are read together up to this many stored bytes.
 READ_SPAN: Final = 8 << 20
+#: On a local disk a range read costs little more than a read per chunk: short ranges,
+#: so a stream's memory stays a few chunks.
+LOCAL_READ_SPAN: Final = 2 << 20
+#: Bytes of ranges read ahead at once on an object store (a window of ranges).
+READ_AHEAD: Final = 64 << 20
 
 #: (header, payload) of a stored form: decoded, and verified or not as the caller asks.
 Decode = Callable[[ObjectId, bytes], tuple[codec.Header, bytes]]
@@ -29,7 +34,9 @@ class Part(NamedTuple):
     where: packs.Where | None
 
 
-def groups(pack_set: packs.PackSet, listing: ChunkList) -> Iterator[list[Part]]:
+def groups(
+    pack_set: packs.PackSet, listing: ChunkList, span_limit: int = READ_SPAN
+) -> Iterator[list[Part]]:
     """A chunk list's chunks in order, as groups to read at once: runs of chunks that
     lie side by side in one pack (up to :data:`READ_SPAN`), and loose chunks alone."""
     group: list[Part] = []
@@ -40,7 +47,7 @@ def groups(pack_set: packs.PackSet, listing: ChunkList) -> Iterator[list[Part]]:
         if (
             where is not None and last is not None and last.pack == where.pack
             and 0 <= where.offset - (last.offset + last.length) <= packs.NEAR
-            and span + where.length <= READ_SPAN
+            and span + where.length <= span_limit
         ):  # fmt: skip
             group.append(Part(cid, size, where))
             span += where.length

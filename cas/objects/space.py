@@ -537,9 +537,13 @@ class ObjectSpace:
         the caller verifies the whole before anything leaves it). Chunks that lie side
         by side in a pack are read as one range (one request on an object store)."""
         pool = self._chunk_pool()
-        todo = chunk_reads.groups(self.packs, listing)
+        if self.storage.io_threads:  # an object store: long ranges, a bounded window
+            span, window = chunk_reads.READ_SPAN, chunk_reads.READ_AHEAD // chunk_reads.READ_SPAN
+        else:
+            span, window = chunk_reads.LOCAL_READ_SPAN, self.inflight
+        todo = chunk_reads.groups(self.packs, listing, span)
         task = functools.partial(self._get_group, verify=verify, of=of)
-        with contextlib.closing(ahead(pool, self.inflight, task, todo)) as groups:
+        with contextlib.closing(ahead(pool, window, task, todo)) as groups:
             for group in groups:
                 yield from group
 
