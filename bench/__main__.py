@@ -48,11 +48,8 @@ def _args(name: str, quick: bool) -> list[str]:
         quick_args = ["--size-mib", "64", "--count", "500", "--durable", "300", "--s3-ops", "5"]
         return [*quick_args, "--rounds", "1"] if quick else []
     if name == "serve":
-        return (
-            ["--small", "300", "--large-mib", "16", "--large-gets", "3", "--rounds", "1"]
-            if quick
-            else []
-        )
+        quick_args = ["--small", "300", "--large-mib", "16", "--large-gets", "3"]
+        return [*quick_args, "--records", "10000", "--rounds", "1"] if quick else []
     if name == "parquet":
         return ["--rows", "300000", "--rounds", "1"] if quick else []
     if name == "delta":
