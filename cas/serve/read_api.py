@@ -122,7 +122,7 @@ class ReadApi:
     def recent(self, request: Request) -> JSON:
         kind = str_param(request, "type", "artifact_type") or None
         found = self.catalog.list(artifact_type=kind, limit=int_param(request, "limit", 100))
-        return JSON({"items": [a.to_dict() for a in found], "count": len(found)})
+        return JSON({"items": found, "count": len(found)})
 
     def artifact(self, request: Request) -> JSON:
         ref = request.path_params["ref"]
@@ -133,7 +133,7 @@ class ReadApi:
         name = check_catalog_text("a name", request.path_params["ref"])
         self.store.exists(name)  # refuses a malformed name with InvalidRefName
         found = self.catalog.versions(name, limit=int_param(request, "limit", 100))
-        return JSON({"name": name, "items": [a.to_dict() for a in found]})
+        return JSON({"name": name, "items": found})
 
     def history(self, request: Request) -> JSON:
         name = request.path_params["ref"]
@@ -142,7 +142,7 @@ class ReadApi:
     def search(self, request: Request) -> JSON:
         query = str_param(request, "q", "query")
         found = self.catalog.search(query, limit=int_param(request, "limit", 100))
-        return JSON({"query": query, "items": [a.to_dict() for a in found], "count": len(found)})
+        return JSON({"query": query, "items": found, "count": len(found)})
 
     def lineage(self, request: Request) -> Response:
         rid = self.store.get_metadata(request.path_params["ref"])["id"]

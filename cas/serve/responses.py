@@ -53,6 +53,8 @@ def jsonable(value: Any) -> Any:
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [jsonable(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):  # an Artifact
+        return {f: jsonable(getattr(value, f)) for f in value.__dataclass_fields__}
     return str(value)
 
 
@@ -60,7 +62,21 @@ class JSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(jsonable(content), ensure_ascii=False, separators=(",", ":")).encode()
+        try:  # the common case at C speed; only what json refuses takes the long way
+            text = json.dumps(content, ensure_ascii=False, separators=(",", ":"),
+                              allow_nan=False, default=_plain)  # fmt: skip
+        except (TypeError, ValueError):
+            text = json.dumps(jsonable(content), ensure_ascii=False, separators=(",", ":"))
+        return text.encode()
+
+
+def _plain(value: Any) -> Any:
+    """What ``json`` cannot write by itself, as :func:`jsonable` writes it."""
+    if isinstance(value, (bytes, bytearray, memoryview, set, frozenset)):
+        return jsonable(value)
+    if hasattr(value, "__dataclass_fields__"):
+        return {f: getattr(value, f) for f in value.__dataclass_fields__}
+    raise TypeError(f"not JSON: {type(value).__name__}")
 
 
 def error_body(status: int, message: str, **extra: Any) -> JSON:
