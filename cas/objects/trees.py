@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
@@ -136,26 +137,18 @@ def checkout(space: ObjectSpace, tree_id: str, dest: str | os.PathLike[str]) -> 
     for target, entry in files:
         by_id.setdefault(entry.id, []).append((target, entry))
     with ThreadPoolExecutor(CHECKOUT_THREADS, thread_name_prefix="cas-checkout") as pool:
-        writes = []
+        writes: deque[Future[None]] = deque()
         for oid, kind, payload in read_objects(space, list(by_id)):
             for target, entry in by_id[oid]:
                 if kind == "blob" and entry.mode != MODE_LINK:
                     writes.append(pool.submit(_write_bytes, target, entry, payload))
                 else:  # a link, or chunked content (streamed, chunk by chunk)
                     writes.append(pool.submit(_write_file, space, target, entry))
-            if len(writes) > 4 * CHECKOUT_THREADS:
-                writes = _done(writes)
+            while len(writes) > 4 * CHECKOUT_THREADS:  # bounded: wait for the oldest
+                writes.popleft().result()
         for fut in writes:
             fut.result()
     return root
-
-
-def _done(writes: list[Future[None]]) -> list[Future[None]]:
-    """Raise the first failed write; keep those still running."""
-    for fut in writes:
-        if fut.done():
-            fut.result()
-    return [f for f in writes if not f.done()]
 
 
 def _write_bytes(target: str, entry: TreeEntry, payload: bytes) -> None:
