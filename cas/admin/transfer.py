@@ -101,6 +101,22 @@ class _Plan:
         self.base_of: dict[ObjectId, ObjectId] = {}  # a delta's base at the source
         self.trees: dict[ObjectId, bytes] = {}
         self.tree_height: dict[ObjectId, int] = {}
+        self._dst_loose: set[ObjectId] | None = None
+
+    def present(self, oids: Iterable[ObjectId]) -> set[ObjectId]:
+        """Which of these the destination holds. On an object store, its loose objects
+        are listed once for the whole transfer (a listing of 1,000 keys a request)
+        instead of once per level of the walk; packs are looked up in their indexes,
+        which the first call reads."""
+        wanted = set(oids)
+        space = self.dst.space
+        if not self.dst.storage.listing_stats or len(wanted) <= 8:
+            return space.has_many(wanted)
+        if self._dst_loose is None:
+            space.packs.refresh()
+            self._dst_loose = {o for o, _ in space.iter_loose()}
+        loose = self._dst_loose
+        return {o for o in wanted if o in loose or o in space.pending or space.packs.find(o)}
 
     def walk_records(self, roots: Iterable[str]) -> None:
         """Records the destination's catalog does not hold, read and verified."""
@@ -132,7 +148,7 @@ class _Plan:
         level = {ObjectId(r["content_id"]) for r in self.records.values() if r.get("content_id")}
         below: dict[ObjectId, list[ObjectId]] = {}
         while level:
-            missing = sorted(level - self.dst.space.has_many(level))
+            missing = sorted(level - self.present(level))
             nxt: set[ObjectId] = set()
             for oid, (header, payload) in zip(
                 missing, self.pool.map(self._read_content, missing), strict=True
@@ -252,7 +268,7 @@ class _Copier:
         for height in _by_height(plan.tree_height):
             for group in _rounds(height, plan.base_of):
                 self._parallel(group, self._copy_tree)
-        missing = set(plan.records) - plan.dst.space.has_many(plan.records)
+        missing = set(plan.records) - plan.present(plan.records)
         for group in _by_height(plan.record_height):
             todo = [rid for rid in group if rid in missing]
             self._parallel(todo, lambda rid: self._put("record", rid, plan.record_payloads[rid]))
@@ -317,7 +333,7 @@ class _Copier:
             return listing.size
         # The same chunks: each one the destination lacks is copied, a delta as it is
         # stored when its base is there; the stream verifies every chunk and the whole.
-        have = dst.has_many(c for c, _ in listing.chunks)
+        have = self.plan.present(c for c, _ in listing.chunks)
         with src.open(oid) as stream:
             for cid, size in listing.chunks:
                 data = stream.read(size)
