@@ -13,6 +13,7 @@
      ├── FormatError                              not a cas store, or one of a format this version cannot read
      ├── MaterializerError     (also TypeError)   no way to serialize a value; pickle refused; an extra missing
      ├── QueryError            (also ValueError)  a malformed catalog query
+     ├── InvalidInput          (also ValueError, TypeError)  an argument refused before anything is written
      └── BackendError          (also OSError)     the storage service failed (network, auth, missing bucket)
 
 Foreign exceptions are translated at the boundary with ``raise ... from exc``; a
@@ -92,6 +93,21 @@ class MaterializerError(CasError, TypeError):
 
 class QueryError(CasError, ValueError):
     """A malformed catalog query."""
+
+
+class InvalidInput(CasError, ValueError, TypeError):
+    """An argument a call refuses, before it writes anything: a tag key that is too long,
+    metadata that cannot be stored, a parent that is not a list of ids, ...
+
+    ``argument`` names it (``"tags"``, ``"metadata"``, ``"parent_ids"``, ...), ``rule``
+    says what it must be. Also a ``ValueError`` and a ``TypeError``: the builtins a wrong
+    value and a wrong type raise, which callers may already catch.
+    """
+
+    def __init__(self, argument: str, rule: str) -> None:
+        self.argument = argument
+        self.rule = rule
+        super().__init__(f"invalid {argument}: {rule}")
 
 
 class BackendError(CasError, OSError):

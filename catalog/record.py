@@ -72,12 +72,23 @@ def check_stamp(value: object) -> str:
 
 
 def check_tag_key(key: object) -> str:
-    """A tag key: a non-empty string without NUL, at most 256 UTF-8 bytes."""
+    """A tag key: a non-empty string of UTF-8 text without NUL, at most 256 bytes."""
     if not isinstance(key, str) or not key or "\0" in key:
         raise InvalidInput(f"a tag key must be a non-empty string without NUL, got {key!r:.80}")
-    if len(key.encode()) > MAX_TAG_KEY_BYTES:
+    raw = utf8(key)
+    if raw is None:
+        raise InvalidInput(f"tag key {key[:40]!r} is not UTF-8 text (it holds a lone surrogate)")
+    if len(raw) > MAX_TAG_KEY_BYTES:
         raise InvalidInput(f"tag key {key[:40]!r}... is longer than {MAX_TAG_KEY_BYTES} bytes")
     return key
+
+
+def utf8(text: str) -> bytes | None:
+    """``text`` in UTF-8, or None if it cannot be (a lone surrogate: ``"\\ud800"``)."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return None
 
 
 def words(text: str) -> list[str]:
@@ -171,7 +182,10 @@ def _is_map(value: object) -> TypeGuard[Mapping[Any, Any]]:
 def _check_text(rid: str, key: str, value: object, max_bytes: int) -> None:
     if not isinstance(value, str) or not value or "\0" in value:
         raise InvalidInput(f"record {rid}: {key} must be a non-empty string without NUL")
-    if len(value.encode()) > max_bytes:
+    raw = utf8(value)
+    if raw is None:
+        raise InvalidInput(f"record {rid}: {key} is not UTF-8 text (it holds a lone surrogate)")
+    if len(raw) > max_bytes:
         raise InvalidInput(f"record {rid}: {key} is longer than {max_bytes} bytes")
 
 
@@ -311,5 +325,7 @@ def check_tag_values(tags: object) -> dict[str, str | None]:
         check_tag_key(k)
         if v is not None and not isinstance(v, str):
             raise InvalidInput(f"tag {k!r} must have a string value or None, got {v!r:.40}")
+        if v is not None and utf8(v) is None:
+            raise InvalidInput(f"tag {k!r}: its value is not UTF-8 text (a lone surrogate)")
         out[k] = v
     return out

@@ -10,12 +10,16 @@ the oldest ones.
 An entry is one line of JSON (UTF-8, ASCII-escaped)::
 
     {"old": "<64 hex>" | null, "new": "<64 hex>" | null, "time": 1700000000.123,
-     "who": "user@host", "message": "...", "pid": 1234, "host": "host"}
+     "who": "user@host", "message": "...", "pid": 1234, "host": "host",
+     "start": 2466944, "boot": "<boot id>", "pidns": "pid:[4026531836]", "lease": 600.0}
 
 ``old``/``new`` are the ids before and after (``null``: absent; ``new: null`` is a
 delete), ``time`` is seconds since the epoch on the writer's clock; ``pid`` and
 ``host`` identify the writing process, so an update that was claimed but never
-published can be reported with its owner.
+published can be reported with its owner; ``start``, ``boot``, ``pidns`` and ``lease``
+(written since self-healing updates: ``refs/owner.py``) let the next writer prove that
+owner dead, or outlived, and settle the update itself. Entries without them are
+reported, never settled.
 
 ``logs/<name>/~pruned`` (see :func:`pruned_path`) is written once, before
 ``prune_log`` deletes the first entry of ``name``: while it is absent, entry 1 was
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,9 +79,16 @@ def pruned_path(root: str, name: str) -> str:
     return f"{log_dir(root, name)}/{PRUNED}"
 
 
-def encode_entry(entry: LogEntry, *, pid: int, host: str) -> bytes:
-    """The bytes of a history entry file, written by process ``pid`` on ``host``."""
-    record = {
+def encode_entry(
+    entry: LogEntry, *, pid: int, host: str, owner: Mapping[str, Any] | None = None
+) -> bytes:
+    """The bytes of a history entry file, written by process ``pid`` on ``host``.
+
+    ``owner`` adds the rest of the owner record (``start``, ``boot``, ``pidns``,
+    ``lease``: see ``refs/owner.py``), which lets a later writer settle the update if
+    its writer dies before publishing it.
+    """
+    record: dict[str, Any] = {
         "old": entry.old,
         "new": entry.new,
         "time": entry.time,
@@ -85,6 +97,8 @@ def encode_entry(entry: LogEntry, *, pid: int, host: str) -> bytes:
         "pid": pid,
         "host": host,
     }
+    if owner is not None:
+        record.update((k, v) for k, v in owner.items() if k not in record)
     return json.dumps(record, ensure_ascii=True).encode("ascii") + b"\n"
 
 

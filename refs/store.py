@@ -16,9 +16,10 @@ To update ref ``N`` to ``new``:
    read: the claim in step 4 and the check after it prove it or fail. Otherwise a
    few reads past the newest one this store saw, else a listing of ``logs/N/``.
 2. If ``E_j.new != v``, update ``j`` is in flight: its claimant wrote the entry but
-   not yet the ref (``v == E_j.old``). Wait with backoff. If nothing moves for
-   ``lock_timeout`` seconds, raise ``RefLocked`` naming the entry, its owner
-   (pid@host), its age, and the command that deletes it.
+   not yet the ref (``v == E_j.old``). If its claimant is provably dead, or outlived
+   its lease, settle it (below) and start again; else wait with backoff. If nothing
+   moves for ``lock_timeout`` seconds, raise ``RefLocked`` naming the entry, its owner
+   (pid@host), its age, and when it will be settled or the command that deletes it.
 3. Compare ``expected`` with ``v``: a mismatch raises ``RefConflict(actual=v)``.
 4. **Claim**: ``create(logs/N/~<j+1>, {old: v, new, time, who, message})``, an
    exclusive create: of all writers that read state ``j``, exactly one wins; the
@@ -46,10 +47,33 @@ Why the history is a chain in update order, on every backend:
   is update order, whatever clocks, machines or crashes do.
 - The entry is the serialization point, so there is no window in which the ref has
   moved and its entry is missing: a writer killed after its claim leaves the entry
-  and the old ref (readers keep seeing ``v``, the update did not happen). Nothing
-  is ever rolled forward or back automatically, because the claimant might only be
-  stalled: like a lock file, the stuck entry is reported, and deleting it (the
-  command in the message) rolls the unpublished update back.
+  and the old ref (readers keep seeing ``v``, the update has not happened yet).
+
+Settling: an update whose writer died between claim and publish is **rolled
+forward** by the next writer (or by ``unpublished``, which checkers such as
+``cas fsck`` call): it publishes ``E_j.new`` exactly as the claimant would have, by
+the same conditional write on the version it read. The claim holds everything the
+claimant had decided (it had compared ``expected`` and claimed; whatever the entry
+names was written before the claim), and rolling forward undoes nothing, keeps the
+chain (``E_j`` becomes settled, ``j+1`` builds on it) and loses no update. A writer
+may settle an entry only when its owner record (``refs/owner.py``) proves the owner
+dead: same host, boot and pid namespace, and no process of that pid with that start
+time runs (it is gone, a zombie, or the pid was reused); a process of ours that gave
+the claim up (its publish failed, and so did taking the claim back); or, from another
+host, once the lease recorded in the entry (default 600 s after its time) has ended.
+Entries written before owners recorded a lease are never settled: they are reported,
+and deleting one (the command in the message) rolls it back.
+
+Why a claimant that was only frozen past its lease cannot undo a settled update: its
+publish is the conditional write on the version it read before claiming. Rolling
+forward changed that version (the content changed), so the write fails; the claimant
+re-reads and finds either its own value, or entry ``j+1``, which only a writer that
+saw its update published can create: either way its update happened, and it returns.
+Before its first write, a claimant that finds it was frozen for more than half its
+lease also looks for ``j+1`` first. The one gap is a version token derived from the
+content (S3 ETags; ``memory://``'s digests): if the ref returns to exactly the bytes
+of ``v`` (the same id again) between the settling and the frozen claimant's write,
+the stale write matches. docs/reliability.md states it per backend.
 
 Why no update is lost:
 
@@ -74,7 +98,8 @@ Why no update is lost:
 - A publish that fails (an I/O error, a stale lock, a name conflict) is resolved
   by the claimant: if the ref still holds ``v`` and nobody claimed ``j+2``, it
   deletes its own entry, so the failed call leaves no trace; if the update did land
-  (the ref holds ``new``, or ``j+2`` exists), the call succeeds.
+  (the ref holds ``new``, or ``j+2`` exists), the call succeeds. If deleting the
+  entry fails too, the entry stays, and the next writer of this process settles it.
 
 Names form a tree (``a`` and ``a/b`` cannot both exist). Creating a ref first
 checks its parents (one GET each, sent at once; a stat on a local disk) and the
@@ -96,15 +121,15 @@ the entry before, plus the name-tree checks: GET of ``a`` (not in the first chec
 once this store saw ``a`` as a folder) and a listing of one key below ``a/b``,
 before claiming and again after publishing. ``list`` 1 listing per 1000 refs. On a
 local disk reads, listings and checks are ``os`` calls (``refs/files.py``), about
-25 system calls per ``set``, most of them the lock file, temporary files and
+30 system calls per ``set``, most of them the lock file, temporary files and
 renames that make it atomic.
 """
 
 from __future__ import annotations
 
 import builtins
+import collections
 import contextlib
-import os
 import random
 import threading
 import time
@@ -124,7 +149,15 @@ from refs.local import LocalConditional
 from refs.log import LogEntry, encode_entry, entry_path, pruned_path
 from refs.memory import ProcessLocalConditional
 from refs.names import check_ref_prefix, is_valid_ref_name, parents, ref_path
-from refs.owner import default_identity, describe_owner, hostname, remove_command
+from refs.owner import (
+    DEFAULT_LEASE,
+    Verdict,
+    default_identity,
+    describe,
+    judge,
+    owner_fields,
+    remove_command,
+)
 from refs.upkeep import HistoryMixin
 
 # Backoff while another writer's update is in flight: first and longest sleep.
@@ -144,6 +177,14 @@ _MAX_STALE = 16
 # Writes of the ref by the writer holding the newest claim, when the version it read
 # went stale while the value did not (see _publish).
 _PUBLISH_TRIES = 4
+
+# (pid, claim path) of every update this process is claiming, or has claimed and not
+# yet published or taken back, with how many threads are at it (several may try to
+# claim one path: all but one fail). A claim that names this very process but is not
+# here was given up (its publish failed and so did taking it back): it is settled like
+# a dead writer's. Counted before the claim exists, so no thread of ours sees it missing.
+_IN_FLIGHT: collections.Counter[tuple[int, str]] = collections.Counter()
+_IN_FLIGHT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +228,13 @@ class RefStore(HistoryMixin):
     filesystem itself); any other filesystem needs one passed in. ``fsync`` applies
     to the default local backend; ``identity`` (``user@host`` by default) is recorded
     in history; ``lock_timeout`` is how long a writer waits for a lock or an update
-    in flight before raising :class:`RefLocked`.
+    in flight of a live (or unknown) owner before raising :class:`RefLocked`.
+
+    ``lease`` (seconds, default 600) is recorded in every claim (and local lock): how
+    long this writer promises to take to publish. An update left unpublished by a
+    writer that is provably dead (same host: its process is gone or its pid reused) is
+    settled by the next writer at once, one left by a writer on another host once its
+    lease has ended (see "Settling" in the module docstring).
     """
 
     def __init__(
@@ -199,14 +246,16 @@ class RefStore(HistoryMixin):
         conditional: Conditional | None = None,
         identity: str | None = None,
         lock_timeout: float = 5.0,
+        lease: float = DEFAULT_LEASE,
     ) -> None:
         self.fs = fs
         self.root = str(fs._strip_protocol(root)).rstrip("/")
         if conditional is None:
-            conditional = _default_conditional(fs, fsync=fsync, timeout=lock_timeout)
+            conditional = _default_conditional(fs, fsync=fsync, timeout=lock_timeout, lease=lease)
         self.conditional = conditional
         self.identity = default_identity() if identity is None else identity
         self.lock_timeout = lock_timeout
+        self.lease = lease
         # The newest settled history entry seen per name: a hint, never trusted alone.
         self._heads: dict[str, Stored] = {}
         # Per thread, the last ref read: the next update of that name starts from it.
@@ -306,6 +355,9 @@ class RefStore(HistoryMixin):
             else:
                 head = self._log.newest(name, known, value)
                 if head is not None and head.entry.new != value:
+                    if self._settle(name, head, value):
+                        guess = False  # its writer was dead: look again, now settled
+                        continue
                     if patience.exhausted((head.data, current)):
                         raise self._stuck(name, head, value)
                     continue
@@ -320,24 +372,35 @@ class RefStore(HistoryMixin):
             seq = 1 if head is None else head.seq + 1
             claim = entry_path(self.root, name, seq)
             entry = LogEntry(value, new, time.time(), self.identity, message)
-            data = encode_entry(entry, pid=os.getpid(), host=hostname())
-            if not self._claim(claim, data):
-                # Another writer claimed update `seq`: start again. Unless its entry
-                # stays invisible to the reads that find the newest one (a listing
-                # that misses files): then this would go on for ever.
-                if not guess and patience.exhausted(("claimed", claim)):
-                    raise self._unlisted(name, claim)
-                guess = False
-                continue
-            if not self._fresh(name, seq):
-                self._withdraw(claim, data)
-                self._heads.pop(name, None)
-                guess = False
-                stale += 1
-                if stale >= _MAX_STALE:
-                    raise self._unlisted(name, claim)
-                continue
-            self._publish(name, seq, claim, data, entry, current)
+            owner = owner_fields(self.lease)
+            data = encode_entry(entry, pid=owner["pid"], host=owner["host"], owner=owner)
+            token = (owner["pid"], claim)
+            with _IN_FLIGHT_LOCK:
+                _IN_FLIGHT[token] += 1
+            try:
+                claimed_at = _Clock()
+                if not self._claim(claim, data):
+                    # Another writer claimed update `seq`: start again. Unless its entry
+                    # stays invisible to the reads that find the newest one (a listing
+                    # that misses files): then this would go on for ever.
+                    if not guess and patience.exhausted(("claimed", claim)):
+                        raise self._unlisted(name, claim)
+                    guess = False
+                    continue
+                if not self._fresh(name, seq):
+                    self._withdraw(claim, data)
+                    self._heads.pop(name, None)
+                    guess = False
+                    stale += 1
+                    if stale >= _MAX_STALE:
+                        raise self._unlisted(name, claim)
+                    continue
+                self._publish(name, seq, claim, data, entry, current, claimed_at)
+            finally:
+                with _IN_FLIGHT_LOCK:
+                    _IN_FLIGHT[token] -= 1
+                    if _IN_FLIGHT[token] <= 0:
+                        del _IN_FLIGHT[token]
             self._heads[name] = Stored(seq, claim, data, entry, {})
             if value is None and new is not None:
                 self._recheck_tree(name, new)
@@ -372,27 +435,35 @@ class RefStore(HistoryMixin):
         data: bytes,
         entry: LogEntry,
         current: tuple[bytes, str] | None,
+        claimed_at: _Clock,
     ) -> None:
         """Write the ref for our claimed entry; on failure undo the claim (see module doc)."""
         if entry.old == entry.new:
             return  # the ref already holds it
         path = ref_path(self.root, name)
+        outlived = claimed_at.elapsed() > self.lease / 2
+        if outlived and self._log.exists(name, seq + 1):
+            return  # frozen for most of our lease: another writer settled it meanwhile
         for _ in range(_PUBLISH_TRIES):
             try:
                 if self._write_ref(path, entry.new, current):
                     break
                 current = self.conditional.read(path)
             except _TREE_ERRORS as exc:
-                self._undo_claim(name, seq, claim, data, entry)
+                self._undo_claim(name, seq, claim, data, entry, claimed_at)
                 raise NameConflict(name, self._conflicting(name)) from exc
             except BaseException as exc:
-                landed = self._undo_claim(name, seq, claim, data, entry)
+                landed = self._undo_claim(name, seq, claim, data, entry, claimed_at)
                 if landed and isinstance(exc, OSError):
                     return
                 raise
             value = None if current is None else decode_ref(current[0], path)
             if value == entry.new:
                 break  # it landed after all (an answer lost, then the write repeated)
+            if self._log.exists(name, seq + 1):
+                # A writer settled our update while we were frozen (it published what we
+                # claimed) and others have moved the ref on since: it happened.
+                return
             if value != entry.old:
                 raise RefError(
                     f"ref {name!r} was changed by something other than refs while update "
@@ -464,7 +535,9 @@ class RefStore(HistoryMixin):
         if got is not None and got[0] == data:
             self.conditional.remove(claim, got[1])
 
-    def _undo_claim(self, name: str, seq: int, claim: str, data: bytes, entry: LogEntry) -> bool:
+    def _undo_claim(
+        self, name: str, seq: int, claim: str, data: bytes, entry: LogEntry, claimed_at: _Clock
+    ) -> bool:
         """After a failed publish: True if it landed anyway, else delete our claim if we can."""
         try:
             value = self.read(name)
@@ -472,7 +545,9 @@ class RefStore(HistoryMixin):
                 return True
             if self.conditional.read(entry_path(self.root, name, seq + 1)) is not None:
                 return True  # someone saw our update published and built on it
-            if value == entry.old:
+            if value == entry.old and claimed_at.elapsed() <= self.lease / 2:
+                # (Past half its lease a claim is left alone: a writer that took this
+                # one for dead may be rolling it forward; the next one settles it.)
                 self._withdraw(claim, data)
         except (OSError, RefError):
             pass  # the claim stays; writers will report it with its owner
@@ -481,14 +556,14 @@ class RefStore(HistoryMixin):
     def _stuck(self, name: str, head: Stored, value: str | None) -> RefError:
         """The error for an update in flight that has not moved for ``lock_timeout``."""
         if value == head.entry.old:
-            owner, alive = describe_owner(head.record.get("pid"), head.record.get("host"))
+            verdict = self._verdict(head)
             return RefLocked(
                 f"ref {name!r} has an update that was claimed but never published "
-                f"(waited {self.lock_timeout:g}s; deleting its history entry rolls it back)",
+                f"(waited {self.lock_timeout:g}s; {_settled_when(verdict)})",
                 head.path,
-                owner,
+                describe(head.record),
                 max(0.0, time.time() - head.entry.time),
-                alive,
+                verdict.alive,
                 remove_command(self._protocol, head.path),
             )
         return RefError(
@@ -496,6 +571,55 @@ class RefStore(HistoryMixin):
             f"{head.path} says {head.entry.new or 'deleted'}: the ref file was changed "
             "outside refs; restore the value the history records, then retry"
         )
+
+    # -- settling what dead writers left ---------------------------------------------
+
+    def _verdict(self, head: Stored) -> Verdict:
+        """Whether the writer of unpublished update ``head`` is dead (``refs/owner.py``)."""
+        with _IN_FLIGHT_LOCK:
+            mine = _IN_FLIGHT[(head.record.get("pid"), head.path)] > 0  # type: ignore[index]
+        return judge(head.record, time.time() - head.entry.time, in_flight=mine)
+
+    def _settle(self, name: str, head: Stored, value: str | None) -> bool:
+        """Settle update ``head`` (the newest entry, not published: the ref holds
+        ``value``) if its writer is provably dead or outlived its lease, by rolling it
+        forward. True if something changed, so the caller looks again at once."""
+        if value != head.entry.old:
+            return False  # the ref was changed outside refs: reported, never guessed at
+        if not self._verdict(head).settle:
+            return False
+        return self._roll_forward(name, head)
+
+    def _roll_forward(self, name: str, head: Stored) -> bool:
+        """Publish the update a dead writer claimed, as it would have (see "Settling")."""
+        path = ref_path(self.root, name)
+        # Read again first: what the caller read may predate the publish of a writer
+        # that finished since (and whose claim is then no longer in flight).
+        current = self.conditional.read(path)
+        value = None if current is None else decode_ref(current[0], path)
+        if value != head.entry.old:
+            return True  # settled meanwhile (by its writer, or another settler)
+        numbers = self._log.numbers(name)  # one listing: it must really be the newest
+        if max(numbers, default=0) != head.seq or not self._fresh(name, head.seq):
+            # Something newer (a listing the caller did not see), or the entry before
+            # it went: look again (after the usual wait) rather than guess.
+            self._heads.pop(name, None)
+            return False
+        try:
+            done = self._write_ref(path, head.entry.new, current)
+        except _TREE_ERRORS:
+            # A ref (or a folder of other files) is in its way: it can never be
+            # published, and its writer would have taken it back. So do we.
+            self._withdraw(head.path, head.data)
+            return True
+        if done and head.entry.new is None:
+            self.conditional.discard_empty_dirs(path, f"{self.root}/refs")
+        elif done and value is None and head.entry.new is not None:
+            other = self._conflicting(name)
+            if other is not None:  # what its writer's check after publishing would do
+                with contextlib.suppress(RefConflict, RefNotFound):
+                    self._update(name, None, head.entry.new, f"reverted: ref {other!r} exists")
+        return True
 
     # -- names form a tree --------------------------------------------------------
 
@@ -570,9 +694,32 @@ class RefStore(HistoryMixin):
         ]
 
 
-def _default_conditional(fs: AbstractFileSystem, *, fsync: bool, timeout: float) -> Conditional:
+class _Clock:
+    """When something started, by the wall clock and the monotonic one: a process that
+    was frozen (suspended, a VM paused) may find either one moved the most."""
+
+    __slots__ = ("monotonic", "wall")
+
+    def __init__(self) -> None:
+        self.monotonic = time.monotonic()
+        self.wall = time.time()
+
+    def elapsed(self) -> float:
+        return max(time.monotonic() - self.monotonic, time.time() - self.wall)
+
+
+def _settled_when(verdict: Verdict) -> str:
+    """How an unpublished update will end, for the message of a writer that waited."""
+    if verdict.alive is None and "lease" in verdict.reason:
+        return f"{verdict.reason}: then the next writer settles it"
+    return "deleting its history entry rolls it back"
+
+
+def _default_conditional(
+    fs: AbstractFileSystem, *, fsync: bool, timeout: float, lease: float = DEFAULT_LEASE
+) -> Conditional:
     if isinstance(fs, LocalFileSystem):
-        return LocalConditional(fsync=fsync, timeout=timeout)
+        return LocalConditional(fsync=fsync, timeout=timeout, lease=lease)
     if isinstance(fs, MemoryFileSystem):
         return ProcessLocalConditional(fs)
     raise RefError(

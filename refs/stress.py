@@ -2,18 +2,27 @@
 
 Kept apart from ``refs.testing`` so that spawned children import only refs and
 fsspec. A backend's test passes a *picklable* factory (a module-level function, or
-``functools.partial`` of one) that builds a ``RefStore`` on the shared root.
+``functools.partial`` of one) that builds a ``RefStore`` on the shared root:
+:func:`local_refstore`, or :func:`service_refstore` for S3, GCS and Azure Blob.
+
+Kill points: :func:`kill_while_holding_lock` (a lock file and nothing else),
+:func:`kill_between_claim_and_publish` (a history claim, before the ref is written),
+:func:`kill_inside_publish` (local: a claim, and the ref's lock held mid-write) and
+:func:`kill_at_random` (a process incrementing a counter, killed whenever).
 """
 
 from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import os
 import time
 from collections.abc import Callable
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier, Event
+from typing import Any
 
+import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from refs.conditional import Conditional
@@ -34,9 +43,28 @@ def counter_of(value: str | None) -> int:
     return 0 if value is None else int(value[:8], 16)
 
 
-def local_refstore(root: str, fsync: bool = True) -> RefStore:
+def local_refstore(root: str, fsync: bool = True, **options: Any) -> RefStore:
     """A RefStore on the local filesystem (picklable through ``functools.partial``)."""
-    return RefStore(LocalFileSystem(), root, fsync=fsync)
+    return RefStore(LocalFileSystem(), root, fsync=fsync, **options)
+
+
+def service_refstore(
+    protocol: str, storage_options: dict[str, Any], root: str, **options: Any
+) -> RefStore:
+    """A RefStore on S3 (``"s3"``), GCS (``"gs"``) or Azure Blob (``"az"``) with the
+    service's conditional requests, on a filesystem of its own (picklable through
+    ``functools.partial``: what a spawned process needs)."""
+    from refs.cloud import conditional_for
+
+    if protocol in ("gs", "gcs"):
+        # The core class, whatever GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT said at import.
+        from gcsfs.core import GCSFileSystem
+
+        fs: Any = GCSFileSystem(**storage_options)
+    else:
+        fs = fsspec.filesystem(protocol, **storage_options)
+    options.setdefault("conditional", conditional_for(fs))
+    return RefStore(fs, root, **options)
 
 
 def increment(store: RefStore, name: str, count: int) -> int:
@@ -145,6 +173,34 @@ class Faulty(Conditional):
         return self._call("remove", path, version)
 
 
+class StallingLocal(LocalConditional):
+    """A LocalConditional that, about to rename a ref file into place (holding its lock),
+    signals ``ready`` and sleeps."""
+
+    def __init__(self, refs: str, ready: Event, **options: Any) -> None:
+        super().__init__(**options)
+        self.refs = refs
+        self.ready = ready
+
+    def _write(self, path: str, data: bytes, lock: tuple[int, int] | None) -> bool:
+        if path.startswith(self.refs):
+            self.ready.set()
+            time.sleep(600)
+        return super()._write(path, data, lock)
+
+
+def _publish_and_stall(root: str, name: str, new_id: str, ready: Event) -> None:
+    stalling = StallingLocal(f"{root}/refs/", ready, fsync=False)
+    RefStore(LocalFileSystem(), root, conditional=stalling).set(name, new_id)
+
+
+def _increment_forever(factory: Factory, name: str, ready: Event) -> None:
+    store = factory()
+    increment(store, name, 1)
+    ready.set()
+    increment(store, name, 1 << 30)
+
+
 def _hold_lock(path: str, ready: Event) -> None:
     with LocalConditional().locked(path):
         ready.set()
@@ -181,3 +237,30 @@ def kill_between_claim_and_publish(factory: Factory, name: str, new_id: str) -> 
     """A process runs ``set(name, new_id)`` and is SIGKILLed after its history entry
     is written, before the ref is; return its pid."""
     return killed_holding(_set_and_stall, factory, name, new_id)
+
+
+def kill_inside_publish(root: str, name: str, new_id: str) -> int:
+    """A process runs ``set(name, new_id)`` on the local folder ``root`` and is
+    SIGKILLed holding the ref's lock, its new content written but not renamed into
+    place: it leaves a claim and a lock. Returns its pid."""
+    return killed_holding(_publish_and_stall, root, name, new_id)
+
+
+def kill_at_random(factory: Factory, name: str, delay: float) -> int:
+    """A process increments counter ``name`` without end (see :func:`increment`); it is
+    SIGKILLed ``delay`` seconds after its first increment returned. Returns its pid."""
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    process = context.Process(target=_increment_forever, args=(factory, name, ready))
+    process.start()
+    try:
+        if not ready.wait(60):
+            raise RuntimeError("the incrementing process never got going")
+        time.sleep(delay)
+    finally:
+        process.kill()
+        process.join(30)
+    assert process.pid is not None
+    if os.name == "posix":
+        assert process.exitcode == -9, process.exitcode  # SIGKILL, not an error of its own
+    return process.pid

@@ -18,7 +18,11 @@ from refs.history import History, Stored
 from refs.ids import decode_ref, encode_ref
 from refs.log import LogEntry, pruned_path
 from refs.names import ref_path
-from refs.owner import describe_owner, remove_command
+from refs.owner import Verdict, describe, remove_command
+
+# Settling rounds of one `unpublished` call: one settles a dead writer's update; a
+# second may meet a name-tree revert or a withdrawn claim in a pruned slot.
+_SETTLE_ROUNDS = 3
 
 
 class HistoryMixin:
@@ -32,6 +36,12 @@ class HistoryMixin:
     _protocol: str
 
     def read(self, name: str) -> str | None:
+        raise NotImplementedError
+
+    def _settle(self, name: str, head: Stored, value: str | None) -> bool:
+        raise NotImplementedError
+
+    def _verdict(self, head: Stored) -> Verdict:
         raise NotImplementedError
 
     def log(self, name: str) -> builtins.list[LogEntry]:
@@ -78,15 +88,35 @@ class HistoryMixin:
     def unpublished(self, name: str) -> tuple[LogEntry, str, bool | None, str] | None:
         """``(entry, owner "pid@host", owner alive, command that deletes the entry)`` if
         the newest history entry of ``name`` says something the ref does not hold: an
-        update claimed and not (yet) published (a writer in flight, or killed between
-        the two steps), or a ref file deleted or rewritten outside refs. None when the
-        ref agrees with its history. For checkers (``cas fsck``); writers wait on it."""
-        history = self._log.all(name)
-        if not history or history[-1].entry.new == self.read(name):
-            return None
-        head = history[-1]
-        owner, alive = describe_owner(head.record.get("pid"), head.record.get("host"))
-        return head.entry, owner, alive, remove_command(self._protocol, head.path)
+        update claimed and not (yet) published (a writer in flight, or one on another
+        host that died within its lease), or a ref file deleted or rewritten outside
+        refs. None when the ref agrees with its history. For checkers (``cas fsck``);
+        writers wait on it.
+
+        An update whose writer is provably dead (or outlived its lease) is first
+        settled, as the next writer would settle it (rolled forward, see
+        ``refs/store.py``): it is not reported. If settling fails (read-only
+        credentials, say), it is reported."""
+        for attempt in range(_SETTLE_ROUNDS + 1):
+            history = self._log.all(name)
+            value = self.read(name)
+            if not history or history[-1].entry.new == value:
+                return None
+            head = history[-1]
+            if attempt == _SETTLE_ROUNDS:
+                break
+            try:
+                if not self._settle(name, head, value):
+                    break
+            except OSError:
+                break
+        verdict = self._verdict(head)
+        return (
+            head.entry,
+            describe(head.record),
+            verdict.alive,
+            remove_command(self._protocol, head.path),
+        )
 
     def restore(self, name: str) -> tuple[bytes, str | None] | None:
         """Put back a ref file that does not hold an id (truncated, emptied, rewritten

@@ -88,45 +88,33 @@ def shell(command: str) -> None:
 
 
 def test_sigkilled_lock_holder(tmp_path: Path) -> None:
+    """The next writer breaks a dead owner's lock at once (tests/test_self_heal.py)."""
     root = str(tmp_path / ".cas")
-    rs = RefStore(LocalFileSystem(), root, lock_timeout=0.5)
+    rs = RefStore(LocalFileSystem(), root, lock_timeout=30)
     rs.set("models/fraud", A, message="committed")
     ref = f"{root}/refs/models/fraud"
-    pid = kill_while_holding_lock(ref)
+    kill_while_holding_lock(ref)
     assert Path(ref + ".lock").exists()
     assert rs.read("models/fraud") == A  # readers ignore the lock
     started = time.monotonic()
-    with pytest.raises(RefLocked) as caught:
-        rs.set("models/fraud", B)
-    assert time.monotonic() - started < 5
-    error = caught.value
-    message = str(error)
-    assert f"{pid}@" in message and "no longer running" in message
-    assert f"rm '{ref}.lock'" in message and error.command == f"rm '{ref}.lock'"
-    assert error.path == ref + ".lock" and error.owner_alive is False
-    # The failed write left nothing behind: no history entry, same value.
-    assert [e.new for e in rs.log("models/fraud")] == [A]
-    assert rs.read("models/fraud") == A
-    shell(error.command)
     assert rs.set("models/fraud", B, expected=A) == A
+    assert time.monotonic() - started < 5  # not the 30 s lock timeout
+    assert not Path(ref + ".lock").exists()
     assert [(e.old, e.new) for e in rs.log("models/fraud")] == [(A, B), (None, A)]
 
 
 def test_sigkilled_between_claim_and_publish(tmp_path: Path) -> None:
+    """The next writer rolls a dead writer's claimed update forward at once."""
     root = str(tmp_path / ".cas")
-    rs = RefStore(LocalFileSystem(), root, lock_timeout=0.5)
+    rs = RefStore(LocalFileSystem(), root, lock_timeout=30)
     rs.set("main", A)
-    pid = kill_between_claim_and_publish(functools.partial(local_refstore, root), "main", B)
+    kill_between_claim_and_publish(functools.partial(local_refstore, root), "main", B)
     assert rs.read("main") == A
     assert [e.new for e in rs.log("main")] == [A]
-    with pytest.raises(RefLocked) as caught:
-        rs.set("main", C)
-    error = caught.value
-    assert f"{pid}@" in str(error) and "never published" in str(error)
-    assert error.path.endswith("/logs/main/~000000000002") and error.owner_alive is False
-    shell(error.command)  # rolls the unpublished update back
-    assert rs.set("main", C, expected=A) == A
-    assert [(e.old, e.new) for e in rs.log("main")] == [(A, C), (None, A)]
+    started = time.monotonic()
+    assert rs.set("main", C) == B
+    assert time.monotonic() - started < 5
+    assert [(e.old, e.new) for e in rs.log("main")] == [(B, C), (A, B), (None, A)]
 
 
 def test_lock_without_owner_record(tmp_path: Path) -> None:

@@ -2,6 +2,9 @@
 
 Every answer comes from the local LMDB index; every change is first written durably to
 the object space (a record object, a journal entry), so the index can always be rebuilt.
+Every argument is checked before the first write (``cas.repo.records``): a refused call
+raises a :class:`~cas.errors.CasError` (:class:`~cas.errors.InvalidInput`,
+``InvalidRefName``, ``ObjectNotFound``, ``QueryError``) and writes nothing.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import catalog as _catalog
-from cas.errors import QueryError
+from cas.errors import InvalidInput, QueryError
 from cas.objects.ids import ObjectId, parse_id
 from cas.repo.names import check_name
-from cas.repo.records import make_record
+from cas.repo.records import check_new_record, check_tags, make_record
 from cas.repo.repository import Repository
+from catalog.record import utf8
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +78,36 @@ class Artifact(Mapping[str, Any]):
 
 @contextlib.contextmanager
 def _query_errors() -> Iterator[None]:
+    """The catalog's refusals of an argument, in cas's tree."""
     try:
         yield
     except _catalog.QueryError as exc:
         raise QueryError(str(exc)) from exc
+    except _catalog.InvalidInput as exc:
+        raise InvalidInput("argument", str(exc)) from exc
+
+
+def _check_limit(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InvalidInput("limit", f"must be an int >= 0, got {limit!r:.40}")
+    return limit
+
+
+def _check_depth(depth: object) -> int | None:
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
+        raise InvalidInput("depth", f"must be an int >= 0 or None, got {depth!r:.40}")
+    return depth
+
+
+def _check_text(argument: str, value: object) -> None:
+    if not isinstance(value, str) or utf8(value) is None:
+        raise InvalidInput(argument, f"must be a str of UTF-8 text, got {value!r:.40}")
+
+
+def _check_query(query: object) -> str:
+    if not isinstance(query, str) or utf8(query) is None:
+        raise QueryError(f"a query must be a str of UTF-8 text, got {query!r:.60}")
+    return query
 
 
 class Saver(Protocol):
@@ -114,7 +144,14 @@ class ArtifactCatalog:
         return self._repo.index.catalog
 
     def _resolve(self, name_or_id: str) -> ObjectId:
-        return self._repo.resolve(name_or_id, prefix=self._store.name_prefix)[0]
+        return self._resolve_named(name_or_id)[0]
+
+    def _resolve_named(self, name_or_id: object) -> tuple[ObjectId, str | None]:
+        if not isinstance(name_or_id, str):
+            raise InvalidInput(
+                "artifact_id", f"an artifact id or name (a str), got {type(name_or_id).__name__}"
+            )
+        return self._repo.resolve(name_or_id, prefix=self._store.name_prefix)
 
     def register(
         self,
@@ -128,14 +165,27 @@ class ArtifactCatalog:
         parent_ids: builtins.list[str] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> str:
-        """Record an artifact (storing ``data`` when given) and move the ref ``name``."""
+        """Record an artifact (storing ``data`` when given) and move the ref ``name``.
+
+        Every argument is checked before anything is written: a refused call raises
+        :class:`~cas.errors.InvalidInput` (or ``InvalidRefName``, or ``ObjectNotFound``
+        for a parent that is not there) and leaves the store as it was."""
         store = self._store
-        parents = list(parent_ids or ())
         sources = {
             "source_pipeline": source_pipeline,
             "source_run_id": source_run_id,
             "source_step": source_step,
         }
+        check_new_record(
+            name,
+            prefix=store.name_prefix,
+            artifact_type=artifact_type,
+            parent_ids=parent_ids,
+            metadata=metadata,
+            tags=tags,
+            **sources,
+        )
+        parents = list(parent_ids or ())
         if data is not None:
             return store.save(
                 data, name, metadata, parents, artifact_type=artifact_type, tags=tags, **sources
@@ -159,17 +209,28 @@ class ArtifactCatalog:
 
     def list(self, artifact_type: str | None = None, limit: int = 100) -> builtins.list[Artifact]:
         """Newest first."""
-        return [
-            Artifact.from_record(r)
-            for r in self._engine.list(artifact_type=artifact_type, limit=limit)
-        ]
+        _check_limit(limit)
+        if artifact_type is not None:
+            _check_text("artifact_type", artifact_type)
+            if not artifact_type:
+                return []  # no artifact has an empty type (and LMDB has no empty key)
+        with _query_errors():
+            found = self._engine.list(artifact_type=artifact_type, limit=limit)
+        return [Artifact.from_record(r) for r in found]
 
     def versions(self, name: str, limit: int = 100) -> builtins.list[Artifact]:
         """Every version saved under ``name``, newest first."""
-        return [Artifact.from_record(r) for r in self._engine.list(name=name, limit=limit)]
+        _check_limit(limit)
+        _check_text("name", name)
+        if not name:
+            return []
+        with _query_errors():
+            return [Artifact.from_record(r) for r in self._engine.list(name=name, limit=limit)]
 
     def search(self, query: str, limit: int = 100) -> builtins.list[Artifact]:
         """``stage:production team:fraud resnet``: tag filters AND words, newest first."""
+        _check_query(query)
+        _check_limit(limit)
         with _query_errors():
             return [Artifact.from_record(r) for r in self._engine.search(query, limit=limit)]
 
@@ -177,20 +238,27 @@ class ArtifactCatalog:
         """Artifacts whose content is ``content_id`` (a blob's ``b3sum``, or a tree id),
         newest first: where the same bytes were saved."""
         parse_id(content_id)
-        return [Artifact.from_record(r) for r in self._engine.by_content(content_id, limit=limit)]
+        _check_limit(limit)
+        with _query_errors():
+            found = self._engine.by_content(content_id, limit=limit)
+        return [Artifact.from_record(r) for r in found]
 
     def tag(self, artifact_id: str, **tags: str | None) -> None:
-        """Set tags (a value of None removes the tag); durable, last writer wins."""
+        """Set tags (a value of None removes the tag); durable, last writer wins.
+
+        Checked before they are journaled: a key that is empty, holds NUL or is longer
+        than 256 bytes raises :class:`~cas.errors.InvalidInput` and sets nothing."""
         rid = self._resolve(artifact_id)
         clean = {str(k): (None if v is None else str(v)) for k, v in tags.items()}
         if not clean:
             return
+        check_tags(clean)
         self._repo.tag(rid, clean)
 
     def delete(self, artifact_id: str) -> bool:
         """Remove an artifact from the catalog (and its name, if it still points here)."""
         try:
-            rid, name = self._repo.resolve(artifact_id, prefix=self._store.name_prefix)
+            rid, name = self._resolve_named(artifact_id)
         except KeyError:
             return False
         self._repo.delete(rid, name or self._repo.record(rid).get("name"))
@@ -200,6 +268,7 @@ class ArtifactCatalog:
         self, artifact_id: str, depth: int | None = 1
     ) -> dict[str, builtins.list[Artifact]]:
         """Parents and children; ``depth=None`` follows them all the way (cycle safe)."""
+        _check_depth(depth)
         rid = self._resolve(artifact_id)
         found = self._engine.lineage(rid, depth=depth)
         return {
@@ -210,5 +279,8 @@ class ArtifactCatalog:
     def lineage_graph(
         self, artifact_id: str, format: str = "mermaid", depth: int | None = None
     ) -> str:
+        _check_depth(depth)
+        if format not in ("mermaid", "dot"):
+            raise InvalidInput("format", f"must be 'mermaid' or 'dot', got {format!r:.40}")
         rid = self._resolve(artifact_id)
         return self._engine.lineage_graph(rid, format=format, depth=depth)

@@ -19,7 +19,14 @@ from typing import Any, BinaryIO
 import refs as _refs
 from cas.api.artifact_catalog import ArtifactCatalog
 from cas.api.materializers import LoadContext, materializer_for, materializer_named
-from cas.errors import CasError, IntegrityError, IsAFolder, MaterializerError, ObjectNotFound
+from cas.errors import (
+    CasError,
+    IntegrityError,
+    InvalidInput,
+    IsAFolder,
+    MaterializerError,
+    ObjectNotFound,
+)
 from cas.objects.ids import ObjectId
 from cas.objects.kinds import MODE_FILE, MODE_LINK, pack
 from cas.objects.space import ObjectSpace
@@ -27,7 +34,7 @@ from cas.objects.trees import find_entry, read_tree
 from cas.repo.journal import Journal
 from cas.repo.local_catalog import LocalCatalog, cache_root
 from cas.repo.names import check_name
-from cas.repo.records import make_record
+from cas.repo.records import check_new_record, make_record
 from cas.repo.repository import UNREAD, Repository
 from cas.repo.repository import validate_root as _validate_root
 from cas.storage import Storage
@@ -184,6 +191,12 @@ class ArtifactStore:
         source_step: str | None = None,
     ) -> str:
         """Save ``obj`` under the name ``path``; return the artifact (record) id."""
+        # Every argument is checked before anything (the content included) is written.
+        check_new_record(
+            path, prefix=self.name_prefix, artifact_type=artifact_type, parent_ids=parent_ids,
+            metadata=metadata, tags=tags, source_project=source_project,
+            source_pipeline=source_pipeline, source_run_id=source_run_id, source_step=source_step,
+        )  # fmt: skip
         self.check_name(path)
         _check_metadata(metadata)
         parents = [self.resolve(p)[0] for p in parent_ids]
@@ -371,6 +384,8 @@ class ArtifactStore:
 
     def list_artifacts(self, prefix: str = "") -> list[str]:
         """Names (sorted) starting with ``prefix``."""
+        if not isinstance(prefix, str):
+            raise InvalidInput("prefix", f"must be a str, got {type(prefix).__name__}")
         names = self.repo.names.list(self.name_prefix + prefix)
         return [name[len(self.name_prefix) :] for name in names]
 

@@ -17,16 +17,26 @@ artifact id users pass around. Fields (all present, ``None`` where unknown)::
     tags            tags given at save time (later tags are catalog events)
     created_at      "YYYY-MM-DDTHH:MM:SS.ffffffZ", UTC: string order is time order
     content_info    what the materializer needs back (a file's name and mode), or None
+
+Every record is checked twice by the same rules: by :func:`make_record`, before anything
+is written (a refused save raises :class:`~cas.errors.InvalidInput` naming the argument
+and leaves the store as it was), and by :func:`check_record` on every read (a record
+that hashes right but breaks them was written by something else: an ``IntegrityError``).
+:func:`check_new_record` runs the checks on a save's arguments before its content is
+stored, so a save refused for its tags does not even leave an unreferenced blob.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from cas.errors import FormatError, IntegrityError
-from catalog.errors import InvalidInput
-from catalog.record import normalize
+from cas.errors import FormatError, IntegrityError, InvalidInput
+from cas.objects.kinds import pack
+from cas.repo.names import check_name
+from catalog.errors import InvalidInput as CatalogInvalid
+from catalog.record import MAX_NAME_BYTES, MAX_PARENTS, check_tag_key, normalize, utf8
 
 RECORD_FORMAT: Final = 1
 
@@ -52,19 +62,170 @@ def parse_time(text: str) -> float:
     return moment.replace(tzinfo=_dt.timezone.utc).timestamp()
 
 
+SOURCES: Final = ("source_project", "source_pipeline", "source_run_id", "source_step")
+
+# Stands in for ids not known yet when a save's arguments are checked.
+_PLACEHOLDER: Final = "0" * 64
+
+
 def make_record(**fields: Any) -> dict[str, Any]:
-    """A complete record: every field present, unknown ones refused."""
+    """A complete, checked record: every field present, unknown ones refused (a
+    ``TypeError``: the caller's bug). Every value is checked by the rules the catalog
+    and a later load apply (:func:`check_record`), so the record is one the store can
+    index and read back; one that breaks a rule raises :class:`InvalidInput` naming the
+    argument, before anything is written. Tag values that are numbers or bools become
+    their text, as they always did; metadata is copied into a dict."""
     unknown = set(fields) - set(FIELDS)
     if unknown:
         raise TypeError(f"unknown record fields: {sorted(unknown)}")
     record: dict[str, Any] = {name: None for name in FIELDS}
     record.update(fields)
     record["format"] = RECORD_FORMAT
-    record["parent_ids"] = list(record["parent_ids"] or [])
-    record["metadata"] = dict(record["metadata"] or {})
-    record["tags"] = {str(k): str(v) for k, v in (record["tags"] or {}).items()}
+    record["parent_ids"] = _parent_list(record["parent_ids"])
+    record["metadata"] = _metadata(record["metadata"])
+    record["tags"] = _tags(record["tags"])
     record["created_at"] = record["created_at"] or utc_now()
+    _check_new(record)
     return record
+
+
+def check_new_record(
+    name: object,
+    *,
+    prefix: str = "",
+    artifact_type: object = None,
+    parent_ids: object = (),
+    metadata: object = None,
+    tags: object = None,
+    source_project: object = None,
+    source_pipeline: object = None,
+    source_run_id: object = None,
+    source_step: object = None,
+) -> None:
+    """Refuse the arguments of a save before anything is written, content included:
+    what :func:`make_record` would refuse once the content is stored. ``name`` is saved
+    as ``prefix + name``; ``parent_ids`` are names or ids (resolved later: here only
+    their shape is checked); ``artifact_type`` None or ``""`` means the materializer's.
+    Raises :class:`InvalidInput` (or :class:`~cas.errors.InvalidRefName`)."""
+    check_name(name)  # type: ignore[arg-type]  # refuses a non-str too
+    parents = _parent_list(parent_ids)
+    for parent in parents:
+        if not isinstance(parent, str):
+            raise InvalidInput(
+                "parent_ids", f"each parent is an artifact name or id, got {parent!r:.40}"
+            )
+    make_record(
+        name=prefix + str(name),
+        artifact_type="artifact" if artifact_type in (None, "") else artifact_type,
+        materializer="bytes",
+        content_id=_PLACEHOLDER,
+        content_kind="blob",
+        size=0,
+        metadata=metadata,
+        tags=tags,
+        source_project=source_project,
+        source_pipeline=source_pipeline,
+        source_run_id=source_run_id,
+        source_step=source_step,
+    )
+
+
+def check_tags(tags: Mapping[str, str | None]) -> None:
+    """Refuse tags a ``tag`` call would set (``None`` removes one) before they are
+    journaled: the rules the catalog applies to them."""
+    for key, value in tags.items():
+        _check_tag_key(key)
+        if value is not None and (not isinstance(value, str) or utf8(value) is None):
+            raise InvalidInput("tags", f"tag {key!r} must have a str value of UTF-8 text")
+
+
+def _parent_list(value: object) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise InvalidInput(
+            "parent_ids", f"must be a list of artifact ids, not {type(value).__name__}"
+        )
+    if len(value) > MAX_PARENTS:
+        raise InvalidInput("parent_ids", f"at most {MAX_PARENTS} parents, got {len(value)}")
+    return list(value)
+
+
+def _metadata(value: object) -> dict[Any, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidInput("metadata", f"must be a dict, not {type(value).__name__}")
+    return dict(value)
+
+
+def _tags(value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidInput("tags", f"must be a mapping of str to str, not {type(value).__name__}")
+    out: dict[str, str] = {}
+    for key, tag in value.items():
+        _check_tag_key(key)
+        if isinstance(tag, (bool, int, float)):
+            tag = str(tag)  # as make_record always did
+        if not isinstance(tag, str) or utf8(tag) is None:
+            raise InvalidInput("tags", f"tag {key!r} must have a str value, got {tag!r:.40}")
+        out[key] = tag
+    return out
+
+
+def _check_tag_key(key: object) -> None:
+    try:
+        check_tag_key(key)
+    except CatalogInvalid as exc:
+        raise InvalidInput("tags", str(exc)) from None
+
+
+def _check_text(argument: str, value: object, *, optional: bool = False) -> None:
+    """A str of UTF-8 text without NUL, non-empty, within the catalog's key limit."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value or "\0" in value:
+        kind = "None or " if optional else ""
+        raise InvalidInput(
+            argument, f"must be {kind}a non-empty str without NUL, got {value!r:.40}"
+        )
+    raw = utf8(value)
+    if raw is None:
+        raise InvalidInput(argument, "must be UTF-8 text (it holds a lone surrogate)")
+    if len(raw) > MAX_NAME_BYTES:
+        raise InvalidInput(argument, f"at most {MAX_NAME_BYTES} bytes in UTF-8, got {len(raw)}")
+
+
+def _check_new(record: dict[str, Any]) -> None:
+    """Every rule :func:`check_record` applies on read, on a record about to be written."""
+    check_name(record["name"])
+    _check_text("name", record["name"])
+    _check_text("artifact_type", record["artifact_type"])
+    for field in SOURCES:
+        _check_text(field, record[field], optional=True)
+    for parent in record["parent_ids"]:
+        if not isinstance(parent, str) or len(parent) != 64 or parent.strip("0123456789abcdef"):
+            raise InvalidInput(
+                "parent_ids", f"each parent is a 64-hex artifact id, got {parent!r:.70}"
+            )
+    problem = _field_problem(record)
+    if problem is not None:
+        raise InvalidInput("content" if "content" in problem else "record", problem)
+    try:
+        pack(record)  # as the record object is written
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise InvalidInput(
+            "metadata",
+            f"must hold only str, int (64-bit), float, bool, None, bytes, lists and dicts "
+            f"with keys of one type ({type(exc).__name__}: {exc})",
+        ) from None
+    try:
+        normalize({**record, "id": _PLACEHOLDER})
+    except CatalogInvalid as exc:
+        message = str(exc).replace(f"record {_PLACEHOLDER}: ", "")
+        raise InvalidInput("record", message) from None
 
 
 def check_record(oid: str, value: Any) -> dict[str, Any]:
@@ -88,7 +249,7 @@ def check_record(oid: str, value: Any) -> dict[str, Any]:
     if problem is None:
         try:
             normalize({**value, "id": oid})
-        except InvalidInput as exc:
+        except CatalogInvalid as exc:
             problem = str(exc)
     if problem is not None:
         raise IntegrityError(oid, f"artifact record {oid} is malformed: {problem}; run 'cas fsck'")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
-from cas.errors import ObjectNotFound, RefConflict
+from cas.errors import InvalidInput, ObjectNotFound, RefConflict
 from cas.objects.ids import ObjectId, is_id, parse_id
 from cas.objects.space import ObjectSpace
 from cas.repo.journal import Journal
@@ -91,7 +91,9 @@ class Repository:
         looked up as ``prefix + name``. Absent is :class:`ObjectNotFound`; a storage
         that cannot be reached is a :class:`BackendError`, never "absent"."""
         if not isinstance(name_or_id, str):
-            raise TypeError(f"expected an artifact name or id, got {type(name_or_id).__name__}")
+            raise InvalidInput(  # also a TypeError, as before
+                "name_or_id", f"an artifact name or id (a str), got {type(name_or_id).__name__}"
+            )
         if is_id(name_or_id) and self._is_record(ObjectId(name_or_id)):
             return ObjectId(name_or_id), None
         name = check_name(prefix + name_or_id)
