@@ -54,11 +54,14 @@ def _args(name: str, quick: bool) -> list[str]:
         return ["--rows", "300000", "--rounds", "1"] if quick else []
     if name == "delta":
         return ["--rounds", "1", "--chain", "6"] if quick else []
+    if name == "fsspec":
+        return ["--mib", "40", "--files", "2000", "--rounds", "1"] if quick else []
     return []
 
 
 BENCHMARKS = (
-    "objects", "artifacts", "saves", "folders", "catalog", "s3", "serve", "parquet", "delta", "gc",
+    "objects", "artifacts", "saves", "folders", "catalog", "s3", "serve", "parquet", "fsspec",
+    "delta", "gc",
 )  # fmt: skip
 
 
