@@ -13,7 +13,7 @@ from typing import Final
 
 import blake3
 
-from cas.errors import InvalidId
+from cas.errors import IntegrityError, InvalidId
 
 ID_HEX_LEN: Final = 64
 _ID_RE: Final = re.compile(r"[0-9a-f]{64}\Z")
@@ -76,3 +76,15 @@ def kind_id(kind: str, payload: bytes) -> ObjectId:
     except KeyError:
         raise ValueError(f"no hashing context for object kind {kind!r}") from None
     return ObjectId(blake3.blake3(payload, derive_key_context=context).hexdigest())
+
+
+def verify(oid: ObjectId, kind: str, payload: bytes | memoryview) -> None:
+    """Raise :class:`IntegrityError` naming ``oid`` unless ``payload`` (of ``kind``, not
+    a chunk list) hashes to it: the check every read makes."""
+    got = blob_id(payload) if kind == "blob" else kind_id(kind, bytes(payload))
+    if got != oid:
+        raise IntegrityError(
+            oid,
+            f"object {oid} is corrupt (expected blake3 {oid[:12]}…, got {got[:12]}…); "
+            "run 'cas fsck' to list affected artifacts",
+        )

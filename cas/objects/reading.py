@@ -12,9 +12,9 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Final
 
-from cas.errors import CasError, IntegrityError
+from cas.errors import CasError
 from cas.objects import codec, packs
-from cas.objects.ids import ObjectId, blob_id, kind_id
+from cas.objects.ids import ObjectId, verify
 
 if TYPE_CHECKING:
     from cas.objects.space import ObjectSpace
@@ -101,12 +101,6 @@ def _read_span(space: ObjectSpace, span: Span) -> list[tuple[ObjectId, str, byte
             out.append((oid, *space.read_object(oid)))
             continue
         if kind != "chunks":
-            got = blob_id(payload) if kind == "blob" else kind_id(kind, payload)
-            if got != oid:
-                raise IntegrityError(
-                    oid,
-                    f"object {oid} is corrupt (expected blake3 {oid[:12]}…, got {got[:12]}…); "
-                    "run 'cas fsck' to list affected artifacts",
-                )
+            verify(oid, kind, payload)
         out.append((oid, kind, payload))
     return out

@@ -33,7 +33,7 @@ from cas.objects import chunk_reads, chunk_writes, codec, delta, delta_bases, lo
 from cas.objects.batch import Batches, Held, Pending
 from cas.objects.chunk_writes import CREATE_AFTER
 from cas.objects.chunking import Reader, cut, cut_buffer, read_up_to
-from cas.objects.ids import ObjectId, blob_id, kind_id, parse_id
+from cas.objects.ids import ObjectId, blob_id, kind_id, parse_id, verify
 from cas.objects.kinds import ChunkList, pack, unpack
 from cas.objects.loose import OBJECTS, object_path
 from cas.objects.marker import DELTAS_FROM, FORMAT_VERSION, MARKER, PACKS_FROM
@@ -650,11 +650,4 @@ class ObjectSpace:
         return self.storage.delete(object_path(parse_id(oid)))
 
 
-def _verify(oid: ObjectId, kind: str, payload: bytes) -> None:
-    got = blob_id(payload) if kind == "blob" else kind_id(kind, payload)
-    if got != oid:
-        raise IntegrityError(
-            oid,
-            f"object {oid} is corrupt (expected blake3 {oid[:12]}…, got {got[:12]}…); "
-            "run 'cas fsck' to list affected artifacts",
-        )
+_verify = verify  # the one check, in cas.objects.ids
