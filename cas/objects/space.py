@@ -22,7 +22,7 @@ import io
 import mmap
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, Final
 
@@ -347,15 +347,18 @@ class ObjectSpace:
 
     def _freshen_loose(self, oid: ObjectId) -> bool:
         path = object_path(oid)
-        st = self.storage.stat(path)
+        return self._refresh(self.storage.stat(path), lambda: self.storage.touch(path))
+
+    def _refresh(self, st: Stat | None, touch: Callable[[], bool]) -> bool:
+        """True if the file is there (refreshed by ``touch`` if old), False if not.
+        Locally a refresh is one utime: done on every hit, so any grace period holds.
+        On object stores it is a copy request: only for files older than an hour, and
+        gc's grace there must exceed that (docs/gc.md)."""
         if st is None:
             return False
-        # Locally a refresh is one utime: do it on every hit, so any grace period holds.
-        # On object stores it is a copy request: only for objects older than an hour,
-        # and gc's grace there must exceed that (docs/gc.md).
         after = 0.0 if self.storage.cheap_touch else FRESHEN_AFTER
         if time.time() - st.mtime > after:
-            return self.storage.touch(path)
+            return touch()
         return True
 
     def _present_loose(self, oids: list[ObjectId]) -> set[ObjectId]:
@@ -371,13 +374,7 @@ class ObjectSpace:
     def _freshen_pack(self, pack_id: str) -> bool:
         """A dedup hit on a packed object refreshes its pack's age as a loose hit does;
         False if the pack is gone (gc rewrote it): the object is then looked up again."""
-        st = self.packs.stat(pack_id)
-        if st is None:
-            return False
-        after = 0.0 if self.storage.cheap_touch else FRESHEN_AFTER
-        if time.time() - st.mtime > after:
-            return self.packs.touch(pack_id)
-        return True
+        return self._refresh(self.packs.stat(pack_id), lambda: self.packs.touch(pack_id))
 
     def _store_chunk(
         self,

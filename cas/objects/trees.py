@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
@@ -152,7 +153,15 @@ def checkout(space: ObjectSpace, tree_id: str, dest: str | os.PathLike[str]) -> 
 
 
 def _write_bytes(target: str, entry: TreeEntry, payload: bytes) -> None:
-    """A file of verified content in hand: in place if new, else by a rename over."""
+    """A file of verified content in hand (see :func:`_place`)."""
+    _place(target, entry, lambda fd: _write_all(fd, payload))
+
+
+def _place(target: str, entry: TreeEntry, fill: Callable[[int], None]) -> None:
+    """Write a file by ``fill(fd)``: in place if it is new, else to a temporary name
+    renamed over it, so what was there is never left half-overwritten; on any error the
+    file being written is removed, so no short file is left by a failed (not killed)
+    checkout."""
     mode = 0o755 if entry.mode == MODE_EXEC else 0o644
     try:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -163,7 +172,7 @@ def _write_bytes(target: str, entry: TreeEntry, payload: bytes) -> None:
             os.unlink(path)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        _write_all(fd, payload)
+        fill(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -200,41 +209,19 @@ def _write_file(space: ObjectSpace, target: str, entry: TreeEntry) -> None:
             os.unlink(target)
         os.symlink(space.get(entry.id).decode(), target)
         return
-    mode = 0o755 if entry.mode == MODE_EXEC else 0o644
-    try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.cas-tmp")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        _write_new(space, tmp, entry, mode)
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
+    _place(target, entry, lambda fd: _fill_from(space, fd, entry))
+
+
+def _fill_from(space: ObjectSpace, fd: int, entry: TreeEntry) -> None:
+    """An entry's verified content into ``fd``: one read of a whole blob, or a chunked
+    one streamed (verified chunk by chunk)."""
+    kind, payload = space.read_object(entry.id)
+    if kind == "blob":
+        _write_all(fd, payload)
         return
-    _write_into(space, fd, target, entry)
-
-
-def _write_new(space: ObjectSpace, path: str, entry: TreeEntry, mode: int) -> None:
-    _write_into(space, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), path, entry)
-
-
-def _write_into(space: ObjectSpace, fd: int, path: str, entry: TreeEntry) -> None:
-    """Write an entry's verified content into ``fd`` (closed after); on any error the
-    file is removed, so no short file is left by a failed (not killed) checkout."""
-    try:
-        kind, payload = space.read_object(entry.id)  # one read, verified
-        if kind == "blob":
-            _write_all(fd, payload)
-        else:
-            with space.open(entry.id) as src:  # chunked: verified chunk by chunk
-                while block := src.read(1 << 20):
-                    _write_all(fd, block)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
-    os.close(fd)
+    with space.open(entry.id) as src:
+        while block := src.read(1 << 20):
+            _write_all(fd, block)
 
 
 def _write_all(fd: int, data: bytes) -> None:
