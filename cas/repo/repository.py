@@ -195,7 +195,7 @@ class Repository:
 
         self._in_parallel(move, list(by_name.values()))
         if names is not self.names:
-            self.storage.sync()
+            self.storage.sync(force=True)  # the refs wrote their files themselves
         self.index.catalog.put_many({**record, "id": rid} for rid, record in items)
         for stamp in stamps:
             self.index.note_written(stamp)

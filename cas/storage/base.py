@@ -69,9 +69,11 @@ class Storage(ABC):
         ``durable=False`` the write may stay in memory until the next :meth:`sync`
         (a batch writes many files, then syncs once)."""
 
-    def sync(self) -> None:  # noqa: B027 - a no-op unless a backend defers writes
+    def sync(self, *, force: bool = False) -> None:  # noqa: B027 - a no-op unless deferred
         """Make every write of this process so far durable (a no-op where each write
-        already is, object stores, and when nothing was written unsynced since)."""
+        already is, object stores, and when nothing was written unsynced since).
+        ``force``: sync even if this storage wrote nothing unsynced itself, for files
+        written beside it under the same root (the refs' own files)."""
 
     def read_range(self, rel: str, start: int, length: int) -> bytes:
         """``length`` bytes from ``start``; ``FileNotFoundError`` if absent."""

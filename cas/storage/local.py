@@ -111,10 +111,10 @@ class LocalStorage(Storage):
         if self.fsync and durable:
             _fsync_dir(parent)
 
-    def sync(self) -> None:
+    def sync(self, *, force: bool = False) -> None:
         """One ``syncfs`` of the filesystem holding the root: every file written and
         renamed so far, data and folder entries, is on disk when it returns."""
-        if self.fsync and self._unsynced:
+        if self.fsync and (self._unsynced or force):
             # Cleared before the sync: a write that lands after this line sets it again
             # and is synced by the next call; every write before it is synced by this one.
             self._unsynced = False
