@@ -31,7 +31,9 @@ def _written_since(root: Path, before: set[str]) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} - before
 
 
-def test_a_durable_save_is_synced_after_its_ref_is_written(tmp_path: Path, syncs: list[set[str]]) -> None:
+def test_a_durable_save_is_synced_after_its_ref_is_written(
+    tmp_path: Path, syncs: list[set[str]]
+) -> None:
     root = tmp_path / "store"
     store = ArtifactStore(root, fsync=True)
     store.save(b"first", "models/m")
