@@ -29,8 +29,20 @@ _BAD_CHARACTER = re.compile(
 )
 
 
+# Names of ASCII letters, digits, '_' and '-' in components joined by '/', dots only
+# between such characters: every rule below holds for them (checked by the tests).
+_PLAIN = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*(?:/[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*)*")
+
+
 def check_ref_name(name: object) -> None:
     """Raise :class:`InvalidRefName` saying which rule ``name`` breaks; return if valid."""
+    if (
+        type(name) is str
+        and len(name) <= MAX_COMPONENT_BYTES
+        and _PLAIN.fullmatch(name)
+        and ".lock" not in name
+    ):
+        return  # the common case, in one regular expression
     # Every path made from a name checks it (``ref_path``, ``log_dir``): about ten
     # times per ``set``, so valid names are remembered. Only an exact str: a subclass
     # could compare equal to a cached name and behave otherwise.

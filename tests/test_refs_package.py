@@ -119,3 +119,18 @@ def test_name_checks_are_remembered_only_for_valid_names() -> None:
         for bad in ("a b", Name("a b"), "a\x00"):
             with pytest.raises(InvalidRefName):
                 check_ref_name(bad)
+
+
+@given(st.from_regex(r"[A-Za-z0-9_.\-/]{1,220}", fullmatch=True) | valid_names)
+def test_the_fast_path_accepts_only_what_every_rule_accepts(name: str) -> None:
+    """check_ref_name's one-regex shortcut for plain names agrees with the full rules."""
+    from refs.names import _PLAIN, MAX_COMPONENT_BYTES, _check_name
+
+    if len(name) <= MAX_COMPONENT_BYTES and _PLAIN.fullmatch(name) and ".lock" not in name:
+        _check_name(name)  # raises if the shortcut let through a name a rule refuses
+    full = True
+    try:
+        _check_name(name)
+    except InvalidRefName:
+        full = False
+    assert is_valid_ref_name(name) == full

@@ -67,6 +67,7 @@ class ArtifactStore:
         self.repo = Repository(url, fsync=fsync, create=create, **storage_options)
         self.catalog = ArtifactCatalog(self)
         self._batches = threading.local()  # this thread's open batch: records to publish
+        self._checkouts: Path | None = None  # the checkout cache, found on first load
 
     # -- the repository's parts (for tools and tests; users need none of them) --------
 
@@ -261,7 +262,7 @@ class ArtifactStore:
             content_id=ObjectId(record["content_id"]),
             info=dict(record.get("content_info") or {}),
             dest=Path(dest) if dest is not None else None,
-            cache_dir=cache_root() / "checkouts",
+            cache_dir=self._checkouts_dir(),
             allow_pickle=self.allow_pickle,
         )
         label = f"{record['name']} ({rid})"
@@ -273,6 +274,11 @@ class ArtifactStore:
             raise ObjectNotFound(
                 exc.what, f"{exc}; artifact {label} is missing content: run 'cas fsck'"
             ) from exc
+
+    def _checkouts_dir(self) -> Path:
+        if self._checkouts is None:  # found once: platformdirs is a tenth of a small load
+            self._checkouts = cache_root() / "checkouts"
+        return self._checkouts
 
     def open(self, name_or_id: str, path: str | None = None) -> BinaryIO:
         """A binary stream of an artifact's content, verified as it is read (each chunk,

@@ -149,9 +149,10 @@ class Repository:
         """Write a record, journal it, move its name, index it. Saving what the name
         already holds (same content, type, metadata, parents, source) returns the
         existing id and writes nothing: a save is idempotent."""
-        rid, new = self.prepare(record, current=current)
-        if new:
-            self.publish([(rid, record)])
+        with self.space.batch():  # the record is synced with the journal entry, once
+            rid, new = self.prepare(record, current=current)
+            if new:
+                self.publish([(rid, record)])
         return rid
 
     def prepare(self, record: dict[str, Any], *, current: Any = UNREAD) -> tuple[ObjectId, bool]:

@@ -60,8 +60,18 @@ class LocalStorage(Storage):
 
     # docstring inherited
     def read(self, rel: str) -> bytes:
-        with open(self._path(rel), "rb") as f:
-            return f.read()
+        fd = os.open(self._path(rel), os.O_RDONLY | os.O_CLOEXEC)  # no buffered file object
+        try:
+            size = os.fstat(fd).st_size
+            data = os.read(fd, size + 1)  # one read for a small file; +1 sees it grew
+            if not data or len(data) == size:
+                return data
+            parts = [data]  # a short read (> 2 GiB at once), or the file changed: read to EOF
+            while chunk := os.read(fd, 1 << 24):
+                parts.append(chunk)
+            return b"".join(parts)
+        finally:
+            os.close(fd)
 
     def read_head(self, rel: str, n: int) -> bytes:
         with open(self._path(rel), "rb") as f:
