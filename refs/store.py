@@ -134,6 +134,7 @@ import random
 import threading
 import time
 from collections.abc import Set as AbstractSet
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fsspec import AbstractFileSystem
@@ -625,8 +626,13 @@ class RefStore(HistoryMixin):
 
     def _conflicting(self, name: str, *, folders: AbstractSet[str] = frozenset()) -> str | None:
         """A ref that is a parent or a child of ``name``, if any; parents in
-        ``folders`` are not read."""
-        return self._parent_ref(name, folders) or self._child_ref(name)
+        ``folders`` are not read. On an object store the listing for children goes
+        beside the reads of parents: one round trip, not two."""
+        if not isinstance(self._files, ServiceFiles):
+            return self._parent_ref(name, folders) or self._child_ref(name)
+        with ThreadPoolExecutor(1, thread_name_prefix="refs-tree") as pool:
+            child = pool.submit(self._child_ref, name)
+            return self._parent_ref(name, folders) or child.result()
 
     def _parent_ref(self, name: str, folders: AbstractSet[str]) -> str | None:
         """The shortest parent of ``name`` that is a ref (one GET each, at once)."""

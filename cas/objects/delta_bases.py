@@ -161,10 +161,19 @@ def chain_root(objects: Objects, oid: ObjectId) -> ObjectId:
     return oid
 
 
+#: Content up to this size takes the previous version itself as its delta base.
+SMALL_BLOB = 256 << 10
+
+
 def hinted_base(
     objects: Objects, previous: ObjectId | None, kind: str, size: int
 ) -> ObjectId | None:
     if previous is None or kind == "tree":
+        return previous
+    if size <= SMALL_BLOB:
+        # Small content had a small previous version, most likely one blob: it is tried
+        # as the base at once (one read, where asking its kind first is a second request
+        # on a bucket); if it was a chunk list, find_base refuses it by kind.
         return previous
     chunks = previous_chunks(objects, previous)
     return delta.Aligner(chunks).candidates(0, size)[0] if chunks else None
