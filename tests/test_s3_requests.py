@@ -166,3 +166,31 @@ def test_a_record_is_created_without_a_check_and_an_old_one_is_freshened(
     # The conditional PUT finds it (412), a HEAD reads its age, a server-side copy
     # refreshes it, as any dedup hit does (docs/gc.md: gc's grace counts from there).
     assert counts == {"PutObject": 1, "HeadObject": 1, "CopyObject": 1}, counts
+
+
+def test_a_fresh_process_reads_content_without_the_journal(
+    s3_server: Server, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading content needs the record as saved, not the catalog: a process with an
+    empty cache does not catch the catalog up with the journal (a listing per day)."""
+    url = s3_server.url(s3_server.new_bucket(), "store")
+    with cas.open_store(url, **s3_server.storage_options) as writer:
+        writer.save(b"fraud v1", "models/fraud")
+        writer.save({"rows": 3}, "reports/r")
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "another-machine"))
+    seen: list[tuple[str, str]] = []
+
+    def count(op: str, params: dict[str, Any]) -> str:
+        seen.append((op, str(params.get("Prefix") or params.get("Key"))))
+        return op
+
+    with cas.open_store(url, create=False, **s3_server.storage_options) as reader:
+        with s3_calls(count) as counts:
+            assert reader.load("models/fraud") == b"fraud v1"
+            assert reader.load("reports/r") == {"rows": 3}
+        assert not [key for _, key in seen if "logs/" in key], seen
+        # once: the packs/ listing (and one of the root: no packs/ here, absent or
+        # unreachable?); per artifact its ref, its record, its content. Before, the
+        # journal's day folders were listed first (five listings here).
+        assert _total(counts) <= 8, seen
+        assert reader.get_metadata("models/fraud")["name"] == "models/fraud"  # catalog still works

@@ -119,12 +119,15 @@ class ArtifactStore:
         """(record id, the full name it was reached by, or None for an id)."""
         return self.repo.resolve(name_or_id, prefix=self.name_prefix)
 
-    def lookup(self, name_or_id: str) -> tuple[ObjectId, str | None, dict[str, Any]]:
-        """(record id, the name it was reached by or None, the record)."""
-        return self.repo.lookup(name_or_id, prefix=self.name_prefix)
+    def lookup(
+        self, name_or_id: str, *, tags: bool = True
+    ) -> tuple[ObjectId, str | None, dict[str, Any]]:
+        """(record id, the name it was reached by or None, the record; ``tags=False``:
+        as saved, enough to read content, see :meth:`Repository.record`)."""
+        return self.repo.lookup(name_or_id, prefix=self.name_prefix, tags=tags)
 
-    def record(self, rid: str) -> dict[str, Any]:
-        return self.repo.record(rid)
+    def record(self, rid: str, *, tags: bool = True) -> dict[str, Any]:
+        return self.repo.record(rid, tags=tags)
 
     def commit(self, record: dict[str, Any], *, current: Any = UNREAD) -> ObjectId:
         """Commit a record under ``name_prefix + record["name"]`` (inside :meth:`batch`,
@@ -253,7 +256,7 @@ class ArtifactStore:
 
     def load(self, name_or_id: str, *, dest: str | os.PathLike[str] | None = None) -> Any:
         """The value saved under a name or id, verified; ``dest`` places files and folders."""
-        rid, name, record = self.lookup(name_or_id)
+        rid, name, record = self.lookup(name_or_id, tags=False)
         if record.get("content_id") is None:
             raise ObjectNotFound(rid, f"artifact {name or rid} was registered without data")
         materializer = materializer_named(record["materializer"])
@@ -284,7 +287,7 @@ class ArtifactStore:
         """A binary stream of an artifact's content, verified as it is read (each chunk,
         then the whole); ``path`` picks one file of a folder artifact, reading only that
         file's objects. Constant memory however large the content is."""
-        rid, name, record = self.lookup(name_or_id)
+        rid, name, record = self.lookup(name_or_id, tags=False)
         content = record.get("content_id")
         label = record["name"]
         if content is None:
@@ -310,7 +313,7 @@ class ArtifactStore:
         """The entries of a folder artifact (``path``: a subfolder), one level:
         ``{"name", "path", "type": "file" | "directory" | "link", "mode", "id", "size"}``;
         a size is the file's bytes (None for a folder). A file artifact lists itself."""
-        rid, name, record = self.lookup(name_or_id)
+        rid, name, record = self.lookup(name_or_id, tags=False)
         content = record.get("content_id")
         label = record["name"]
         if content is None:
@@ -358,7 +361,7 @@ class ArtifactStore:
 
     def size(self, name_or_id: str) -> int:
         """Bytes of the artifact's serialized content."""
-        return int(self.lookup(name_or_id)[2]["size"] or 0)
+        return int(self.lookup(name_or_id, tags=False)[2]["size"] or 0)
 
     def get_metadata(self, name_or_id: str) -> dict[str, Any]:
         rid, _, record = self.lookup(name_or_id)

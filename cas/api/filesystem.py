@@ -198,7 +198,7 @@ class CasFileSystem(fsspec.AbstractFileSystem):  # type: ignore[misc]
                 rid, _ = store.resolve(candidate)
             except ObjectNotFound:
                 continue
-            record = store.record(rid)
+            record = store.record(rid, tags=False)
             return _Target("artifact", path, candidate, rid, record, "/".join(parts[i:]))
         check_name(path)  # an invalid name is bad input, not an absent one
         if store.list_artifacts(path + "/"):

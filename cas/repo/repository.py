@@ -115,13 +115,13 @@ class Repository:
             return False
 
     def lookup(
-        self, name_or_id: str, *, prefix: str = ""
+        self, name_or_id: str, *, prefix: str = "", tags: bool = True
     ) -> tuple[ObjectId, str | None, dict[str, Any]]:
         """(record id, the name it was reached by or None, the record): ``resolve`` and
         ``record`` in one, with an error that names the ref when it points at nothing."""
         rid, name = self.resolve(name_or_id, prefix=prefix)
         try:
-            return rid, name, self.record(rid)
+            return rid, name, self.record(rid, tags=tags)
         except ObjectNotFound as exc:
             if name is None:
                 raise
@@ -131,12 +131,16 @@ class Repository:
                 "ref file is damaged or its record was deleted; run 'cas fsck'",
             ) from exc
 
-    def record(self, rid: str) -> dict[str, Any]:
+    def record(self, rid: str, *, tags: bool = True) -> dict[str, Any]:
         """The record of an artifact id with its current tags, from the catalog when it
-        has it (fast), else from the record object (verified)."""
-        indexed = self.index.catalog.get(rid)
-        if indexed is not None:
-            return dict(indexed)
+        has it (fast), else from the record object (verified). ``tags=False``: the
+        record as saved will do (a read of content): on an object store whose catalog
+        is not open yet it is read from the record object, one request, instead of
+        catching the catalog up with the journal first (a listing per day)."""
+        if tags or self._index is not None or self.storage.local_dir is not None:
+            indexed = self.index.catalog.get(rid)
+            if indexed is not None:
+                return dict(indexed)
         try:
             value = check_record(rid, self.space.get_value(rid, "record"))
         except ObjectNotFound:
