@@ -27,7 +27,7 @@ class Profile:
 
 PROFILES = {
     "short": Profile("short", 16, 4, 60, 10.0, 2, 3, 3, 15, 6.0, 60),
-    "full": Profile("full", 200, 8, 500, 60.0, 3, 20, 4, 60, 20.0, 600),
+    "full": Profile("full", 200, 8, 500, 60.0, 3, 200, 4, 60, 20.0, 600),
 }
 
 
