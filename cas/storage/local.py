@@ -74,8 +74,11 @@ class LocalStorage(Storage):
             os.close(fd)
 
     def read_head(self, rel: str, n: int) -> bytes:
-        with open(self._path(rel), "rb") as f:
-            return f.read(n)
+        fd = os.open(self._path(rel), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.read(fd, n)  # a regular file reads short only at its end
+        finally:
+            os.close(fd)
 
     def write_atomic(
         self, rel: str, data: bytes, *, durable: bool = True, _attempt: int = 1
