@@ -176,7 +176,7 @@ def test_a_fresh_process_reads_content_without_the_journal(
     url = s3_server.url(s3_server.new_bucket(), "store")
     with cas.open_store(url, **s3_server.storage_options) as writer:
         writer.save(b"fraud v1", "models/fraud")
-        writer.save({"rows": 3}, "reports/r")
+        rid = writer.save({"rows": 3}, "reports/r")
     monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "another-machine"))
     seen: list[tuple[str, str]] = []
 
@@ -188,9 +188,11 @@ def test_a_fresh_process_reads_content_without_the_journal(
         with s3_calls(count) as counts:
             assert reader.load("models/fraud") == b"fraud v1"
             assert reader.load("reports/r") == {"rows": 3}
+            assert reader.load(rid) == {"rows": 3}  # by id: the record's header, not the catalog
         assert not [key for _, key in seen if "logs/" in key], seen
         # once: the packs/ listing (and one of the root: no packs/ here, absent or
         # unreachable?); per artifact its ref, its record, its content. Before, the
-        # journal's day folders were listed first (five listings here).
-        assert _total(counts) <= 8, seen
+        # journal's day folders were listed first (five listings here). By id: the
+        # record's header, the record, the content (3 more).
+        assert _total(counts) <= 11, seen
         assert reader.get_metadata("models/fraud")["name"] == "models/fraud"  # catalog still works

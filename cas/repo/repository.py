@@ -106,8 +106,9 @@ class Repository:
 
     def _is_record(self, rid: ObjectId) -> bool:
         """True if ``rid`` is an artifact this root holds (a 64-hex text may also be a
-        name: then False and it is looked up as one)."""
-        if self.index.catalog.get(rid) is not None:
+        name: then False and it is looked up as one). On an object store whose catalog
+        is not open yet the record's header is asked (one request), not the catalog."""
+        if self._catalog_at_hand() and self.index.catalog.get(rid) is not None:
             return True
         try:
             return self.space.kind(rid) == "record"
@@ -137,7 +138,7 @@ class Repository:
         record as saved will do (a read of content): on an object store whose catalog
         is not open yet it is read from the record object, one request, instead of
         catching the catalog up with the journal first (a listing per day)."""
-        if tags or self._index is not None or self.storage.local_dir is not None:
+        if tags or self._catalog_at_hand():
             indexed = self.index.catalog.get(rid)
             if indexed is not None:
                 return dict(indexed)
@@ -146,6 +147,10 @@ class Repository:
         except ObjectNotFound:
             raise ObjectNotFound(rid, f"no artifact with id {rid} in {self.url}") from None
         return {**value, "id": rid}
+
+    def _catalog_at_hand(self) -> bool:
+        """True if the catalog answers without requests: open already, or local."""
+        return self._index is not None or self.storage.local_dir is not None
 
     # -- changes --------------------------------------------------------------------------
 
