@@ -67,6 +67,23 @@ def test_ref_move(store: Any) -> None:
     assert counts["ListObjectsV2"] == 0, counts
 
 
+def test_a_new_version_of_small_content_reads_the_previous_once(store: Any) -> None:
+    """A 4 KiB version is tried as a delta against the previous one: one GET of it (its
+    kind is not asked first: small content had a blob before)."""
+    store.save(bytes(range(256)) * 16, "models/fraud")
+    seen: list[str] = []
+
+    def count(op: str, params: dict[str, Any]) -> str:
+        seen.append(f"{op} {params.get('Key')}")
+        return op
+
+    with s3_calls(count) as counts:
+        store.save(bytes((i * 7) % 256 for i in range(256)) * 16, "models/fraud")
+    objects = [s for s in seen if s.startswith("GetObject") and "/objects/" in s]
+    assert len(objects) == 1, seen
+    assert _total(counts) <= 9, seen  # test_ref_move's 8, and that GET
+
+
 def test_ref_move_by_a_store_that_never_saw_the_name(store: Any, s3_server: Server) -> None:
     store.save(b"fraud v1", "models/fraud")
     with cas.open_store(store.url, **s3_server.storage_options) as other:
