@@ -285,6 +285,12 @@ class TestFuzzS3(FuzzTests):
             s3_server.url(s3_server.new_bucket(), "store"), **s3_server.storage_options
         )
 
+    @pytest.fixture
+    def fuzz_new_root(self, s3_server: Server) -> Callable[[], Callable[[], ArtifactStore]]:
+        return lambda: open_root(
+            s3_server.url(s3_server.new_bucket(), "store"), **s3_server.storage_options
+        )
+
 
 class TestFuzzGCS(FuzzTests):
     @pytest.fixture
@@ -293,10 +299,22 @@ class TestFuzzGCS(FuzzTests):
             gcs_server.url(gcs_server.new_bucket(), "store"), **gcs_server.storage_options
         )
 
+    @pytest.fixture
+    def fuzz_new_root(self, gcs_server: Server) -> Callable[[], Callable[[], ArtifactStore]]:
+        return lambda: open_root(
+            gcs_server.url(gcs_server.new_bucket(), "store"), **gcs_server.storage_options
+        )
+
 
 class TestFuzzAzure(FuzzTests):
     @pytest.fixture
     def fuzz_store(self, azure_server: Server, fresh_cache: None) -> Callable[[], ArtifactStore]:
         return open_root(
+            azure_server.url(azure_server.new_bucket(), "store"), **azure_server.storage_options
+        )
+
+    @pytest.fixture
+    def fuzz_new_root(self, azure_server: Server) -> Callable[[], Callable[[], ArtifactStore]]:
+        return lambda: open_root(
             azure_server.url(azure_server.new_bucket(), "store"), **azure_server.storage_options
         )

@@ -368,13 +368,32 @@ def examples() -> int:
     return 1750 if os.environ.get("CAS_TORTURE") == "full" else 25
 
 
+#: Calls on one root before the fuzzer moves to a new one, where ``fuzz_new_root`` is given.
+ROOT_CALLS = 500
+
+
+def _add(total: Tally, part: Tally) -> None:
+    total.refused += part.refused
+    total.accepted += part.accepted
+    for kind, n in part.refusals.items():
+        total.refusals[kind] = total.refusals.get(kind, 0) + n
+
+
 class FuzzTests:
     """Bad input on every public call of a backend. Provide ``fuzz_store``: a function
-    that opens the store of one fresh root (the same root on every call)."""
+    that opens the store of one fresh root (the same root on every call); optionally
+    ``fuzz_new_root``: a function returning such an opener for another fresh root, to
+    which the fuzzer moves every :data:`ROOT_CALLS` calls (checking the root it leaves
+    as at the end). Each call lists the whole root before and after it; on an object
+    store a root that only grows makes that listing, not the call, the cost."""
 
     @pytest.fixture
     def fuzz_store(self) -> Callable[[], ArtifactStore]:
         raise NotImplementedError("subclasses provide the fuzz_store fixture")
+
+    @pytest.fixture
+    def fuzz_new_root(self) -> Callable[[], Callable[[], ArtifactStore]] | None:
+        return None
 
     @pytest.fixture
     def fuzzer(self, fuzz_store: Callable[[], ArtifactStore]) -> Iterator[Fuzzer]:
@@ -383,7 +402,11 @@ class FuzzTests:
         fuzzer.store.close()
 
     @pytest.mark.timeout(max(600, 3 * examples()))  # the full profile runs for long
-    def test_refused_calls_write_nothing(self, fuzzer: Fuzzer) -> None:
+    def test_refused_calls_write_nothing(
+        self, fuzzer: Fuzzer, fuzz_new_root: Callable[[], Callable[[], ArtifactStore]] | None
+    ) -> None:
+        current, total, roots = [fuzzer], Tally(), [1]
+
         @settings(
             max_examples=examples(),
             deadline=None,
@@ -392,13 +415,21 @@ class FuzzTests:
         )
         @given(batch=st.lists(calls(), min_size=1, max_size=24))
         def run(batch: list[Call]) -> None:
+            done = current[0].tally
+            if fuzz_new_root is not None and done.refused + done.accepted >= ROOT_CALLS:
+                _add(total, current[0].finish())
+                current[0] = Fuzzer(fuzz_new_root())
+                roots[0] += 1
             for call in batch:
-                fuzzer.check(call)
+                current[0].check(call)
 
         run()
-        tally = fuzzer.finish()
-        print(f"\nfuzz: {tally.refused} refused, {tally.accepted} accepted: {tally.refusals}")
-        assert tally.refused > tally.accepted / 4  # mostly bad input, as meant
+        _add(total, current[0].finish())
+        print(
+            f"\nfuzz on {roots[0]} root(s): {total.refused} refused, {total.accepted} accepted:"
+            f" {total.refusals}"
+        )
+        assert total.refused > total.accepted / 4  # mostly bad input, as meant
 
 
 def open_root(url: str, **options: Any) -> Callable[[], ArtifactStore]:
