@@ -212,4 +212,7 @@ def test_a_fresh_process_reads_content_without_the_journal(
         # journal's day folders were listed first (five listings here). By id: the
         # record's header, the record, the content (3 more).
         assert _total(counts) <= 11, seen
+        with s3_calls() as again:
+            assert reader.load("models/fraud") == b"fraud v1"
+        assert _total(again) <= 2, again  # the ref and the content: the record is kept
         assert reader.get_metadata("models/fraud")["name"] == "models/fraud"  # catalog still works

@@ -28,6 +28,9 @@ from cas.storage import Storage, open_storage
 
 T = TypeVar("T")
 
+#: Records as saved that a repository keeps after reading them from their objects.
+SAVED_RECORDS = 4096
+
 #: "The caller has not read the name": :meth:`Repository.prepare` reads it.
 UNREAD: Any = type("Unread", (), {"__repr__": lambda self: "UNREAD"})()
 
@@ -53,6 +56,7 @@ class Repository:
         self.names = Names(self.storage, fsync=fsync)
         self.journal = Journal(self.storage)
         self._index: LocalCatalog | None = None
+        self._saved: dict[str, dict[str, Any]] = {}  # records as saved, read from objects
         self._index_lock = threading.Lock()  # threads share one repository
 
     @property
@@ -142,11 +146,18 @@ class Repository:
             indexed = self.index.catalog.get(rid)
             if indexed is not None:
                 return dict(indexed)
+        elif (saved := self._saved.get(rid)) is not None:
+            return dict(saved)
         try:
             value = check_record(rid, self.space.get_value(rid, "record"))
         except ObjectNotFound:
             raise ObjectNotFound(rid, f"no artifact with id {rid} in {self.url}") from None
-        return {**value, "id": rid}
+        record = {**value, "id": rid}
+        if not tags:  # a record object never changes: the next read of it costs nothing
+            if len(self._saved) >= SAVED_RECORDS:
+                self._saved.clear()  # bounded, and safe beside other threads
+            self._saved[rid] = record
+        return dict(record)
 
     def _catalog_at_hand(self) -> bool:
         """True if the catalog answers without requests: open already, or local."""
