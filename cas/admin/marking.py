@@ -28,9 +28,11 @@ from cas.repo.repository import Repository
 from cas.storage import TEMP_PREFIX, Stat, Storage
 
 #: How many pending objects one marking round takes off the stack; each round's reads
-#: run in parallel, in slices of :data:`SLICE`.
+#: run in parallel, in slices of :data:`SLICE` (four at once: at 200,000 cold objects
+#: 6.0-6.4 s against 6.5-7.1 s in eight slices and 7.5-8.7 s in more; the reads' Python
+#: work, not the disk, bounds it, and fewer threads contend less).
 ROUND: Final = 256
-SLICE: Final = 32
+SLICE: Final = 64
 
 _FANS: Final = tuple(f"{i:02x}" for i in range(256))
 
