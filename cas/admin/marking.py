@@ -33,6 +33,8 @@ from cas.storage import TEMP_PREFIX, Stat, Storage
 #: work, not the disk, bounds it, and fewer threads contend less).
 ROUND: Final = 256
 SLICE: Final = 64
+#: On an object store each read waits on the network: smaller slices, more in flight.
+REMOTE_SLICE: Final = 32
 
 _FANS: Final = tuple(f"{i:02x}" for i in range(256))
 
@@ -282,9 +284,10 @@ class Marker:
         def one(d: bytes, h: int) -> tuple[list[bytes], list[Pending]] | None:
             return children(self.repo, d, h, deltas=self.deltas)
 
-        if len(todo) <= SLICE:
+        size = SLICE if self.repo.storage.local_dir is not None else REMOTE_SLICE
+        if len(todo) <= size:
             return [one(d, h) for d, h in todo]
-        slices = [todo[i : i + SLICE] for i in range(0, len(todo), SLICE)]
+        slices = [todo[i : i + size] for i in range(0, len(todo), size)]
         out: list[tuple[list[bytes], list[Pending]] | None] = []
         for part in self.pool.map(lambda s: [one(d, h) for d, h in s], slices):
             out.extend(part)
