@@ -125,7 +125,9 @@ class StoreMachine(RuleBasedStateMachine):
         )
         self.by_name[name] = aid
         self.values[aid] = value
-        self.tags[aid] = {"team": "fraud"}
+        # Registering what the name holds already returns its id and writes nothing:
+        # the tags set on it since stay.
+        self.tags[aid] = {**self.tags.get(aid, {}), "team": "fraud"}
         self.parents[aid] = live
         self.deleted.discard(aid)
         return aid
