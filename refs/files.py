@@ -216,13 +216,15 @@ def read_file_stat(path: str) -> tuple[bytes, os.stat_result]:
 
 
 def _read_fd(fd: int) -> bytes:
-    data = os.read(fd, _CHUNK)
-    if len(data) < _CHUNK:
-        # A regular file reads short only at its end (POSIX; Linux does not cut
-        # regular-file reads short on a signal). Were one cut short anyway, a ref or
-        # history entry would fail to decode, loudly: never a wrong value.
+    # One read of the size the file has (+1, to see it grew): a ref and a 4 MiB object
+    # alike. A regular file reads short only at its end (POSIX; Linux does not cut
+    # regular-file reads short on a signal), or above 2 GiB at once: then read to EOF.
+    # Were one cut short anyway, a ref or object would fail to decode, loudly.
+    size = os.fstat(fd).st_size
+    data = os.read(fd, size + 1)
+    if len(data) == size:
         return data
     chunks = [data]
-    while chunk := os.read(fd, _CHUNK):
+    while chunk := os.read(fd, max(size, _CHUNK)):
         chunks.append(chunk)
     return b"".join(chunks)

@@ -278,43 +278,30 @@ class TestFuzzMemory(FuzzTests):
         return open_root(_memory_url())
 
 
+def _bucket_roots(server: Server) -> Callable[[], Callable[[], ArtifactStore]]:
+    """A root in a new bucket of ``server`` for each call."""
+    return lambda: open_root(server.url(server.new_bucket(), "store"), **server.storage_options)
+
+
 class TestFuzzS3(FuzzTests):
     @pytest.fixture
-    def fuzz_store(self, s3_server: Server, fresh_cache: None) -> Callable[[], ArtifactStore]:
-        return open_root(
-            s3_server.url(s3_server.new_bucket(), "store"), **s3_server.storage_options
-        )
-
-    @pytest.fixture
-    def fuzz_new_root(self, s3_server: Server) -> Callable[[], Callable[[], ArtifactStore]]:
-        return lambda: open_root(
-            s3_server.url(s3_server.new_bucket(), "store"), **s3_server.storage_options
-        )
+    def fuzz_new_root(
+        self, s3_server: Server, fresh_cache: None
+    ) -> Callable[[], Callable[[], ArtifactStore]]:
+        return _bucket_roots(s3_server)
 
 
 class TestFuzzGCS(FuzzTests):
     @pytest.fixture
-    def fuzz_store(self, gcs_server: Server, fresh_cache: None) -> Callable[[], ArtifactStore]:
-        return open_root(
-            gcs_server.url(gcs_server.new_bucket(), "store"), **gcs_server.storage_options
-        )
-
-    @pytest.fixture
-    def fuzz_new_root(self, gcs_server: Server) -> Callable[[], Callable[[], ArtifactStore]]:
-        return lambda: open_root(
-            gcs_server.url(gcs_server.new_bucket(), "store"), **gcs_server.storage_options
-        )
+    def fuzz_new_root(
+        self, gcs_server: Server, fresh_cache: None
+    ) -> Callable[[], Callable[[], ArtifactStore]]:
+        return _bucket_roots(gcs_server)
 
 
 class TestFuzzAzure(FuzzTests):
     @pytest.fixture
-    def fuzz_store(self, azure_server: Server, fresh_cache: None) -> Callable[[], ArtifactStore]:
-        return open_root(
-            azure_server.url(azure_server.new_bucket(), "store"), **azure_server.storage_options
-        )
-
-    @pytest.fixture
-    def fuzz_new_root(self, azure_server: Server) -> Callable[[], Callable[[], ArtifactStore]]:
-        return lambda: open_root(
-            azure_server.url(azure_server.new_bucket(), "store"), **azure_server.storage_options
-        )
+    def fuzz_new_root(
+        self, azure_server: Server, fresh_cache: None
+    ) -> Callable[[], Callable[[], ArtifactStore]]:
+        return _bucket_roots(azure_server)

@@ -231,6 +231,7 @@ class Marker:
         self.deltas = deltas  # the store may hold deltas: chunks are read for a base
         self.listed = listed
         self.pool = pool
+        self.slice = SLICE if repo.storage.local_dir is not None else REMOTE_SLICE
         self.marked = bytearray(len(listed))
         self.count = 0
         self.missing: set[ObjectId] = set()
@@ -284,7 +285,7 @@ class Marker:
         def one(d: bytes, h: int) -> tuple[list[bytes], list[Pending]] | None:
             return children(self.repo, d, h, deltas=self.deltas)
 
-        size = SLICE if self.repo.storage.local_dir is not None else REMOTE_SLICE
+        size = self.slice
         if len(todo) <= size:
             return [one(d, h) for d, h in todo]
         slices = [todo[i : i + size] for i in range(0, len(todo), size)]

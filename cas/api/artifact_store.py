@@ -8,6 +8,7 @@ over :class:`cas.repo.repository.Repository`: a save turns a value into content
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -67,7 +68,6 @@ class ArtifactStore:
         self.repo = Repository(url, fsync=fsync, create=create, **storage_options)
         self.catalog = ArtifactCatalog(self)
         self._batches = threading.local()  # this thread's open batch: records to publish
-        self._checkouts: Path | None = None  # the checkout cache, found on first load
 
     # -- the repository's parts (for tools and tests; users need none of them) --------
 
@@ -265,7 +265,7 @@ class ArtifactStore:
             content_id=ObjectId(record["content_id"]),
             info=dict(record.get("content_info") or {}),
             dest=Path(dest) if dest is not None else None,
-            cache_dir=self._checkouts_dir(),
+            cache_dir=self._checkouts,
             allow_pickle=self.allow_pickle,
         )
         label = f"{record['name']} ({rid})"
@@ -278,10 +278,10 @@ class ArtifactStore:
                 exc.what, f"{exc}; artifact {label} is missing content: run 'cas fsck'"
             ) from exc
 
-    def _checkouts_dir(self) -> Path:
-        if self._checkouts is None:  # found once: platformdirs is a tenth of a small load
-            self._checkouts = cache_root() / "checkouts"
-        return self._checkouts
+    @functools.cached_property
+    def _checkouts(self) -> Path:
+        """The checkout cache, found once: platformdirs is a tenth of a small load."""
+        return cache_root() / "checkouts"
 
     def open(self, name_or_id: str, path: str | None = None) -> BinaryIO:
         """A binary stream of an artifact's content, verified as it is read (each chunk,

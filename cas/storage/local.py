@@ -17,6 +17,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 import refs
 from cas.storage.base import TEMP_PREFIX, Stat, Storage
+from refs.files import read_file
 
 #: Write-once files (packs) kept open for range reads, per storage.
 OPEN_FILES: Final = 64
@@ -60,18 +61,7 @@ class LocalStorage(Storage):
 
     # docstring inherited
     def read(self, rel: str) -> bytes:
-        fd = os.open(self._path(rel), os.O_RDONLY | os.O_CLOEXEC)  # no buffered file object
-        try:
-            size = os.fstat(fd).st_size
-            data = os.read(fd, size + 1)  # one read for a small file; +1 sees it grew
-            if not data or len(data) == size:
-                return data
-            parts = [data]  # a short read (> 2 GiB at once), or the file changed: read to EOF
-            while chunk := os.read(fd, 1 << 24):
-                parts.append(chunk)
-            return b"".join(parts)
-        finally:
-            os.close(fd)
+        return read_file(self._path(rel))  # one read for a small file: no buffered object
 
     def read_head(self, rel: str, n: int) -> bytes:
         fd = os.open(self._path(rel), os.O_RDONLY | os.O_CLOEXEC)

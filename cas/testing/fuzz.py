@@ -381,15 +381,19 @@ def _add(total: Tally, part: Tally) -> None:
 
 class FuzzTests:
     """Bad input on every public call of a backend. Provide ``fuzz_store``: a function
-    that opens the store of one fresh root (the same root on every call); optionally
+    that opens the store of one fresh root (the same root on every call), or
     ``fuzz_new_root``: a function returning such an opener for another fresh root, to
     which the fuzzer moves every :data:`ROOT_CALLS` calls (checking the root it leaves
     as at the end). Each call lists the whole root before and after it; on an object
     store a root that only grows makes that listing, not the call, the cost."""
 
     @pytest.fixture
-    def fuzz_store(self) -> Callable[[], ArtifactStore]:
-        raise NotImplementedError("subclasses provide the fuzz_store fixture")
+    def fuzz_store(
+        self, fuzz_new_root: Callable[[], Callable[[], ArtifactStore]] | None
+    ) -> Callable[[], ArtifactStore]:
+        if fuzz_new_root is None:
+            raise NotImplementedError("subclasses provide fuzz_store or fuzz_new_root")
+        return fuzz_new_root()
 
     @pytest.fixture
     def fuzz_new_root(self) -> Callable[[], Callable[[], ArtifactStore]] | None:
@@ -405,7 +409,7 @@ class FuzzTests:
     def test_refused_calls_write_nothing(
         self, fuzzer: Fuzzer, fuzz_new_root: Callable[[], Callable[[], ArtifactStore]] | None
     ) -> None:
-        current, total, roots = [fuzzer], Tally(), [1]
+        current, roots, total = fuzzer, 1, Tally()
 
         @settings(
             max_examples=examples(),
@@ -415,18 +419,18 @@ class FuzzTests:
         )
         @given(batch=st.lists(calls(), min_size=1, max_size=24))
         def run(batch: list[Call]) -> None:
-            done = current[0].tally
+            nonlocal current, roots
+            done = current.tally
             if fuzz_new_root is not None and done.refused + done.accepted >= ROOT_CALLS:
-                _add(total, current[0].finish())
-                current[0] = Fuzzer(fuzz_new_root())
-                roots[0] += 1
+                _add(total, current.finish())
+                current, roots = Fuzzer(fuzz_new_root()), roots + 1
             for call in batch:
-                current[0].check(call)
+                current.check(call)
 
         run()
-        _add(total, current[0].finish())
+        _add(total, current.finish())
         print(
-            f"\nfuzz on {roots[0]} root(s): {total.refused} refused, {total.accepted} accepted:"
+            f"\nfuzz on {roots} root(s): {total.refused} refused, {total.accepted} accepted:"
             f" {total.refusals}"
         )
         assert total.refused > total.accepted / 4  # mostly bad input, as meant
