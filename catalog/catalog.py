@@ -223,6 +223,11 @@ class Catalog:
             lambda txn: self._fetch(txn, [TermStream(txn, self._db(keys.CONTENT), raw)], limit)
         )
 
+    def has_name(self, name: str) -> bool:
+        """True if a live record has exactly this name."""
+        raw = name.encode()
+        return bool(self._engine.read(lambda txn: txn.cursor(db=self._db(keys.NAME)).set_key(raw)))
+
     def names(self, prefix: str = "") -> Names:
         """The distinct names of live records starting with ``prefix``, sorted."""
         raw_prefix = prefix.encode()

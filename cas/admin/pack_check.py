@@ -23,7 +23,7 @@ from cas.repo.repository import Repository
 def pack_problems(repo: Repository) -> list[tuple[str, str]]:
     """(pack id, what is wrong) for each damaged pack of the root."""
     pack_set = repo.space.packs
-    pack_set.refresh()
+    pack_set.refresh(reread=True)  # the root's indexes, not this machine's cached copies
     found = [
         (pack_id, f"its index does not read: {why}") for pack_id, why in pack_set.damaged.items()
     ]

@@ -33,12 +33,13 @@ from cas.objects.kinds import MODE_FILE, MODE_LINK, pack
 from cas.objects.space import ObjectSpace
 from cas.objects.trees import find_entry, read_tree
 from cas.repo.journal import Journal
-from cas.repo.local_catalog import LocalCatalog, cache_root
+from cas.repo.local_catalog import LocalCatalog
 from cas.repo.names import check_name
 from cas.repo.records import check_new_record, make_record
 from cas.repo.repository import UNREAD, Repository
 from cas.repo.repository import validate_root as _validate_root
 from cas.storage import Storage
+from cas.storage.cache import cache_root
 
 RUNS_PREFIX = "runs"
 

@@ -97,6 +97,7 @@ class _Root:
     store: ArtifactStore | None = None
     verified: VerifiedLists = field(default_factory=VerifiedLists)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    names: set[str] = field(default_factory=set)  # names paths resolved to: hints
 
     def open(self, *, create: bool) -> ArtifactStore:
         """The store. Reads never create one (a mistyped root is an error, not a new
@@ -188,18 +189,31 @@ class CasFileSystem(fsspec.AbstractFileSystem):  # type: ignore[misc]
         if not path:
             return _Target("names", "")
         parts = path.split("/")
+        candidates: list[str] = []  # every prefix that can be a name, shortest first
         for i in range(1, len(parts) + 1):
-            candidate = "/".join(parts[:i])
             try:
-                check_name(candidate)
+                candidates.append(check_name("/".join(parts[:i])))
             except InvalidRefName:
                 break  # no name has this component, nor any deeper prefix
+        # At most one prefix is a name (a name is never a folder of names too); the one
+        # this machine's catalog knows is read first, then the rest, shortest first.
+        hint = None
+        if len(candidates) > 1:
+            seen = self._root.names
+            hint = next((c for c in candidates if c in seen), None) or store.repo.known_name(
+                candidates
+            )
+        for candidate in sorted(candidates, key=lambda c: (c != hint, len(c))):
             try:
                 rid, _ = store.resolve(candidate)
             except ObjectNotFound:
                 continue
             record = store.record(rid, tags=False)
-            return _Target("artifact", path, candidate, rid, record, "/".join(parts[i:]))
+            if len(self._root.names) >= 4096:
+                self._root.names.clear()  # bounded; only a hint
+            self._root.names.add(candidate)
+            inner = path[len(candidate) + 1 :]
+            return _Target("artifact", path, candidate, rid, record, inner)
         check_name(path)  # an invalid name is bad input, not an absent one
         if store.list_artifacts(path + "/"):
             return _Target("names", path)

@@ -20,10 +20,12 @@ A packed object is read by its range and verified against its id exactly as a lo
 from __future__ import annotations
 
 import bisect
+import os
 import struct
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 import blake3
@@ -87,6 +89,7 @@ class PackIndex:
         self.count = count
         self._fanout = _FANOUT.unpack_from(raw, len(IDX_MAGIC) + _COUNT.size)
         self._raw = raw
+        self._by_offset: list[tuple[int, int]] | None = None  # (offset, entry), built on use
 
     def _key(self, i: int) -> bytes:
         at = _HEAD + i * _ENTRY.size
@@ -101,6 +104,25 @@ class PackIndex:
             _, offset, length = _ENTRY.unpack_from(self._raw, _HEAD + i * _ENTRY.size)
             return Where(self.pack_id, offset, length)
         return None
+
+    def before(self, where: Where) -> tuple[ObjectId, Where] | None:
+        """The object stored just before ``where`` in the pack (only its frame between),
+        or None: a record is written right after its content's root, so a reader that
+        wants both can take them in one range."""
+        if self._by_offset is None:
+            at = [
+                _ENTRY.unpack_from(self._raw, _HEAD + i * _ENTRY.size)[1] for i in range(self.count)
+            ]
+            self._by_offset = sorted(zip(at, range(self.count), strict=True))
+        i = bisect.bisect_left(self._by_offset, (where.offset, -1)) - 1
+        if i < 0:
+            return None
+        key, offset, length = _ENTRY.unpack_from(
+            self._raw, _HEAD + self._by_offset[i][1] * _ENTRY.size
+        )
+        if offset + length + _FRAME.size != where.offset:
+            return None
+        return ObjectId(key.hex()), Where(self.pack_id, offset, length)
 
     def entries(self) -> Iterator[tuple[ObjectId, Where]]:
         for i in range(self.count):
@@ -163,38 +185,105 @@ def write(
 class PackSet:
     """Every committed pack of a root, for lookups: an index per pack, loaded once and
     refreshed (one listing) when a lookup misses, so packs written by other processes
-    are found. Threads share it."""
+    are found. Threads share it.
 
-    def __init__(self, storage: Storage) -> None:
+    With a ``cache`` folder (a remote root's, on this machine) the indexes read or
+    written are kept there between processes: a pack and its index are write-once and
+    named by the pack's hash, so a cached index is never stale, only perhaps of a pack
+    gc has removed since. A new process then answers lookups from the cache without a
+    listing, and lists (reading only indexes it has not cached) on its first miss, or
+    when a pack the cache named is gone. What needs every pack of the root (``ids``,
+    ``entries``: gc, fsck, transfers) always lists first."""
+
+    def __init__(self, storage: Storage, cache: Path | None = None) -> None:
         self.storage = storage
+        self.cache = cache
         self._indexes: dict[str, PackIndex] = {}
         self._order: list[PackIndex] = []  # newest first: recent packs answer most
         self._lock = threading.Lock()
-        self._loaded = False
+        self._loaded = False  # the cache read, or a listing made
+        self._listed = False  # a listing made: every committed pack is known
         #: Indexes that do not read (pack id -> why): skipped, so the rest stay readable;
         #: fsck reports them and ``--repair`` rebuilds them from their packs.
         self.damaged: dict[str, str] = {}
 
-    def refresh(self) -> None:
-        """Read the indexes of packs not seen yet (and forget removed ones)."""
+    def _load(self) -> None:
+        """Before the first lookup: the cached indexes, else a listing."""
+        if self.cache is None:
+            return self.refresh()
+        with self._lock:
+            for pack_id in self._cached_ids():
+                index = self._from_cache(pack_id)
+                if index is not None:
+                    self._indexes.setdefault(pack_id, index)
+            self._order = [self._indexes[p] for p in sorted(self._indexes)]
+            self._loaded = True
+        return None
+
+    def refresh(self, *, reread: bool = False) -> None:
+        """Read the indexes of packs not seen yet (and forget removed ones); with
+        ``reread``, every index again from the root, not from memory or the cache
+        (fsck: what the root holds is what is checked)."""
         names = self.storage.listdir(PACKS)
         ids = {n[:-4] for n in names if n.endswith(".idx") and is_id(n[:-4])}
         with self._lock:
+            if reread:
+                self._indexes.clear()
+                self.damaged.clear()
             new = ids - self._indexes.keys() - self.damaged.keys()
             for pack_id in sorted(new):
-                try:
-                    raw = self.storage.read(index_path(pack_id))
-                    self._indexes[pack_id] = PackIndex(pack_id, raw)
-                except FileNotFoundError:
-                    continue  # removed by gc since the listing
-                except IntegrityError as exc:
-                    self.damaged[pack_id] = str(exc)
+                index = None if reread else self._from_cache(pack_id)
+                if index is None:
+                    try:
+                        raw = self.storage.read(index_path(pack_id))
+                        index = PackIndex(pack_id, raw)
+                    except FileNotFoundError:
+                        continue  # removed by gc since the listing
+                    except IntegrityError as exc:
+                        self.damaged[pack_id] = str(exc)
+                        continue
+                    self._to_cache(pack_id, raw)
+                self._indexes[pack_id] = index
             for gone in self.damaged.keys() - ids:
                 del self.damaged[gone]
             for gone in self._indexes.keys() - ids:
                 del self._indexes[gone]
+            if self.cache is not None:
+                for gone in self._cached_ids() - ids:
+                    (self.cache / f"{gone}.idx").unlink(missing_ok=True)
             self._order = [self._indexes[p] for p in sorted(self._indexes)]
-            self._loaded = True
+            self._loaded = self._listed = True
+
+    def _cached_ids(self) -> set[str]:
+        assert self.cache is not None
+        try:
+            names = os.listdir(self.cache)
+        except FileNotFoundError:
+            return set()
+        return {n[:-4] for n in names if n.endswith(".idx") and is_id(n[:-4])}
+
+    def _from_cache(self, pack_id: str) -> PackIndex | None:
+        if self.cache is None:
+            return None
+        path = self.cache / f"{pack_id}.idx"
+        try:
+            return PackIndex(pack_id, path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except IntegrityError:  # a damaged cache file: read the root's instead
+            path.unlink(missing_ok=True)
+            return None
+
+    def _to_cache(self, pack_id: str, raw: bytes) -> None:
+        if self.cache is None:
+            return
+        try:  # derived and verified on read: no fsync; a failure only costs a read later
+            self.cache.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache / f".tmp-{pack_id}-{os.getpid()}-{threading.get_ident()}"
+            tmp.write_bytes(raw)
+            os.replace(tmp, self.cache / f"{pack_id}.idx")
+        except OSError:
+            pass
 
     def add(self, pack_id: str, index: bytes) -> None:
         """Make a pack this process just committed visible without a listing."""
@@ -202,23 +291,38 @@ class PackSet:
             if pack_id not in self._indexes:
                 self._indexes[pack_id] = PackIndex(pack_id, index)
                 self._order.insert(0, self._indexes[pack_id])
+        self._to_cache(pack_id, index)
 
     def find(self, oid: ObjectId, *, refresh: bool = False) -> Where | None:
-        if not self._loaded or refresh:
+        if not self._loaded:
+            self._load()
+        elif refresh:
             self.refresh()
+        where = self._find(oid)
+        if where is None and not self._listed:  # answered from the cache only so far
+            self.refresh()
+            where = self._find(oid)
+        return where
+
+    def _find(self, oid: ObjectId) -> Where | None:
         for idx in self._order:
             where = idx.find(oid)
             if where is not None:
                 return where
         return None
 
+    def before(self, where: Where) -> tuple[ObjectId, Where] | None:
+        """The object just before ``where`` in its pack (:meth:`PackIndex.before`)."""
+        index = self._indexes.get(where.pack)
+        return None if index is None else index.before(where)
+
     def ids(self) -> list[str]:
-        if not self._loaded:
+        if not self._listed:
             self.refresh()
         return sorted(self._indexes)
 
     def index(self, pack_id: str) -> PackIndex:
-        if not self._loaded:
+        if not self._listed:
             self.refresh()
         return self._indexes[pack_id]
 

@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, BinaryIO, Final
 
 import blake3
@@ -39,6 +40,7 @@ from cas.objects.loose import OBJECTS, object_path
 from cas.objects.marker import DELTAS_FROM, FORMAT_VERSION, MARKER, PACKS_FROM
 from cas.objects.pools import ahead, io_pool, worker_pool
 from cas.storage import Stat, Storage, open_storage
+from cas.storage.cache import remote_cache
 
 __all__ = [
     "CREATE_AFTER",
@@ -59,6 +61,19 @@ __all__ = [
 FRESHEN_AFTER: Final = 3600.0
 
 
+def _index_cache(storage: Storage) -> Path | None:
+    """Where this machine keeps a remote root's pack indexes between processes."""
+    if storage.local_dir is not None or storage.url.startswith("memory://"):
+        return None  # a local root reads its own indexes as fast as a cache would
+    return remote_cache(storage.url) / "packs"
+
+
+#: A record read from a pack on an object store brings the object before it (most
+#: often its content's root: a tree, a chunk list, a small blob) in the same range when
+#: that object is at most this big.
+WITH_PREVIOUS: Final = 2 << 20
+
+
 class ObjectSpace:
     """Objects of every kind under one root, on any :class:`Storage`."""
 
@@ -68,7 +83,8 @@ class ObjectSpace:
         self.storage = storage
         self.level = level
         self.params, self.format = marker.open_marker(storage, create)
-        self.packs = packs.PackSet(storage)
+        self.packs = packs.PackSet(storage, cache=_index_cache(storage))
+        self._ahead: dict[ObjectId, bytes] = {}  # stored forms read with a neighbour
         self.pending = Held()  # the objects every open batch holds, readable at once
         self._batches = Batches(self.pending, self._new_batch)  # each thread's open batch
         self._hints = delta_bases.Hints()  # each thread's previous version, for bases
@@ -434,7 +450,7 @@ class ObjectSpace:
     def _read_stored(self, oid: ObjectId) -> bytes:
         """An object's stored bytes: held by a batch, packed, or loose (a pack written
         since by another process is found by one listing, on a miss)."""
-        held = self.pending.get(oid)
+        held = self.pending.get(oid) or self._ahead.get(oid)
         if held is not None:
             return held
         where = self.packs.find(oid)
@@ -450,6 +466,18 @@ class ObjectSpace:
             with contextlib.suppress(FileNotFoundError):
                 return self.packs.read(where)
         raise ObjectNotFound(oid, f"object {oid} not found in {self.url}") from None
+
+    def _read_with_previous(self, oid: ObjectId) -> bytes:
+        where = None if self.storage.local_dir is not None else self.packs.find(oid)
+        previous = None if where is None else self.packs.before(where)
+        if where is not None and previous is not None and previous[1].length <= WITH_PREVIOUS:
+            with contextlib.suppress(FileNotFoundError):  # rewritten by gc meanwhile
+                before, stored = self.packs.read_many([previous[1], where])
+                if len(self._ahead) >= 8:
+                    self._ahead.clear()  # a few at a time: bounded, safe beside threads
+                self._ahead[previous[0]] = before
+                return stored
+        return self._read_stored(oid)
 
     def read_object(self, oid: str) -> tuple[str, bytes]:
         """(kind, payload) of one object, verified — except a chunk list, whose id is the
@@ -550,9 +578,16 @@ class ObjectSpace:
             lambda p: self._get_chunk(p.oid, p.size, verify, of),
         )  # fmt: skip
 
-    def get_value(self, oid: str, kind: str) -> Any:
-        """The verified, decoded value of a structured object of ``kind``."""
-        got_kind, payload = self.read_object(oid)
+    def get_value(self, oid: str, kind: str, *, with_previous: bool = False) -> Any:
+        """The verified, decoded value of a structured object of ``kind``.
+        ``with_previous`` (a record, whose content's root is written just before it): on
+        an object store, read the object before it in its pack in the same request, so
+        that the read of the content that follows costs none."""
+        if with_previous:
+            header, payload = self._checked(parse_id(oid), self._read_with_previous(parse_id(oid)))
+            got_kind = header.kind
+        else:
+            got_kind, payload = self.read_object(oid)
         if got_kind != kind:
             raise CasError(f"object {oid} is a {got_kind}, not a {kind}")
         return unpack(oid, payload)

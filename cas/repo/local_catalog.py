@@ -11,7 +11,6 @@ the whole journal and reports what changed.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import logging
 import os
 import shutil
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import msgpack
-import platformdirs
 
 import catalog as _catalog
 from cas.errors import CasError, ObjectNotFound
@@ -28,6 +26,7 @@ from cas.objects.space import ObjectSpace
 from cas.repo.journal import Journal, parse_stamp
 from cas.repo.records import check_record
 from cas.storage import TEMP_PREFIX
+from cas.storage.cache import remote_cache
 from catalog.record import check_event
 
 #: Entries this much older than the newest seen are listed again on sync, so writers on
@@ -36,15 +35,10 @@ from catalog.record import check_event
 RESYNC_WINDOW: Final = _dt.timedelta(hours=6)
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("CAS_CACHE_DIR") or platformdirs.user_cache_dir("cas"))
-
-
 def index_dir(space: ObjectSpace) -> Path:
     if space.storage.local_dir is not None:
         return Path(space.storage.local_dir) / "index"
-    key = hashlib.blake2b(space.url.encode(), digest_size=10).hexdigest()
-    return cache_root() / "remote" / key / "index"
+    return remote_cache(space.url) / "index"
 
 
 class LocalCatalog:

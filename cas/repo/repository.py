@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
@@ -21,7 +21,7 @@ from cas.errors import InvalidInput, ObjectNotFound, RefConflict
 from cas.objects.ids import ObjectId, is_id, parse_id
 from cas.objects.space import ObjectSpace
 from cas.repo.journal import Journal
-from cas.repo.local_catalog import LocalCatalog, rebuild
+from cas.repo.local_catalog import LocalCatalog, index_dir, rebuild
 from cas.repo.names import Names, check_name
 from cas.repo.records import check_record
 from cas.storage import Storage, open_storage
@@ -56,6 +56,7 @@ class Repository:
         self.names = Names(self.storage, fsync=fsync)
         self.journal = Journal(self.storage)
         self._index: LocalCatalog | None = None
+        self._unsynced: LocalCatalog | None = None  # opened for a hint, not caught up yet
         self._saved: dict[str, dict[str, Any]] = {}  # records as saved, read from objects
         self._index_lock = threading.Lock()  # threads share one repository
 
@@ -69,15 +70,31 @@ class Repository:
         if self._index is None:
             with self._index_lock:
                 if self._index is None:
-                    index = LocalCatalog(self.space, self.journal)
+                    index = self._unsynced or LocalCatalog(self.space, self.journal)
                     index.sync()
-                    self._index = index
+                    self._index, self._unsynced = index, None
         return self._index
 
+    def known_name(self, candidates: Sequence[str]) -> str | None:
+        """The first of ``candidates`` that this machine's catalog of the root knows as
+        a name, asked without catching it up (no request), or None: a hint that lets a
+        path whose name part is unknown (``cas://data/images/a.png``) read the right ref
+        first on an object store. The ref is read all the same: a stale hint only costs
+        the reads it meant to save."""
+        if self._index is None and self._unsynced is None:
+            if not index_dir(self.space).exists():
+                return None
+            with self._index_lock:
+                if self._index is None and self._unsynced is None:
+                    self._unsynced = LocalCatalog(self.space, self.journal)
+        catalog = (self._index or self._unsynced).catalog  # type: ignore[union-attr]
+        return next((c for c in candidates if catalog.has_name(c)), None)
+
     def close(self) -> None:
-        if self._index is not None:
-            self._index.close()
-            self._index = None
+        for index in (self._index, self._unsynced):
+            if index is not None:
+                index.close()
+        self._index = self._unsynced = None
 
     def __enter__(self) -> Repository:
         return self
@@ -149,7 +166,7 @@ class Repository:
         elif (saved := self._saved.get(rid)) is not None:
             return dict(saved)
         try:
-            value = check_record(rid, self.space.get_value(rid, "record"))
+            value = check_record(rid, self.space.get_value(rid, "record", with_previous=not tags))
         except ObjectNotFound:
             raise ObjectNotFound(rid, f"no artifact with id {rid} in {self.url}") from None
         record = {**value, "id": rid}
