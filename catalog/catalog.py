@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from catalog import keys
 from catalog.dump import dump as _dump
 from catalog.engine import Engine
-from catalog.errors import CatalogError
+from catalog.errors import CatalogError, InvalidInput
 from catalog.index import Writer
 from catalog.lineage import children_of, label, parents_of, render, walk
 from catalog.query import Query, parse_query
@@ -181,6 +181,12 @@ class Catalog:
             return None
 
         return self._engine.read(run)
+
+    def tombstone(self, id: str) -> str | None:
+        """The stamp of the delete that tombstoned ``id`` (the earliest), or None."""
+        id_raw = check_id(id)
+        raw = self._engine.read(lambda txn: txn.get(id_raw, db=self._db(keys.TOMBSTONES)))
+        return None if raw is None else bytes(raw).decode()
 
     def search(self, query: str, limit: int = 100) -> Records:
         """Records matching every term of ``query``, newest first (see ``catalog.query``).
@@ -343,6 +349,44 @@ class Catalog:
 
         return self._engine.read(run)
 
+    def export(self, sink: Callable[[builtins.list[Any]], None]) -> dict[str, int]:
+        """Hand the catalog's whole state to ``sink`` as compact items, from one read
+        transaction (a consistent snapshot), in the order a replay wants them: each
+        tombstone ``["d", id, stamp]``, each tag key set by an event
+        ``["t", id, key, stamp, value or None]``, each record ``["p", record msgpack]``.
+        :func:`item_event` turns an item back into an event; applying them all to an
+        empty catalog gives the same :meth:`dump` (the state is a join of its events,
+        so applying them to any catalog adds exactly what they hold). Returns counts.
+        """
+
+        def run(txn: Txn) -> dict[str, int]:
+            counts = {"tombstones": 0, "tags": 0, "records": 0}
+            with txn.cursor(db=self._db(keys.TOMBSTONES)) as cur:
+                for k, v in cur:
+                    sink(["d", bytes(k).hex(), bytes(v).decode()])
+                    counts["tombstones"] += 1
+            with txn.cursor(db=self._db(keys.TAGSTAMPS)) as cur:
+                for k, v in cur:
+                    raw = bytes(k)
+                    stamp, value = _unpack(bytes(v))
+                    sink(
+                        [
+                            "t",
+                            raw[: keys.ID_BYTES].hex(),
+                            raw[keys.ID_BYTES :].decode(),
+                            stamp,
+                            value,
+                        ]
+                    )
+                    counts["tags"] += 1
+            with txn.cursor(db=self._db(keys.RECORDS)) as cur:
+                for _, v in cur:
+                    sink(["p", bytes(v)])
+                    counts["records"] += 1
+            return counts
+
+        return self._engine.read(run)
+
     def dump(self) -> dict[str, Any]:
         """Every sub-database's full content, decoded (for equality tests)."""
         return self._engine.read(lambda txn: _dump(txn, self._engine.shared.dbs))
@@ -409,6 +453,19 @@ def _apply(writer: Writer, events: list[tuple[str, Any]]) -> None:
             writer.tag(*payload)
         else:
             writer.delete(*payload)
+
+
+def item_event(item: Any) -> dict[str, Any]:
+    """The event an item of :meth:`Catalog.export` stands for (``InvalidInput`` if it
+    is not one: the caller read it from a file that may be damaged)."""
+    if isinstance(item, list) and item:
+        if item[0] == "d" and len(item) == 3:
+            return {"op": "delete", "id": item[1], "stamp": item[2]}
+        if item[0] == "t" and len(item) == 5 and isinstance(item[2], str):
+            return {"op": "tag", "id": item[1], "tags": {item[2]: item[4]}, "stamp": item[3]}
+        if item[0] == "p" and len(item) == 2 and isinstance(item[1], bytes):
+            return {"op": "put", "record": _unpack(item[1])}
+    raise InvalidInput(f"not a catalog export item: {item!r:.80}")
 
 
 def _record(raw: bytes) -> Record:

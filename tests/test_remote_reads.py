@@ -165,9 +165,11 @@ def test_a_damaged_cached_index_is_read_again_from_the_bucket(
 ) -> None:
     (cached,) = (tmp_path / "machine-a").rglob("*.idx")
     cached.write_bytes(cached.read_bytes()[:-1] + b"\0")
-    with cas.open_store(url, create=False, **s3_server.storage_options) as store:
-        with store.open("data/images", path="f0004.bin") as f:
-            assert f.read() == (saved / "f0004.bin").read_bytes()
+    with (
+        cas.open_store(url, create=False, **s3_server.storage_options) as store,
+        store.open("data/images", path="f0004.bin") as f,
+    ):
+        assert f.read() == (saved / "f0004.bin").read_bytes()
     assert packs.PackIndex(cached.name[:-4], cached.read_bytes()).count > FILES
 
 

@@ -101,6 +101,7 @@ class _CloudStorageTests(StorageTests):
 
 
 class TestS3(_CloudStorageTests):
+    lists_after = True
     known_bugs: ClassVar[dict[str, str]] = {
         "test_delete_many_counts_only_present_files": "bug: S3 DeleteObjects reports absent "
         "keys as Deleted (moto and real S3), so FsspecStorage.delete_many counts them",
@@ -112,6 +113,8 @@ class TestS3(_CloudStorageTests):
 
 
 class TestGCS(_CloudStorageTests):
+    lists_after = True
+
     @pytest.fixture
     def server(self, gcs_server: Server) -> Server:
         return gcs_server

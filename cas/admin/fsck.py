@@ -6,6 +6,7 @@ entry of a record that still reads, and says which artifacts to re-save."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,9 @@ from cas.errors import CasError, FormatError, IntegrityError, ObjectNotFound
 from cas.objects.ids import ObjectId
 from cas.objects.kinds import BASE, references, unpack
 from cas.objects.space import object_path
+from cas.repo import checkpoints
 from cas.repo.journal import parse_stamp
+from cas.repo.local_catalog import RESYNC_WINDOW
 from cas.repo.records import check_record
 from cas.repo.repository import HasRepository, Repository, repository
 from cas.storage import Stat
@@ -27,6 +30,7 @@ Progress = Callable[[str, int], None]
 @dataclass(frozen=True, slots=True)
 class Problem:
     # "corrupt" | "missing" | "damaged-pack" | "dangling-ref" | "damaged-ref" | "damaged-journal" |
+    # "damaged-checkpoint" |
     # "unjournaled" | "lost-journal-entry" | "unpublished-update"
     kind: str
     object_id: str
@@ -126,6 +130,11 @@ def check(
     report.problems.extend(_damaged_journal(repo, journal_problems, labels))
     report.problems.extend(_object_problems(repo, objects))
     report.problems.extend(_pack_problems(repo, objects))
+    puts = [s for s in stamps if (parse_stamp(s) or ("",))[0] == "put"]
+    report.problems.extend(
+        Problem("damaged-checkpoint", name, why)
+        for name, why in checkpoints.verify(repo.storage, repo.index.catalog, puts, RESYNC_WINDOW)
+    )
     if repair:
         _repair(repo, report, objects.bad)
     return report
@@ -313,6 +322,16 @@ def _repair(repo: Repository, report: FsckReport, bad: Mapping[ObjectId, str]) -
             _set_entry_aside(repo, found, report)
         elif found.kind == "lost-journal-entry":
             _write_tags_again(repo, found, report)
+        elif found.kind == "damaged-checkpoint":
+            # Derived from the journal: set aside, a new machine reads the one before
+            # it or the journal; gc or the next sync past EVERY entries writes another.
+            path = f"{checkpoints.CHECKPOINTS}/{found.object_id}"
+            with contextlib.suppress(FileNotFoundError):
+                repo.storage.write_atomic(
+                    f"quarantine/checkpoints/{found.object_id}", repo.storage.read(path)
+                )
+            repo.storage.delete(path)
+            report.repaired.append(f"checkpoint {found.object_id} set aside in quarantine/")
         elif found.kind == "unjournaled":
             repo.journal.append({"op": "put", "id": found.object_id})
             report.repaired.append(f"journal entry of {found.artifacts[0]} written again")

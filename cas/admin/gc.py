@@ -402,6 +402,8 @@ def execute(
     # they and everything they reach live again, even content the plan condemned.
     now_refs = {rid for _, rid in repo.names.items()}
     repo.sync()
+    if repo.index.since_checkpoint():
+        repo.index.checkpoint()  # a new machine then reads it, not the entries since the last
     fresh = (now_refs | set(repo.index.catalog.ids())) - gc_plan.root_ids
     either = _Either(gc_plan.delete.digests, gc_plan.pack_garbage.digests)
     revived = _reachable_doomed(repo, fresh, either, gc_plan.listed, gc_plan.as_base)

@@ -261,7 +261,7 @@ class ArtifactCatalog:
             rid, name = self._resolve_named(artifact_id)
         except KeyError:
             return False
-        self._repo.delete(rid, name or self._repo.record(rid).get("name"))
+        self._repo.delete(rid, name or self._repo.record(rid, tags=False).get("name"))
         return True
 
     def get_lineage(

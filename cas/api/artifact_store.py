@@ -213,7 +213,7 @@ class ArtifactStore:
         try:
             current = self.repo.names.read(self.name_prefix + path)
             if current is not None:
-                previous = self.repo.record(current).get("content_id")
+                previous = self.repo.record(current, tags=False).get("content_id")
         except CasError:
             previous = None
         # Content and record go in one write and one sync (a folder: a few packs).

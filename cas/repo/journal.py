@@ -92,6 +92,17 @@ class Journal:
             day += _dt.timedelta(days=1)
         return sorted(out)
 
+    def stamps_after(self, start: str) -> list[str]:
+        """Every stamp that sorts after ``start`` (a stamp, or its time part), sorted:
+        one listing that begins there where the storage can (S3, GCS), so that finding
+        nothing new costs one request whatever the history; else a listing per day
+        from ``start``'s day to tomorrow."""
+        listed = self.storage.list_after(JOURNAL, f"{stamp_day(start)}/{start}")
+        if listed is None:
+            return [s for s in self.stamps(stamp_day(start)) if s > start]
+        names = (rel.rsplit("/", 1)[-1] for rel in listed)
+        return sorted(n for n in names if parse_stamp(n) is not None)
+
     def read(
         self, stamps: list[str], *, on_error: Callable[[str, IntegrityError], None] | None = None
     ) -> Iterator[dict[str, Any]]:

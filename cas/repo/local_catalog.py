@@ -15,14 +15,17 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Final
 
 import msgpack
 
 import catalog as _catalog
-from cas.errors import CasError, ObjectNotFound
+from cas.errors import CasError, IntegrityError, ObjectNotFound
 from cas.objects.space import ObjectSpace
+from cas.repo import checkpoints
+from cas.repo.checkpoints import shifted
 from cas.repo.journal import Journal, parse_stamp
 from cas.repo.records import check_record
 from cas.storage import TEMP_PREFIX
@@ -33,6 +36,12 @@ from catalog.record import check_event
 #: other machines with slower clocks, or object-store listings that lag, still get in.
 #: Listing is cheap: an entry's name says what it is, so only unseen ones are read.
 RESYNC_WINDOW: Final = _dt.timedelta(hours=6)
+#: Between those listings, each sync lists from this much before the later of the newest
+#: entry it applied and the time its last listing began: an entry written after a
+#: listing began is named no earlier than that, less a writer's clock error.
+LATE: Final = _dt.timedelta(minutes=2)
+#: How often (seconds) a machine lists the whole ``RESYNC_WINDOW`` again.
+DEEP_EVERY: Final = 3600.0
 
 
 def index_dir(space: ObjectSpace) -> Path:
@@ -66,6 +75,7 @@ class LocalCatalog:
             self._state_path.unlink(missing_ok=True)
             self.catalog = _catalog.Catalog(str(self.folder / "catalog"), durable=durable)
         self._has_high_water = False
+        self._written = 0  # entries this process wrote since it last synced
         state = self._state()
         self.damaged: dict[str, tuple[str, str]] = {
             str(k): (str(v[0]), str(v[1])) for k, v in (state.get("damaged") or {}).items()
@@ -87,13 +97,25 @@ class LocalCatalog:
         newest = self._state().get("newest")
         return newest if isinstance(newest, str) else None
 
-    def _save_high_water(self, newest: str) -> None:
+    def _save_high_water(self, newest: str, **changes: Any) -> None:
+        """Remember the newest stamp applied, and ``changes`` to the rest of the state
+        (``since_checkpoint``: entries applied past the newest checkpoint; ``listed_at``
+        and ``deep_at``: when the last listings began; ``tags_seen``: tag entries of
+        the resync window already applied). Processes sharing the folder each write
+        the whole state: one that loses a race only lists or reads more next time."""
+        state = self._state()
+        state.update(changes)
+        state.update({"newest": newest, "root": self.space.url,
+                      "damaged": {k: list(v) for k, v in self.damaged.items()}})  # fmt: skip
+        self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self._state_path.with_suffix(f"{TEMP_PREFIX}{os.getpid()}")
-        damaged = {k: list(v) for k, v in self.damaged.items()}
-        tmp.write_bytes(
-            msgpack.packb({"newest": newest, "root": self.space.url, "damaged": damaged})
-        )
+        tmp.write_bytes(msgpack.packb(state))
         os.replace(tmp, self._state_path)
+
+    def since_checkpoint(self) -> int:
+        """Journal entries this catalog applied past the newest checkpoint it knows."""
+        n = self._state().get("since_checkpoint")
+        return n if isinstance(n, int) else 0
 
     def damage_of(self, rid: str) -> list[tuple[str, str]]:
         """(stamp, why) of each damaged journal entry or record about record ``rid``."""
@@ -118,11 +140,13 @@ class LocalCatalog:
             if op == "tag":
                 tags.append(stamp)
                 continue
-            state = self.catalog.state(rid) if skip_known else None
             if op == "delete":
-                if state != "deleted":
+                # known: tombstoned by this delete or an earlier one (the earliest stays)
+                known = skip_known and (self.catalog.tombstone(rid) or "~") <= stamp
+                if not known:
                     events.append({"op": "delete", "id": rid, "stamp": stamp})
-            elif state is None:
+                continue
+            if not skip_known or self.catalog.state(rid) is None:
                 try:
                     record = self.read_record(rid)
                 except CasError as exc:
@@ -166,35 +190,103 @@ class LocalCatalog:
         many events were applied."""
         newest = None if full else self._high_water()
         previous = dict(self.damaged)
+        began = _stamp_time(_dt.datetime.now(_dt.timezone.utc))
+        loaded = 0
+        if newest is None and not full:
+            newest, loaded = self._from_checkpoint()
+        state = self._state()  # after a checkpoint: the listing times of its writer
+        deep = False
+        seen: set[str] = set()
         if newest is None:
             stamps = self.journal.stamps()
             self.damaged.clear()  # every entry is read again
         else:
-            since = (_dt.datetime.strptime(newest[:8], "%Y%m%d") - RESYNC_WINDOW).date()
-            cutoff = _window_start(newest)
-            stamps = [s for s in self.journal.stamps(since.isoformat()) if s >= cutoff]
+            # Entries may arrive late: a writer's clock behind, or a writer that stalled
+            # between naming its entry and writing it. Each sync lists from a little
+            # before what it saw last (``LATE``); once every ``DEEP_EVERY`` it lists
+            # the whole ``RESYNC_WINDOW``. Tags already applied are not read again.
+            deep = time.time() - _number(state.get("deep_at")) >= DEEP_EVERY
+            base = max(newest[:23], str(state.get("listed_at") or "")[:23])
+            cutoff = shifted(base, RESYNC_WINDOW if deep else LATE)
+            stamps = self.journal.stamps_after(cutoff)
             # Damaged entries are tried again, so a repair shows: an entry moved to
             # quarantine is gone, a record that reads again is applied.
             listed = set(stamps)
             retry = {s for s in self.damaged if s in listed or self.journal.exists(s)}
             self.damaged.clear()
             stamps = sorted(listed | retry)
+            seen = {s for s in state.get("tags_seen") or () if isinstance(s, str)}
+        marks: dict[str, Any] = {"listed_at": began}
+        if deep or newest is None:
+            marks["deep_at"] = time.time()
         if not stamps:
-            if previous and newest:
-                self._save_high_water(newest)  # what was damaged is gone
-            return 0
-        events = self.events_for(stamps, skip_known=not full)
+            if newest:
+                self._save_high_water(newest, **marks)
+            return loaded
+        events = self.events_for([s for s in stamps if s not in seen], skip_known=not full)
         self.apply(events)
         for stamp in sorted(set(self.damaged) - set(previous)):
             logging.getLogger("cas").warning(
                 "catalog sync skipped %s: %s", stamp, self.damaged[stamp][1]
             )
-        self._save_high_water(max(stamps[-1], newest or ""))
-        return len(events)
+        fresh = sum(1 for s in stamps if s > (newest or ""))  # entries new to this catalog
+        newest = max(stamps[-1], newest or "")
+        since = fresh if full else self.since_checkpoint() + fresh
+        window = shifted(began, RESYNC_WINDOW)
+        seen |= {e["stamp"] for e in events if e["op"] == "tag"}
+        marks["tags_seen"] = sorted(s for s in seen if s >= window)
+        self._save_high_water(newest, since_checkpoint=since, **marks)
+        if since >= checkpoints.EVERY:
+            self.checkpoint(newest)
+        return loaded + len(events)
+
+    # -- checkpoints ----------------------------------------------------------------
+
+    def _from_checkpoint(self) -> tuple[str | None, int]:
+        """A catalog with no sync state yet starts from the root's newest checkpoint
+        that reads: (the stamp it covers up to, the events it held), or (None, 0)."""
+        for made in reversed(checkpoints.listed(self.space.storage)):
+            applied = 0
+            try:
+                upto, header, batches = checkpoints.read(self.space.storage, made)
+                for batch in batches:
+                    self.apply(batch)
+                    applied += len(batch)
+            except (IntegrityError, FileNotFoundError) as exc:
+                logging.getLogger("cas").warning("catalog sync skipped %s: %s", made.name, exc)
+                continue  # what it applied is harmless: real events, and the state a join
+            # The writer's catalog held every entry its listings found, and so does this
+            # one now: the next listing begins where the writer's last one began.
+            times = {k: header[k] for k in ("listed_at", "deep_at") if k in header}
+            self._save_high_water(upto, since_checkpoint=0, **times)
+            return upto, applied
+        return None, 0
+
+    def checkpoint(self, upto: str | None = None) -> checkpoints.Checkpoint | None:
+        """Write a checkpoint of this catalog, caught up to the stamp ``upto`` (default:
+        the newest it applied); None if it has applied nothing yet."""
+        upto = upto or self._high_water()
+        if upto is None:
+            return None
+        state = self._state()
+        times: dict[str, Any] = {k: state[k] for k in ("listed_at", "deep_at") if k in state}
+        try:
+            made = checkpoints.write(self.space.storage, self.catalog, upto, times)
+        except (CasError, OSError) as exc:  # a reader that cannot write (read-only): fine
+            logging.getLogger("cas").info("catalog checkpoint not written: %s", exc)
+            return None
+        self._save_high_water(upto, since_checkpoint=0)
+        return made
 
     def note_written(self, stamp: str) -> None:
         """A local write went to both journal and catalog: move the high-water mark if
         this is the first entry, so a new store does not replay from the start."""
+        self._written += 1
+        if self._written >= checkpoints.EVERY:
+            # Every so many writes of its own, a writer catches up with the others (a
+            # sync counts every entry new to it, its own too) and so checkpoints.
+            self._written = 0
+            self.sync()
         if self._has_high_water:
             return
         if self._high_water() is None:
@@ -202,9 +294,12 @@ class LocalCatalog:
         self._has_high_water = True
 
 
-def _window_start(stamp: str) -> str:
-    moment = _dt.datetime.strptime(stamp[:23], "%Y%m%dT%H%M%S.%fZ") - RESYNC_WINDOW
+def _stamp_time(moment: _dt.datetime) -> str:
     return moment.strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def rebuild(

@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 from cas.errors import InvalidInput, ObjectNotFound, RefConflict
 from cas.objects.ids import ObjectId, is_id, parse_id
+from cas.objects.kinds import pack, unpack
 from cas.objects.space import ObjectSpace
 from cas.repo.journal import Journal
 from cas.repo.local_catalog import LocalCatalog, index_dir, rebuild
@@ -75,19 +76,30 @@ class Repository:
                     self._index, self._unsynced = index, None
         return self._index
 
+    def _local_catalog(self) -> LocalCatalog:
+        """This machine's catalog of the root, caught up or not (no request)."""
+        if self._index is not None:
+            return self._index
+        with self._index_lock:
+            if self._index is None and self._unsynced is None:
+                self._unsynced = LocalCatalog(self.space, self.journal)
+        return self._index or self._unsynced
+
+    def _keep(self, record: dict[str, Any]) -> None:
+        """Remember a record as saved (it never changes): its next read costs nothing."""
+        if len(self._saved) >= SAVED_RECORDS:
+            self._saved.clear()  # bounded, and safe beside other threads
+        self._saved[record["id"]] = record
+
     def known_name(self, candidates: Sequence[str]) -> str | None:
         """The first of ``candidates`` that this machine's catalog of the root knows as
         a name, asked without catching it up (no request), or None: a hint that lets a
         path whose name part is unknown (``cas://data/images/a.png``) read the right ref
         first on an object store. The ref is read all the same: a stale hint only costs
         the reads it meant to save."""
-        if self._index is None and self._unsynced is None:
-            if not index_dir(self.space).exists():
-                return None
-            with self._index_lock:
-                if self._index is None and self._unsynced is None:
-                    self._unsynced = LocalCatalog(self.space, self.journal)
-        catalog = (self._index or self._unsynced).catalog  # type: ignore[union-attr]
+        if self._index is None and self._unsynced is None and not index_dir(self.space).exists():
+            return None
+        catalog = self._local_catalog().catalog
         return next((c for c in candidates if catalog.has_name(c)), None)
 
     def close(self) -> None:
@@ -171,9 +183,7 @@ class Repository:
             raise ObjectNotFound(rid, f"no artifact with id {rid} in {self.url}") from None
         record = {**value, "id": rid}
         if not tags:  # a record object never changes: the next read of it costs nothing
-            if len(self._saved) >= SAVED_RECORDS:
-                self._saved.clear()  # bounded, and safe beside other threads
-            self._saved[rid] = record
+            self._keep(record)
         return dict(record)
 
     def _catalog_at_hand(self) -> bool:
@@ -200,10 +210,22 @@ class Repository:
         if current is UNREAD:
             current = self.names.read(record["name"])
         if current is not None:
-            previous = self.index.catalog.get(current)
+            previous = self._previous(current)
             if previous is not None and same_version(previous, record):
                 return ObjectId(current), False
         return self.space.put_value("record", record), True
+
+    def _previous(self, rid: str) -> dict[str, Any] | None:
+        """The record a name holds, for a save to compare with: from the catalog when
+        it answers without requests, else from the record object (one request, not a
+        catch-up of the catalog: a write needs only what it touches). Tags set since
+        the save are then unknown: a save that repeats them writes a new version."""
+        if self._catalog_at_hand():
+            return self.index.catalog.get(rid)
+        try:
+            return self.record(rid, tags=False)
+        except ObjectNotFound:
+            return None
 
     def publish(self, items: list[tuple[ObjectId, dict[str, Any]]]) -> None:
         """The second half: the objects written and the journal entries, made durable
@@ -234,7 +256,17 @@ class Repository:
         self._in_parallel(move, list(by_name.values()))
         if names is not self.names:
             self.storage.sync(force=True)  # the refs wrote their files themselves
-        self.index.catalog.put_many({**record, "id": rid} for rid, record in items)
+        indexed = [{**record, "id": rid} for rid, record in items]
+        if not self._catalog_at_hand():
+            # This machine's catalog is not caught up (and need not be for a write):
+            # it takes these records now, without sync state, so that it knows the
+            # names this process wrote (a hint for cas:// paths); its first sync
+            # reads the rest. The records as saved are kept for reads that follow.
+            self._local_catalog().catalog.put_many(indexed)
+            for rid, record in items:  # as a read of the object gives it (tuples: lists)
+                self._keep({**unpack(rid, pack(record)), "id": rid})
+            return
+        self.index.catalog.put_many(indexed)
         for stamp in stamps:
             self.index.note_written(stamp)
 
@@ -253,18 +285,26 @@ class Repository:
         if name:
             with contextlib.suppress(RefConflict, ObjectNotFound):
                 self.names.delete(name, expected=rid, message="delete")
-        self.index.catalog.delete(rid, stamp)
+        self._local_catalog().catalog.delete(rid, stamp)  # caught up or not: a join
 
     def tag(self, rid: ObjectId, tags: dict[str, str | None]) -> None:
         """Set tags (None removes one): a journal entry, then the catalog."""
         stamp = self.journal.append({"op": "tag", "id": rid, "tags": tags})
-        self.index.catalog.tag(rid, tags, stamp)
+        self._local_catalog().catalog.tag(rid, tags, stamp)  # caught up or not: a join
 
     # -- upkeep ---------------------------------------------------------------------------
 
     def sync(self, *, full: bool = False) -> int:
-        """Bring the local catalog up to date with the journal; return entries read."""
-        return self.index.sync(full=full)
+        """Bring the local catalog up to date with the journal; return the events
+        applied (opening the catalog is the sync: it is not caught up twice)."""
+        if self._index is None:
+            with self._index_lock:
+                if self._index is None:
+                    index = self._unsynced or LocalCatalog(self.space, self.journal)
+                    applied = index.sync(full=full)
+                    self._index, self._unsynced = index, None
+                    return applied
+        return self._index.sync(full=full)
 
     def reindex(self) -> dict[str, Any]:
         """Rebuild the catalog from the object space; report what changed."""

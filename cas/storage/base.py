@@ -121,6 +121,13 @@ class Storage(ABC):
         """The compare-and-swap primitive refs use on this storage (``durable=False``:
         unsynced, for a batch that syncs once after its last publish)."""
 
+    def list_after(self, rel_dir: str, start: str) -> list[str] | None:
+        """Paths of the files below ``rel_dir`` whose path inside it sorts after
+        ``start``, in order, from listings that begin there on the service's side (a
+        listing of what is new costs what is new, not what the folder holds); None
+        where the storage cannot, and the caller lists otherwise."""
+        return None
+
     def exists(self, rel: str) -> bool:
         return self.stat(rel) is not None
 

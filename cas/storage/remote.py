@@ -14,6 +14,7 @@ import refs
 from cas.errors import BackendError
 from cas.storage.base import Stat, Storage
 from refs.services import ObjectService, backend_failures, diagnose, mtime_of, service_for
+from refs.services.base import split_root
 
 
 def _is_conflict(exc: BaseException) -> bool:
@@ -312,6 +313,19 @@ class FsspecStorage(Storage):
         return sorted(
             e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "file"
         )
+
+    def list_after(self, rel_dir: str, start: str) -> list[str] | None:
+        # docstring inherited
+        service = self.service
+        if not isinstance(service, ObjectService) or not service.lists_after:
+            return None
+        bucket, key = split_root(self._path(rel_dir))
+        with self._boundary("listing", rel_dir):
+            keys = service.list_keys(bucket, key, None, None, start_after=key + start)
+        if not keys:
+            self._check_bucket("listing", rel_dir)
+        _, root_key = split_root(self.root)
+        return [k[len(root_key) :] for k in keys if k.startswith(key)]
 
     def is_empty(self) -> bool:
         """One listing of at most one key (raises if the bucket is missing)."""

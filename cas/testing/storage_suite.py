@@ -334,6 +334,23 @@ class StorageTests:
         assert list(storage.walk("absent")) == []
         assert list(storage.walk("a/absent")) == []
 
+    #: True where ``list_after`` must list on the service's side (S3, GCS): a suite
+    #: for such a storage sets it, so a None there fails instead of passing quietly.
+    lists_after = False
+
+    def test_list_after(self, storage: Storage) -> None:
+        self._tree(storage)
+        for rel in ("a/b/c/4", "a/b/d"):
+            storage.write_atomic(rel, b"x")
+        listed = storage.list_after("a", "b/c/3")
+        if listed is None:
+            assert not self.lists_after, "this storage must list after a key"
+            return
+        assert listed == ["a/b/c/4", "a/b/d"]  # in order, below "a" only, after the key
+        assert storage.list_after("a", "") == ["a/1", "a/b/2", "a/b/c/3", "a/b/c/4", "a/b/d"]
+        assert storage.list_after("a", "b/d") == []
+        assert storage.list_after("absent", "") == []
+
     def test_walk_lists_temporary_files_recognizably(self, storage: Storage) -> None:
         storage.write_atomic("objects/ab/final", b"whole")
         leftover = f"objects/ab/{TEMP_PREFIX}final-0123abcd"  # a crashed writer's

@@ -126,7 +126,12 @@ class AzureService(ObjectService):
         return True
 
     async def _list(
-        self, bucket: str, prefix: str, delimiter: str | None, limit: int | None
+        self,
+        bucket: str,
+        prefix: str,
+        delimiter: str | None,
+        limit: int | None,
+        start_after: str | None = None,
     ) -> list[str]:
         from azure.core.exceptions import AzureError
 

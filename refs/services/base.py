@@ -274,16 +274,33 @@ class ObjectService(Service, Conditional):
         """(content, version) of one file, or None if there is none (one GET)."""
         raise NotImplementedError
 
+    #: True if a listing can start after a key on the service's side (``start_after``):
+    #: S3's StartAfter, GCS's startOffset. Azure Blob has no such parameter.
+    lists_after = False
+
     async def _list(
-        self, bucket: str, prefix: str, delimiter: str | None, limit: int | None
+        self,
+        bucket: str,
+        prefix: str,
+        delimiter: str | None,
+        limit: int | None,
+        start_after: str | None = None,
     ) -> list[str]:
-        """Keys (and with a delimiter, folders) below ``prefix``, in name order."""
+        """Keys (and with a delimiter, folders) below ``prefix``, in name order; with
+        ``start_after`` (where :attr:`lists_after`), only the keys after it."""
         raise NotImplementedError
 
     def list_keys(
-        self, bucket: str, prefix: str, delimiter: str | None = None, limit: int | None = None
+        self,
+        bucket: str,
+        prefix: str,
+        delimiter: str | None = None,
+        limit: int | None = None,
+        start_after: str | None = None,
     ) -> list[str]:
-        return run(self.fs, self._list, bucket, prefix, delimiter, limit)
+        if start_after is not None and not self.lists_after:
+            raise NotImplementedError(f"{type(self).__name__} cannot list after a key")
+        return run(self.fs, self._list, bucket, prefix, delimiter, limit, start_after)
 
     def read_many(self, where: list[tuple[str, str]]) -> list[bytes | None]:
         """Contents of many (bucket, key), ``READS_IN_FLIGHT`` at once; None where absent."""

@@ -181,11 +181,20 @@ class GCSService(ObjectService):
             raise _gcs_error(exc) from exc
         raise OSError(errno.EIO, f"GCS answered {status} to {method} {url}")
 
+    lists_after = True
+
     async def _list(
-        self, bucket: str, prefix: str, delimiter: str | None, limit: int | None
+        self,
+        bucket: str,
+        prefix: str,
+        delimiter: str | None,
+        limit: int | None,
+        start_after: str | None = None,
     ) -> list[str]:
         found: list[str] = []
         params: dict[str, Any] = {"prefix": prefix}
+        if start_after is not None:
+            params["startOffset"] = start_after  # inclusive: the key itself is dropped below
         if delimiter:
             params["delimiter"] = delimiter
         while True:
@@ -200,6 +209,8 @@ class GCSService(ObjectService):
             except Exception as exc:  # noqa: BLE001 - translated, never swallowed
                 raise _gcs_error(exc) from exc
             names = [str(item["name"]) for item in page.get("items", [])]
+            if start_after is not None:
+                names = [n for n in names if n > start_after]
             names += [str(folder) for folder in page.get("prefixes", [])]
             found.extend(sorted(names))
             token = page.get("nextPageToken")

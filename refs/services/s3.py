@@ -131,11 +131,20 @@ class S3Service(ObjectService):
             raise _s3_error(exc) from exc
         return True
 
+    lists_after = True
+
     async def _list(
-        self, bucket: str, prefix: str, delimiter: str | None, limit: int | None
+        self,
+        bucket: str,
+        prefix: str,
+        delimiter: str | None,
+        limit: int | None,
+        start_after: str | None = None,
     ) -> list[str]:
         found: list[str] = []
         params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        if start_after is not None:
+            params["StartAfter"] = start_after
         if delimiter:
             params["Delimiter"] = delimiter
         while True:

@@ -1,0 +1,326 @@
+"""Catalog checkpoints: a new machine reads the newest checkpoint and the journal entries
+after it, and gets exactly the catalog a replay of the whole journal gives; one that
+does not read is skipped and named; a sync that finds nothing new lists once.
+
+"A machine" here is a local catalog in a folder of its own over the same root (what a
+new laptop's cache folder is), or on S3 a store opened with its own ``CAS_CACHE_DIR``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import cas
+from cas.admin import fsck
+from cas.repo import checkpoints, local_catalog
+from cas.repo.journal import Journal, new_stamp, seal
+from cas.repo.local_catalog import LocalCatalog
+from cas.repo.repository import Repository
+from cas.testing.servers import Server, s3_calls
+
+
+def _machine(repo: Repository, folder: Path) -> LocalCatalog:
+    return LocalCatalog(repo.space, repo.journal, folder)
+
+
+def _replayed(repo: Repository, folder: Path) -> dict[str, Any]:
+    """The catalog a replay of every journal entry gives."""
+    full = _machine(repo, folder)
+    try:
+        full.sync(full=True)
+        return full.catalog.dump()
+    finally:
+        full.close()
+
+
+class _Reads:
+    """Counts the journal entries a machine reads (tag entries) and the records it
+    reads (puts), so a test can say a checkpoint spared them."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.entries = 0
+        self.records = 0
+        real_read, real_record = Journal.read, LocalCatalog.read_record
+
+        def read(journal: Journal, stamps: list[str], **kw: Any) -> Iterator[dict[str, Any]]:
+            self.entries += len(stamps)
+            return real_read(journal, stamps, **kw)
+
+        def read_record(catalog: LocalCatalog, rid: str) -> dict[str, Any] | None:
+            self.records += 1
+            return real_record(catalog, rid)
+
+        monkeypatch.setattr(Journal, "read", read)
+        monkeypatch.setattr(LocalCatalog, "read_record", read_record)
+
+
+def _late(repo: Repository, event: dict[str, Any], minutes: int) -> str:
+    """A journal entry named ``minutes`` in the past, as a writer whose clock is behind
+    (or that stalled between naming and writing its entry) leaves it."""
+    moment = _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(minutes=minutes)
+    stamp = new_stamp(event["op"], event["id"], moment)
+    repo.storage.write_atomic(repo.journal.path(stamp), seal(event))
+    return stamp
+
+
+def test_a_new_machine_starts_from_the_checkpoint_and_gets_what_a_replay_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with cas.open_store(str(tmp_path / "store"), fsync=False) as store:
+        ids = [
+            store.save(f"v{i}".encode(), f"models/m{i}", tags={"stage": "dev"}) for i in range(40)
+        ]
+        store.catalog.tag(ids[0], stage="production")
+        store.catalog.delete(ids[1])
+        repo = store.repo
+        repo.sync()
+        made = repo.index.checkpoint()
+        assert made is not None and checkpoints.listed(repo.storage)[-1] == made
+        # After the checkpoint: new saves, a tag over one it holds, a delete of one it
+        # holds, and entries named before it that arrived late.
+        store.save(b"after", "models/after")
+        store.catalog.tag(ids[2], stage="staging")
+        store.catalog.delete(ids[3])
+        _late(repo, {"op": "tag", "id": ids[4], "tags": {"owner": "late"}}, minutes=1)
+        _late(repo, {"op": "delete", "id": ids[5]}, minutes=1)
+        expected = _replayed(repo, tmp_path / "full")
+
+        reads = _Reads(monkeypatch)
+        fresh = _machine(repo, tmp_path / "new-machine")
+        fresh.sync()
+        assert fresh.catalog.dump() == expected
+        # What the checkpoint held was not read again: one record (the save after it)
+        # and the tag entries named after the checkpoint's window start.
+        assert reads.records == 1
+        assert reads.entries <= 3
+        hits = fresh.catalog.search("stage:production")
+        assert [a["id"] for a in hits] == [ids[0]]
+        assert fresh.catalog.get(ids[4])["tags"] == {"stage": "dev", "owner": "late"}
+        assert fresh.catalog.get(ids[5]) is None
+        # An entry named long before it landed (a writer's clock an hour behind) is
+        # found by the listing of the whole resync window each machine makes hourly.
+        _late(repo, {"op": "tag", "id": ids[6], "tags": {"stage": "prod"}}, minutes=60)
+        monkeypatch.setattr(local_catalog, "DEEP_EVERY", 0.0)
+        fresh.sync()
+        assert fresh.catalog.dump() == _replayed(repo, tmp_path / "full-2")
+        fresh.close()
+
+
+@st.composite
+def _histories(draw: st.DrawFn) -> list[tuple[Any, ...]]:
+    """Saves, tags, deletes and late entries (named up to a minute before they land, or
+    up to five hours: ``very_late``), with a checkpoint somewhere among them."""
+    steps: list[tuple[Any, ...]] = []
+    n = draw(st.integers(1, 25))
+    for i in range(n):
+        kind = draw(
+            st.sampled_from(
+                ["save", "save", "tag", "delete", "late_tag", "late_delete", "very_late"]
+            )
+        )
+        target = draw(st.integers(0, 300))
+        value = draw(st.sampled_from(["a", "b", None]))
+        steps.append((kind, i, target, value))
+    at = draw(st.integers(0, len(steps)))
+    steps.insert(at, ("checkpoint",))
+    return steps
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(history=_histories())
+def test_checkpoint_and_tail_equal_a_full_replay(
+    tmp_path_factory: pytest.TempPathFactory, history: list[tuple[Any, ...]]
+) -> None:
+    base = tmp_path_factory.mktemp("history")
+    with cas.open_store(str(base / "store"), fsync=False) as store:
+        repo = store.repo
+        ids: list[str] = []
+        very_late: list[dict[str, Any]] = []
+        very_late_minutes: list[int] = []
+        for step in history:
+            if step[0] == "checkpoint":
+                repo.sync()
+                repo.index.checkpoint()
+                continue
+            kind, i, target, value = step
+            if kind == "save":
+                ids.append(store.save(f"{i}".encode(), f"n/{i % 7}", tags={"k": f"s{i}"}))
+                continue
+            if not ids:
+                continue
+            rid = ids[target % len(ids)]
+            if kind == "tag":
+                repo.tag(rid, {"k": value})
+            elif kind == "delete":
+                repo.delete(rid, None)
+            elif kind == "late_tag":
+                _late(repo, {"op": "tag", "id": rid, "tags": {"k": value}}, minutes=target % 2)
+            elif kind == "late_delete":
+                _late(repo, {"op": "delete", "id": rid}, minutes=target % 2)
+            else:
+                very_late.append({"op": "tag", "id": rid, "tags": {"v": value}})
+                very_late_minutes.append(target)
+        expected = _replayed(repo, base / "full")
+        fresh = _machine(repo, base / "fresh")
+        fresh.sync()
+        assert fresh.catalog.dump() == expected
+        for event, minutes in zip(very_late, very_late_minutes, strict=True):
+            _late(repo, event, minutes)
+        deep, local_catalog.DEEP_EVERY = local_catalog.DEEP_EVERY, 0.0
+        try:
+            fresh.sync()  # the hourly listing of the whole window
+        finally:
+            local_catalog.DEEP_EVERY = deep
+        assert fresh.catalog.dump() == _replayed(repo, base / "full-2")
+        fresh.close()
+
+
+def test_a_damaged_checkpoint_is_skipped_and_named(tmp_path: Path) -> None:
+    with cas.open_store(str(tmp_path / "store"), fsync=False) as store:
+        repo = store.repo
+        first = store.save(b"one", "a/one")
+        repo.sync()
+        older = repo.index.checkpoint()
+        store.save(b"two", "a/two")
+        store.catalog.tag(first, stage="production")
+        repo.sync()
+        newer = repo.index.checkpoint()
+        assert older is not None and newer is not None and older != newer
+        path = tmp_path / "store" / newer.path
+        raw = bytearray(path.read_bytes())
+        raw[-5] ^= 0x40
+        path.chmod(0o644)
+        path.write_bytes(bytes(raw))
+        expected = _replayed(repo, tmp_path / "full")
+        fresh = _machine(repo, tmp_path / "fresh")
+        fresh.sync()  # the older checkpoint, then every entry after it
+        assert fresh.catalog.dump() == expected
+        fresh.close()
+        report = fsck.check(store)
+        named = [p.describe() for p in report.problems]
+        assert [p.kind for p in report.problems] == ["damaged-checkpoint"], named
+        assert newer.name in named[0]
+        repaired = fsck.check(store, repair=True)
+        assert any(newer.name in line for line in repaired.repaired)
+        assert fsck.check(store).ok
+        assert checkpoints.listed(repo.storage) == [older]
+
+
+def test_writers_checkpoint_every_so_many_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoints, "EVERY", 10)
+    with cas.open_store(str(tmp_path / "store"), fsync=False) as store:
+        for i in range(35):
+            store.save(f"{i}".encode(), f"w/{i}")
+        made = checkpoints.listed(store.repo.storage)
+        # one every 10 entries; the oldest beyond KEEP + 1 removed
+        assert 1 <= len(made) <= checkpoints.KEEP + 1
+        expected = _replayed(store.repo, tmp_path / "full")
+        fresh = _machine(store.repo, tmp_path / "fresh")
+        fresh.sync()
+        assert fresh.catalog.dump() == expected
+        fresh.close()
+
+
+def test_gc_writes_a_checkpoint(tmp_path: Path) -> None:
+    from cas.admin import gc
+
+    with cas.open_store(str(tmp_path / "store"), fsync=False) as store:
+        store.save(b"x", "g/x")
+        assert checkpoints.listed(store.repo.storage) == []
+        gc.execute(store, gc.plan(store, grace=0, retention=0))
+        assert len(checkpoints.listed(store.repo.storage)) == 1
+
+
+# -- on S3: what a new machine pays --------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_new_machine_on_s3_reads_a_checkpoint_not_the_history(
+    s3_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = s3_server.url(s3_server.new_bucket(), "store")
+    options = s3_server.storage_options
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "writer"))
+    with cas.open_store(url, **options) as store:
+        with store.batch():
+            ids = [store.save(f"v{i}".encode(), f"data/d{i}") for i in range(150)]
+        store.catalog.tag(ids[7], stage="production")
+        store.repo.sync()
+        assert store.repo.index.checkpoint() is not None
+
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "new-machine"))
+    with s3_calls() as first, cas.open_store(url, **options) as store:
+        hits = store.catalog.search("stage:production")
+        assert [a["id"] for a in hits] == [ids[7]]
+    # the marker, one listing of checkpoints and its GET, one listing of the journal
+    # from there; not 150 records and their entries
+    print("first search", dict(first))
+    assert sum(first.values()) <= 8, first
+
+    with s3_calls() as again, cas.open_store(url, **options) as store:
+        assert store.repo.sync() == 0
+    print("sync nothing new", dict(again))
+    assert sum(again.values()) <= 5, again
+
+
+@pytest.mark.slow
+def test_a_sync_on_s3_reads_only_what_another_machine_added(
+    s3_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = s3_server.url(s3_server.new_bucket(), "store")
+    options = s3_server.storage_options
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "reader"))
+    with cas.open_store(url, **options) as reader:
+        reader.save(b"seed", "seed")
+        assert len(reader.catalog.list()) == 1
+        monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "writer"))
+        with cas.open_store(url, **options) as writer:
+            rid = writer.save(b"new", "from/elsewhere")
+            writer.catalog.tag(rid, stage="production")
+        with s3_calls() as counts:
+            assert reader.repo.sync() == 2
+        assert [a["id"] for a in reader.catalog.search("stage:production")] == [rid]
+        # one listing from where the last began, the record, the tag entry
+        assert sum(counts.values()) <= 4, counts
+        with s3_calls() as counts:
+            assert reader.repo.sync() == 0  # the tag entry is not read again
+        assert sum(counts.values()) <= 2, counts
+
+
+@pytest.mark.slow
+def test_a_new_machine_saves_tags_and_deletes_without_catching_up(
+    s3_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CI job that saves one artifact into a busy bucket pays for that save, not for
+    the bucket's history; what it wrote shows in its own search afterwards."""
+    url = s3_server.url(s3_server.new_bucket(), "store")
+    options = s3_server.storage_options
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "writer"))
+    with cas.open_store(url, **options) as store, store.batch():
+        for i in range(120):
+            store.save(f"v{i}".encode(), f"hist/h{i}")
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "ci-job"))
+    with cas.open_store(url, **options) as store:
+        with s3_calls() as counts:
+            rid = store.save(b"model", "models/fraud", tags={"stage": "candidate"})
+            again = store.save(b"model", "models/fraud", tags={"stage": "candidate"})
+            store.catalog.tag(rid, stage="production")
+            other = store.save(b"old", "models/old")
+            store.catalog.delete(other)
+        assert again == rid  # the same version: nothing written
+        print("ci job", sum(counts.values()), dict(counts))
+        assert sum(counts.values()) <= 45, counts  # not the 120 entries and records
+        assert [a["id"] for a in store.catalog.search("stage:production")] == [rid]
+        assert store.catalog.get(other) is None
+        assert len(store.catalog.list(limit=1000)) == 121
