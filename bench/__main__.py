@@ -3,12 +3,15 @@
 Benchmarks: objects (the object layer), artifacts (small saves, issue 6), saves (the
 public API at its limits, issue 17), folders (many small files, put/get/push beside git
 and restic, issue 16), catalog, s3 (large data and small artifacts on moto), serve
-(``cas serve`` content), parquet, gc. With no names every benchmark runs in turn. Each prints its own table, with the limits
+(``cas serve`` content), parquet, gc, fresh (a fresh machine's first commands on a large
+bucket, and incremental sync). With no names every benchmark runs in turn. Each prints its own table, with the limits
 it measured in the same run and PASS/FAIL against its targets; this runner ends with a
 one-line summary per benchmark. ``CAS_BENCH_FULL=1`` runs the catalog at its full
 1,000,000 records (default 200,000, to keep ``make bench`` around ten minutes); gc
 always runs at its target's 1,000,000 objects (about ten minutes more: most of it is
 writing and removing two million small files, the store and git's peer repository);
+fresh at 20,000 artifacts (about 15 minutes), its target's 100,000 with
+``CAS_BENCH_FULL=1`` (an hour or more: moto storing the files of its two buckets);
 ``--quick`` shrinks everything for a smoke run (its figures are not the targets' sizes).
 
 Exit status: 0 when every benchmark ran (whatever its figures), 2 when one failed to run.
@@ -54,6 +57,10 @@ def _args(name: str, quick: bool) -> list[str]:
         return ["--rows", "300000", "--rounds", "1"] if quick else []
     if name == "delta":
         return ["--rounds", "1", "--chain", "6"] if quick else []
+    if name == "fresh":
+        if quick:
+            return ["--artifacts", "3000"]
+        return [] if FULL else ["--artifacts", "20000"]
     if name == "fsspec":
         return ["--mib", "40", "--files", "2000", "--rounds", "1"] if quick else []
     return []
@@ -61,7 +68,7 @@ def _args(name: str, quick: bool) -> list[str]:
 
 BENCHMARKS = (
     "objects", "artifacts", "saves", "folders", "catalog", "s3", "serve", "parquet", "fsspec",
-    "delta", "gc",
+    "delta", "gc", "fresh",
 )  # fmt: skip
 
 
