@@ -324,3 +324,69 @@ def test_a_new_machine_saves_tags_and_deletes_without_catching_up(
         assert [a["id"] for a in store.catalog.search("stage:production")] == [rid]
         assert store.catalog.get(other) is None
         assert len(store.catalog.list(limit=1000)) == 121
+
+
+# -- journal segments: what another machine wrote, in a few GETs --------------------------
+
+
+def _other_machine_writes(
+    url: str, options: dict[str, Any], monkeypatch: pytest.MonkeyPatch, cache: Path, n: int
+) -> list[str]:
+    monkeypatch.setenv("CAS_CACHE_DIR", str(cache))
+    with cas.open_store(url, **options) as writer:
+        ids = [writer.save(f"new {i}".encode(), f"new/n{i}") for i in range(n)]
+        for rid in ids[: n // 2]:
+            writer.catalog.tag(rid, stage="production")
+        writer.catalog.delete(ids[-1])
+    return ids
+
+
+@pytest.mark.slow
+def test_a_sync_reads_another_machines_saves_and_tags_in_a_few_requests(
+    s3_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = s3_server.url(s3_server.new_bucket(), "store")
+    options = s3_server.storage_options
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "reader"))
+    with cas.open_store(url, **options) as reader:
+        reader.save(b"seed", "seed")
+        reader.repo.sync()
+        ids = _other_machine_writes(url, options, monkeypatch, tmp_path / "writer", 100)
+        with s3_calls() as counts:
+            applied = reader.repo.sync()
+        assert applied == 100 + 50 + 1
+        print("sync after 100 saves, 50 tags, a delete:", dict(counts))
+        # a listing and a segment per 16 events, not an entry and a record per event
+        assert sum(counts.values()) <= 20, counts
+        hits = {a["id"] for a in reader.catalog.search("stage:production", limit=1000)}
+        assert hits == set(ids[:50])
+        assert reader.catalog.get(ids[-1]) is None
+        expected = _replayed(reader.repo, tmp_path / "full")
+        assert reader.repo.index.catalog.dump() == expected
+
+
+@pytest.mark.slow
+def test_a_damaged_segment_is_read_as_its_entries(
+    s3_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = s3_server.url(s3_server.new_bucket(), "store")
+    options = s3_server.storage_options
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "reader"))
+    with cas.open_store(url, **options) as reader:
+        reader.save(b"seed", "seed")
+        reader.repo.sync()
+        ids = _other_machine_writes(url, options, monkeypatch, tmp_path / "writer", 20)
+        storage = reader.repo.storage
+        names = [s for s in reader.repo.journal.stamps(segments=True) if "-seg-" in s]
+        assert names
+        path = reader.repo.journal.path(names[0])
+        raw = bytearray(storage.read(path))
+        raw[len(raw) // 2] ^= 0x01
+        storage.write_atomic(path, bytes(raw))
+        reader.repo.sync()
+        assert {a["id"] for a in reader.catalog.search("stage:production")} == set(ids[:10])
+        assert reader.repo.index.catalog.dump() == _replayed(reader.repo, tmp_path / "full")
+        report = fsck.check(reader)
+        assert [(p.kind, p.object_id) for p in report.problems] == [("damaged-segment", names[0])]
+        fsck.check(reader, repair=True)
+        assert fsck.check(reader).ok

@@ -17,7 +17,7 @@ from cas.errors import CasError, FormatError, IntegrityError, ObjectNotFound
 from cas.objects.ids import ObjectId
 from cas.objects.kinds import BASE, references, unpack
 from cas.objects.space import object_path
-from cas.repo import checkpoints
+from cas.repo import checkpoints, segments
 from cas.repo.journal import parse_stamp
 from cas.repo.local_catalog import RESYNC_WINDOW
 from cas.repo.records import check_record
@@ -30,7 +30,7 @@ Progress = Callable[[str, int], None]
 @dataclass(frozen=True, slots=True)
 class Problem:
     # "corrupt" | "missing" | "damaged-pack" | "dangling-ref" | "damaged-ref" | "damaged-journal" |
-    # "damaged-checkpoint" |
+    # "damaged-checkpoint" | "damaged-segment" |
     # "unjournaled" | "lost-journal-entry" | "unpublished-update"
     kind: str
     object_id: str
@@ -134,6 +134,9 @@ def check(
     report.problems.extend(
         Problem("damaged-checkpoint", name, why)
         for name, why in checkpoints.verify(repo.storage, repo.index.catalog, puts, RESYNC_WINDOW)
+    )
+    report.problems.extend(
+        Problem("damaged-segment", name, why) for name, why in segments.verify(repo.journal)
     )
     if repair:
         _repair(repo, report, objects.bad)
@@ -332,6 +335,9 @@ def _repair(repo: Repository, report: FsckReport, bad: Mapping[ObjectId, str]) -
                 )
             repo.storage.delete(path)
             report.repaired.append(f"checkpoint {found.object_id} set aside in quarantine/")
+        elif found.kind == "damaged-segment":  # a copy of entries that stay: it goes
+            repo.storage.delete(repo.journal.path(found.object_id))
+            report.repaired.append(f"journal segment {found.object_id} removed")
         elif found.kind == "unjournaled":
             repo.journal.append({"op": "put", "id": found.object_id})
             report.repaired.append(f"journal entry of {found.artifacts[0]} written again")

@@ -49,6 +49,14 @@ def parse_stamp(stamp: str) -> tuple[str, str] | None:
     return parts[2], parts[3]
 
 
+def _listed(name: str, segments: bool) -> bool:
+    """True for an entry's name (and with ``segments``, a segment's)."""
+    if parse_stamp(name) is not None:
+        return True
+    parts = name.split("-")
+    return segments and len(parts) == 4 and parts[2] == "seg" and len(parts[3]) == 64
+
+
 def stamp_day(stamp: str) -> str:
     return f"{stamp[0:4]}-{stamp[4:6]}-{stamp[6:8]}"
 
@@ -77,31 +85,32 @@ class Journal:
     def exists(self, stamp: str) -> bool:
         return parse_stamp(stamp) is not None and self.storage.stat(self.path(stamp)) is not None
 
-    def stamps(self, since_day: str | None = None) -> list[str]:
+    def stamps(self, since_day: str | None = None, *, segments: bool = False) -> list[str]:
         """Every stamp (sorted); with ``since_day``, only the days from it to tomorrow,
-        one listing per day, so a sync does not list the whole history."""
+        one listing per day, so a sync does not list the whole history. ``segments``:
+        the names of journal segments (:mod:`cas.repo.segments`) too."""
         if since_day is None:
             names = (rel.rsplit("/", 1)[-1] for rel, _ in self.storage.walk(JOURNAL))
-            return sorted(n for n in names if parse_stamp(n) is not None)
+            return sorted(n for n in names if _listed(n, segments))
         out: list[str] = []
         day = _dt.date.fromisoformat(since_day)
         last = _dt.datetime.now(_dt.timezone.utc).date() + _dt.timedelta(days=1)
         while day <= last:
             listed = self.storage.listdir(f"{JOURNAL}/{day.isoformat()}")
-            out.extend(n for n in listed if parse_stamp(n) is not None)
+            out.extend(n for n in listed if _listed(n, segments))
             day += _dt.timedelta(days=1)
         return sorted(out)
 
     def stamps_after(self, start: str) -> list[str]:
-        """Every stamp that sorts after ``start`` (a stamp, or its time part), sorted:
-        one listing that begins there where the storage can (S3, GCS), so that finding
-        nothing new costs one request whatever the history; else a listing per day
-        from ``start``'s day to tomorrow."""
+        """Every stamp that sorts after ``start`` (a stamp, or its time part), sorted,
+        segments' names included: one listing that begins there where the storage can
+        (S3, GCS), so that finding nothing new costs one request whatever the history;
+        else a listing per day from ``start``'s day to tomorrow."""
         listed = self.storage.list_after(JOURNAL, f"{stamp_day(start)}/{start}")
         if listed is None:
-            return [s for s in self.stamps(stamp_day(start)) if s > start]
+            return [s for s in self.stamps(stamp_day(start), segments=True) if s > start]
         names = (rel.rsplit("/", 1)[-1] for rel in listed)
-        return sorted(n for n in names if parse_stamp(n) is not None)
+        return sorted(n for n in names if _listed(n, segments=True))
 
     def read(
         self, stamps: list[str], *, on_error: Callable[[str, IntegrityError], None] | None = None

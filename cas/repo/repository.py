@@ -25,6 +25,7 @@ from cas.repo.journal import Journal
 from cas.repo.local_catalog import LocalCatalog, index_dir, rebuild
 from cas.repo.names import Names, check_name
 from cas.repo.records import check_record
+from cas.repo.segments import Pending
 from cas.storage import Storage, open_storage
 
 T = TypeVar("T")
@@ -60,6 +61,9 @@ class Repository:
         self._unsynced: LocalCatalog | None = None  # opened for a hint, not caught up yet
         self._saved: dict[str, dict[str, Any]] = {}  # records as saved, read from objects
         self._index_lock = threading.Lock()  # threads share one repository
+        # On an object store the events this process journals are also written in
+        # segments, so other machines catch up with them in one GET each.
+        self._segment = None if self.storage.local_dir is not None else Pending(self.journal)
 
     @property
     def url(self) -> str:
@@ -103,6 +107,8 @@ class Repository:
         return next((c for c in candidates if catalog.has_name(c)), None)
 
     def close(self) -> None:
+        if self._segment is not None:
+            self._segment.flush()
         for index in (self._index, self._unsynced):
             if index is not None:
                 index.close()
@@ -256,6 +262,11 @@ class Repository:
         self._in_parallel(move, list(by_name.values()))
         if names is not self.names:
             self.storage.sync(force=True)  # the refs wrote their files themselves
+        if self._segment is not None:
+            self._segment.add(
+                [(stamp, {"op": "put", "id": rid}, pack(record))
+                 for stamp, (rid, record) in zip(stamps, items, strict=True)]
+            )  # fmt: skip
         indexed = [{**record, "id": rid} for rid, record in items]
         if not self._catalog_at_hand():
             # This machine's catalog is not caught up (and need not be for a write):
@@ -282,6 +293,8 @@ class Repository:
         """Remove a record from the catalog (a tombstone in the journal) and its name
         if it still points at it. The content stays until gc finds it unreachable."""
         stamp = self.journal.append({"op": "delete", "id": rid})
+        if self._segment is not None:
+            self._segment.add([(stamp, {"op": "delete", "id": rid}, None)])
         if name:
             with contextlib.suppress(RefConflict, ObjectNotFound):
                 self.names.delete(name, expected=rid, message="delete")
@@ -290,6 +303,8 @@ class Repository:
     def tag(self, rid: ObjectId, tags: dict[str, str | None]) -> None:
         """Set tags (None removes one): a journal entry, then the catalog."""
         stamp = self.journal.append({"op": "tag", "id": rid, "tags": tags})
+        if self._segment is not None:
+            self._segment.add([(stamp, {"op": "tag", "id": rid, "tags": tags}, None)])
         self._local_catalog().catalog.tag(rid, tags, stamp)  # caught up or not: a join
 
     # -- upkeep ---------------------------------------------------------------------------
