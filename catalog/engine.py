@@ -210,6 +210,24 @@ def _open(path: Path, map_size: int | None, readonly: bool, durable: bool = True
     if map_size is not None and map_size > env.info()["map_size"]:
         env.set_mapsize(map_size)
     env.reader_check()  # clear reader slots left by processes that died
+    for attempt in range(_RETRIES):
+        try:
+            return _Shared(env, _open_dbs(env, path, readonly), readonly)
+        except lmdb.MapResizedError as exc:
+            # Another process grew the map between our adopting its size and our
+            # first transaction: adopt the new size and try again.
+            if attempt == _RETRIES - 1:
+                env.close()
+                raise CatalogError(f"cannot open catalog at {path}: {exc}") from exc
+            env.set_mapsize(0)
+        except FormatMismatch:
+            env.close()
+            raise
+    raise AssertionError("unreachable")
+
+
+def _open_dbs(env: lmdb.Environment, path: Path, readonly: bool) -> dict[bytes, Any]:
+    """The sub-databases (created, and the format recorded, unless ``readonly``)."""
     dbs: dict[bytes, Any] = {}
     try:
         if readonly:
@@ -231,13 +249,12 @@ def _open(path: Path, map_size: int | None, readonly: bool, durable: bool = True
                         f"catalog {path} has format {found!r}, this version reads {keys.FORMAT!r}; "
                         "delete the folder and rebuild it",
                     )  # fmt: skip
-    except FormatMismatch:
-        env.close()
-        raise
+    except (FormatMismatch, lmdb.MapResizedError):
+        raise  # the caller closes or retries
     except lmdb.Error as exc:
         env.close()
         raise CatalogError(f"cannot open catalog at {path}: {exc}") from exc
-    return _Shared(env, dbs, readonly)
+    return dbs
 
 
 def _resize_at_least(shared: _Shared, size: int) -> None:

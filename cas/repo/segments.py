@@ -168,7 +168,6 @@ def _checked(event: Any) -> dict[str, Any]:
     return event
 
 
-
 def verify(journal: Journal) -> list[tuple[str, str]]:
     """(segment name, what is wrong) for each segment of the journal that does not
     read, or says of an entry what the entry does not (a tag event's tags; a put's or
