@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import cas
 from cas.admin import fsck
-from cas.repo import checkpoints, local_catalog
+from cas.repo import checkpoints, local_catalog, segments
 from cas.repo.journal import Journal, new_stamp, seal
 from cas.repo.local_catalog import LocalCatalog
 from cas.repo.repository import Repository
@@ -137,11 +137,23 @@ def _histories(draw: st.DrawFn) -> list[tuple[Any, ...]]:
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(history=_histories())
+@pytest.mark.parametrize("where", ["local", "memory"])
 def test_checkpoint_and_tail_equal_a_full_replay(
-    tmp_path_factory: pytest.TempPathFactory, history: list[tuple[Any, ...]]
+    tmp_path_factory: pytest.TempPathFactory, history: list[tuple[Any, ...]], where: str
 ) -> None:
+    """On a local root, and on memory:// (a root that is not a local folder: its
+    writers also write journal segments, which the new machine reads)."""
     base = tmp_path_factory.mktemp("history")
-    with cas.open_store(str(base / "store"), fsync=False) as store:
+    root = str(base / "store") if where == "local" else f"memory://{base.name}/store"
+    every, segments.EVERY = segments.EVERY, 3  # segments of a few events: many of them
+    try:
+        _replay_history(root, base, history)
+    finally:
+        segments.EVERY = every
+
+
+def _replay_history(root: str, base: Path, history: list[tuple[Any, ...]]) -> None:
+    with cas.open_store(root, fsync=False) as store:
         repo = store.repo
         ids: list[str] = []
         very_late: list[dict[str, Any]] = []
