@@ -20,10 +20,11 @@ A packed object is read by its range and verified against its id exactly as a lo
 from __future__ import annotations
 
 import bisect
-import os
+import logging
 import struct
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -31,6 +32,7 @@ from typing import Final
 import blake3
 
 from cas.errors import IntegrityError
+from cas.objects import index_cache, multipack
 from cas.objects.ids import ObjectId, is_id
 from cas.storage import Stat, Storage
 
@@ -52,6 +54,33 @@ PACK_SIZE: Final = 16 << 20
 #: Objects of one pack this close (their frames, or a few small objects between) are
 #: read in one range rather than two requests.
 NEAR: Final = 64 << 10
+
+#: Index reads at once when a listing finds many new packs on an object store.
+_FETCH_THREADS: Final = 16
+
+
+def fanout(keys: Iterable[bytes]) -> bytes:
+    """The 256-entry fan-out of sorted ``keys``: entry i counts the keys whose first
+    byte is <= i (a lookup searches only the keys sharing its first byte)."""
+    counts = [0] * 256
+    for key in keys:
+        counts[key[0]] += 1
+    for i in range(1, 256):
+        counts[i] += counts[i - 1]
+    return _FANOUT.pack(*counts)
+
+
+def search(raw: bytes, head: int, size: int, table: tuple[int, ...], key: bytes) -> int:
+    """The position of the first entry of ``key`` in a table of ``size``-byte entries
+    sorted by their leading 32-byte key, starting at ``head`` with fan-out ``table``;
+    -1 if none. The table is searched in place: no object per entry."""
+    lo = table[key[0] - 1] if key[0] else 0
+    hi = table[key[0]]
+    i = bisect.bisect_left(
+        range(lo, hi), key, key=lambda j: raw[head + j * size : head + j * size + 32]
+    )
+    i += lo
+    return i if i < hi and raw[head + i * size : head + i * size + 32] == key else -1
 
 
 def pack_path(pack_id: str) -> str:
@@ -91,19 +120,21 @@ class PackIndex:
         self._raw = raw
         self._by_offset: list[tuple[int, int]] | None = None  # (offset, entry), built on use
 
-    def _key(self, i: int) -> bytes:
-        at = _HEAD + i * _ENTRY.size
-        return self._raw[at : at + 32]
+    @property
+    def raw(self) -> bytes:
+        """The index file's bytes (kept on this machine as they are)."""
+        return self._raw
 
     def find(self, oid: ObjectId) -> Where | None:
-        key = bytes.fromhex(oid)
-        lo = self._fanout[key[0] - 1] if key[0] else 0
-        hi = self._fanout[key[0]]
-        i = bisect.bisect_left(range(lo, hi), key, key=self._key) + lo
-        if i < hi and self._key(i) == key:
-            _, offset, length = _ENTRY.unpack_from(self._raw, _HEAD + i * _ENTRY.size)
-            return Where(self.pack_id, offset, length)
-        return None
+        i = search(self._raw, _HEAD, _ENTRY.size, self._fanout, bytes.fromhex(oid))
+        if i < 0:
+            return None
+        _, offset, length = _ENTRY.unpack_from(self._raw, _HEAD + i * _ENTRY.size)
+        return Where(self.pack_id, offset, length)
+
+    def rows(self) -> Iterator[tuple[bytes, int, int]]:
+        """(32-byte id, offset, length) of each entry, in id order."""
+        return _ENTRY.iter_unpack(memoryview(self._raw)[_HEAD : _HEAD + self.count * _ENTRY.size])
 
     def before(self, where: Where) -> tuple[ObjectId, Where] | None:
         """The object stored just before ``where`` in the pack (only its frame between),
@@ -125,8 +156,7 @@ class PackIndex:
         return ObjectId(key.hex()), Where(self.pack_id, offset, length)
 
     def entries(self) -> Iterator[tuple[ObjectId, Where]]:
-        for i in range(self.count):
-            key, offset, length = _ENTRY.unpack_from(self._raw, _HEAD + i * _ENTRY.size)
+        for key, offset, length in self.rows():
             yield ObjectId(key.hex()), Where(self.pack_id, offset, length)
 
 
@@ -146,12 +176,7 @@ def build(objects: Iterable[tuple[ObjectId, bytes]]) -> tuple[str, list[bytes], 
         offset += len(frame) + len(stored)
     pack_id = hasher.hexdigest()
     table.sort()
-    fanout = [0] * 256
-    for key, _, _ in table:
-        fanout[key[0]] += 1
-    for i in range(1, 256):
-        fanout[i] += fanout[i - 1]
-    head = IDX_MAGIC + _COUNT.pack(len(table)) + _FANOUT.pack(*fanout)
+    head = IDX_MAGIC + _COUNT.pack(len(table)) + fanout(key for key, _, _ in table)
     body = b"".join(_ENTRY.pack(*row) for row in table) + bytes.fromhex(pack_id)
     index = head + body
     return pack_id, parts, index + blake3.blake3(index).digest()
@@ -187,13 +212,20 @@ class PackSet:
     refreshed (one listing) when a lookup misses, so packs written by other processes
     are found. Threads share it.
 
+    A listing that shows multi-pack indexes (:mod:`cas.objects.multipack`) reads the
+    newest one that verifies, and then only the indexes of the packs it does not cover
+    (in parallel on an object store); lookups ask it first, about the packs the listing
+    shows. A listing that finds :data:`~cas.objects.multipack.WRITE_FROM` or more packs
+    no multi-pack index covers writes one covering every pack (best effort).
+
     With a ``cache`` folder (a remote root's, on this machine) the indexes read or
     written are kept there between processes: a pack and its index are write-once and
     named by the pack's hash, so a cached index is never stale, only perhaps of a pack
     gc has removed since. A new process then answers lookups from the cache without a
     listing, and lists (reading only indexes it has not cached) on its first miss, or
     when a pack the cache named is gone. What needs every pack of the root (``ids``,
-    ``entries``: gc, fsck, transfers) always lists first."""
+    ``index``, ``entries``: gc, fsck, transfers) always lists first, and reads every
+    pack's own index."""
 
     def __init__(self, storage: Storage, cache: Path | None = None) -> None:
         self.storage = storage
@@ -203,9 +235,13 @@ class PackSet:
         self._lock = threading.Lock()
         self._loaded = False  # the cache read, or a listing made
         self._listed = False  # a listing made: every committed pack is known
+        self._live: set[str] = set()  # the committed packs the last listing showed
+        self._midx: multipack.MultiPackIndex | None = None
+        self._midx_live: frozenset[int] = frozenset()  # its pack numbers that exist
         #: Indexes that do not read (pack id -> why): skipped, so the rest stay readable;
         #: fsck reports them and ``--repair`` rebuilds them from their packs.
         self.damaged: dict[str, str] = {}
+        self.damaged_midx: dict[str, str] = {}  # name -> why: not read again
 
     def _load(self) -> None:
         """Before the first lookup: the cached indexes, else a listing."""
@@ -217,33 +253,30 @@ class PackSet:
                 if index is not None:
                     self._indexes.setdefault(pack_id, index)
             self._order = [self._indexes[p] for p in sorted(self._indexes)]
+            for name in self._cached_midx():
+                midx = self._midx_from_cache(name)
+                if midx is not None:  # no listing yet: every pack it names is taken to exist
+                    self._use(midx, set(midx.packs))
+                    break
             self._loaded = True
         return None
 
     def refresh(self, *, reread: bool = False) -> None:
         """Read the indexes of packs not seen yet (and forget removed ones); with
-        ``reread``, every index again from the root, not from memory or the cache
-        (fsck: what the root holds is what is checked)."""
+        ``reread``, every pack's own index again from the root, not from memory, the
+        cache or a multi-pack index (fsck: what the root holds is what is checked)."""
         names = self.storage.listdir(PACKS)
         ids = {n[:-4] for n in names if n.endswith(".idx") and is_id(n[:-4])}
         with self._lock:
             if reread:
                 self._indexes.clear()
                 self.damaged.clear()
-            new = ids - self._indexes.keys() - self.damaged.keys()
-            for pack_id in sorted(new):
-                index = None if reread else self._from_cache(pack_id)
-                if index is None:
-                    try:
-                        raw = self.storage.read(index_path(pack_id))
-                        index = PackIndex(pack_id, raw)
-                    except FileNotFoundError:
-                        continue  # removed by gc since the listing
-                    except IntegrityError as exc:
-                        self.damaged[pack_id] = str(exc)
-                        continue
-                    self._to_cache(pack_id, raw)
-                self._indexes[pack_id] = index
+                self._midx = None
+            else:
+                self._pick_midx(multipack.names_in(names), ids)
+            self._live = ids
+            covered = self._covered()
+            self._read_indexes(ids - self._indexes.keys() - self.damaged.keys() - covered, reread)
             for gone in self.damaged.keys() - ids:
                 del self.damaged[gone]
             for gone in self._indexes.keys() - ids:
@@ -251,47 +284,138 @@ class PackSet:
             if self.cache is not None:
                 for gone in self._cached_ids() - ids:
                     (self.cache / f"{gone}.idx").unlink(missing_ok=True)
+                for gone in set(self._cached_midx()) - set(multipack.names_in(names)):
+                    (self.cache / f"{gone}{multipack.SUFFIX}").unlink(missing_ok=True)
             self._order = [self._indexes[p] for p in sorted(self._indexes)]
             self._loaded = self._listed = True
+            uncovered = len(ids - covered - self.damaged.keys())
+        if not reread and uncovered >= multipack.WRITE_FROM:
+            self.write_midx()
+
+    def covers_all(self) -> bool:
+        """True if the multi-pack index in use covers every pack the listing showed and
+        names none it did not (gc then keeps it rather than write another)."""
+        with self._lock:
+            midx = self._midx
+            if midx is None:
+                return False
+            return (
+                self._live - self.damaged.keys() <= self._covered() <= set(midx.packs) <= self._live
+            )
+
+    def _covered(self) -> set[str]:
+        return set() if self._midx is None else self._live & set(self._midx.packs)
+
+    def _use(self, midx: multipack.MultiPackIndex | None, live: set[str]) -> None:
+        self._midx = midx
+        numbers = () if midx is None else range(len(midx.packs))
+        self._midx_live = frozenset(n for n in numbers if midx and midx.packs[n] in live)
+
+    def _pick_midx(self, names: list[str], live: set[str]) -> None:
+        """Use the newest multi-pack index of ``names`` that reads (one read, unless it
+        is the one in use or cached); none if none does."""
+        have = self._midx
+        for name in multipack.newest_first(
+            self.storage, [n for n in names if n not in self.damaged_midx]
+        ):
+            if have is not None and have.name == name:
+                return self._use(have, live)
+            midx = self._midx_from_cache(name)
+            if midx is None:
+                try:
+                    raw = self.storage.read(multipack.midx_path(name))
+                    midx = multipack.MultiPackIndex(name, raw)
+                except FileNotFoundError:
+                    continue  # removed by gc since the listing
+                except IntegrityError as exc:  # derived: the packs' own indexes serve
+                    self.damaged_midx[name] = str(exc)
+                    continue
+                self._to_cache(f"{name}{multipack.SUFFIX}", raw)
+            return self._use(midx, live)
+        return self._use(None, live)
+
+    def _read_indexes(self, pack_ids: set[str], reread: bool = False) -> None:
+        """Read the indexes of ``pack_ids``: this machine's copies, then the root's (in
+        parallel on an object store). Called with the lock held."""
+        todo = []
+        for pack_id in sorted(pack_ids):
+            index = None if reread else self._from_cache(pack_id)
+            if index is None:
+                todo.append(pack_id)
+            else:
+                self._indexes[pack_id] = index
+        for pack_id, got in zip(todo, self._fetch(todo), strict=True):
+            if isinstance(got, IntegrityError):
+                self.damaged[pack_id] = str(got)
+            elif got is not None:  # None: removed by gc since the listing
+                self._indexes[pack_id] = got
+                self._to_cache(f"{pack_id}.idx", got.raw)
+
+    def _fetch(self, pack_ids: list[str]) -> Iterable[PackIndex | IntegrityError | None]:
+        def one(pack_id: str) -> PackIndex | IntegrityError | None:
+            try:
+                return PackIndex(pack_id, self.storage.read(index_path(pack_id)))
+            except FileNotFoundError:
+                return None
+            except IntegrityError as exc:
+                return exc
+
+        threads = min(self.storage.io_threads, _FETCH_THREADS, len(pack_ids))
+        if threads < 2:
+            return [one(p) for p in pack_ids]
+        with ThreadPoolExecutor(threads, thread_name_prefix="cas-pack-index") as pool:
+            return list(pool.map(one, pack_ids))
+
+    def write_midx(self) -> str | None:
+        """Write a multi-pack index covering every pack this set knows, and use it: its
+        name, or None if there is nothing to cover or it could not be written (logged:
+        it only saves reads)."""
+        with self._lock:
+            known = self._live - self.damaged.keys()
+            rows = list(multipack.rows_of(self._indexes, self._midx, known))
+        if not rows:
+            return None
+        name, raw = multipack.build(rows)
+        try:
+            self.storage.write_atomic(multipack.midx_path(name), raw)
+        except Exception as exc:  # noqa: BLE001 - best effort: readers read the .idx files
+            logging.getLogger("cas").warning("multi-pack index not written: %s", exc)
+            return None
+        self._to_cache(f"{name}{multipack.SUFFIX}", raw)
+        with self._lock:
+            self._use(multipack.MultiPackIndex(name, raw), self._live)
+        return name
 
     def _cached_ids(self) -> set[str]:
         assert self.cache is not None
-        try:
-            names = os.listdir(self.cache)
-        except FileNotFoundError:
-            return set()
-        return {n[:-4] for n in names if n.endswith(".idx") and is_id(n[:-4])}
+        return set(index_cache.names(self.cache, ".idx"))
+
+    def _cached_midx(self) -> list[str]:
+        return [] if self.cache is None else index_cache.names(self.cache, multipack.SUFFIX)
 
     def _from_cache(self, pack_id: str) -> PackIndex | None:
         if self.cache is None:
             return None
-        path = self.cache / f"{pack_id}.idx"
-        try:
-            return PackIndex(pack_id, path.read_bytes())
-        except FileNotFoundError:
-            return None
-        except IntegrityError:  # a damaged cache file: read the root's instead
-            path.unlink(missing_ok=True)
-            return None
+        return index_cache.get(self.cache, f"{pack_id}.idx", lambda raw: PackIndex(pack_id, raw))
 
-    def _to_cache(self, pack_id: str, raw: bytes) -> None:
+    def _midx_from_cache(self, name: str) -> multipack.MultiPackIndex | None:
         if self.cache is None:
-            return
-        try:  # derived and verified on read: no fsync; a failure only costs a read later
-            self.cache.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache / f".tmp-{pack_id}-{os.getpid()}-{threading.get_ident()}"
-            tmp.write_bytes(raw)
-            os.replace(tmp, self.cache / f"{pack_id}.idx")
-        except OSError:
-            pass
+            return None
+        file = f"{name}{multipack.SUFFIX}"
+        return index_cache.get(self.cache, file, lambda raw: multipack.MultiPackIndex(name, raw))
+
+    def _to_cache(self, file: str, raw: bytes) -> None:
+        if self.cache is not None:
+            index_cache.put(self.cache, file, raw)
 
     def add(self, pack_id: str, index: bytes) -> None:
         """Make a pack this process just committed visible without a listing."""
         with self._lock:
+            self._live.add(pack_id)
             if pack_id not in self._indexes:
                 self._indexes[pack_id] = PackIndex(pack_id, index)
                 self._order.insert(0, self._indexes[pack_id])
-        self._to_cache(pack_id, index)
+        self._to_cache(f"{pack_id}.idx", index)
 
     def find(self, oid: ObjectId, *, refresh: bool = False) -> Where | None:
         if not self._loaded:
@@ -305,6 +429,11 @@ class PackSet:
         return where
 
     def _find(self, oid: ObjectId) -> Where | None:
+        midx = self._midx
+        if midx is not None:
+            where = midx.find(oid, self._midx_live)
+            if where is not None:
+                return where
         for idx in self._order:
             where = idx.find(oid)
             if where is not None:
@@ -312,18 +441,28 @@ class PackSet:
         return None
 
     def before(self, where: Where) -> tuple[ObjectId, Where] | None:
-        """The object just before ``where`` in its pack (:meth:`PackIndex.before`)."""
+        """The object just before ``where`` in its pack (:meth:`PackIndex.before`);
+        None for a pack whose index was not read (a multi-pack index answered)."""
         index = self._indexes.get(where.pack)
         return None if index is None else index.before(where)
 
-    def ids(self) -> list[str]:
+    def _complete(self) -> None:
+        """Every committed pack's own index read (gc, fsck, transfers need them all)."""
         if not self._listed:
             self.refresh()
+        with self._lock:
+            missing = self._live - self._indexes.keys() - self.damaged.keys()
+            if missing:
+                self._read_indexes(missing)
+                self._live -= missing - self._indexes.keys() - self.damaged.keys()
+                self._order = [self._indexes[p] for p in sorted(self._indexes)]
+
+    def ids(self) -> list[str]:
+        self._complete()
         return sorted(self._indexes)
 
     def index(self, pack_id: str) -> PackIndex:
-        if not self._listed:
-            self.refresh()
+        self._complete()
         return self._indexes[pack_id]
 
     def entries(self) -> Iterator[tuple[ObjectId, Where]]:
