@@ -30,7 +30,7 @@ Progress = Callable[[str, int], None]
 @dataclass(frozen=True, slots=True)
 class Problem:
     # "corrupt" | "missing" | "damaged-pack" | "dangling-ref" | "damaged-ref" | "damaged-journal" |
-    # "damaged-checkpoint" | "damaged-segment" |
+    # "damaged-checkpoint" | "damaged-segment" | "damaged-midx" |
     # "unjournaled" | "lost-journal-entry" | "unpublished-update"
     kind: str
     object_id: str
@@ -130,6 +130,9 @@ def check(
     report.problems.extend(_damaged_journal(repo, journal_problems, labels))
     report.problems.extend(_object_problems(repo, objects))
     report.problems.extend(_pack_problems(repo, objects))
+    report.problems.extend(
+        Problem("damaged-midx", name, why) for name, why in pack_check.midx_problems(repo)
+    )
     puts = [s for s in stamps if (parse_stamp(s) or ("",))[0] == "put"]
     report.problems.extend(
         Problem("damaged-checkpoint", name, why)
@@ -338,6 +341,8 @@ def _repair(repo: Repository, report: FsckReport, bad: Mapping[ObjectId, str]) -
         elif found.kind == "damaged-segment":  # a copy of entries that stay: it goes
             repo.storage.delete(repo.journal.path(found.object_id))
             report.repaired.append(f"journal segment {found.object_id} removed")
+        elif found.kind == "damaged-midx":
+            report.repaired.append(pack_check.remove_midx(repo, found.object_id))
         elif found.kind == "unjournaled":
             repo.journal.append({"op": "put", "id": found.object_id})
             report.repaired.append(f"journal entry of {found.artifacts[0]} written again")

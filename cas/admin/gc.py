@@ -48,6 +48,7 @@ from cas.admin.marking import (
 )  # fmt: skip
 from cas.admin.repack import pack_loose, repack
 from cas.errors import IntegrityError
+from cas.objects import multipack
 from cas.objects.digests import Condemned, Digests
 from cas.objects.ids import ObjectId
 from cas.objects.space import OBJECTS, object_path
@@ -283,6 +284,18 @@ class _Doomed:
         return Condemned(Digests(self.digests), self.sizes)
 
 
+def _index_packs(repo: Repository, grace: float) -> None:
+    """After packs were rewritten: a multi-pack index covering every pack, if the newest
+    does not (a new machine then reads one file, not each pack's index); then the
+    multi-pack indexes that name a removed pack, or that it supersedes, once older than
+    the grace period (a reader that listed one a moment ago may still read it)."""
+    pack_set = repo.space.packs
+    pack_set.refresh()
+    if len(pack_set.ids()) >= 2 and not pack_set.covers_all():
+        pack_set.write_midx()
+    multipack.sweep(repo.storage, grace)
+
+
 # -- execution -------------------------------------------------------------------------
 
 
@@ -433,4 +446,5 @@ def execute(
     packed = pack_loose(repo, gc_plan.to_pack)
     if packed:
         step("packed loose objects", packed)
+    _index_packs(repo, gc_plan.grace)
     return GcResult(deleted, freed, spared, temp_removed, pruned, packed)

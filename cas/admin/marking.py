@@ -23,6 +23,7 @@ from cas.objects import packs
 from cas.objects.digests import Digests
 from cas.objects.ids import ObjectId, is_id
 from cas.objects.kinds import BASE, CHUNK, FILE, RECORD, TREE, references
+from cas.objects.pack_set import PackSet
 from cas.objects.space import OBJECTS, object_path
 from cas.repo.repository import Repository
 from cas.storage import TEMP_PREFIX, Stat, Storage
@@ -108,13 +109,13 @@ def _loose(
                     continue  # not an object's name
 
 
-def _packed(pack_set: packs.PackSet, number: int, pack_id: str) -> Iterator[tuple[bytes, int, int]]:
+def _packed(pack_set: PackSet, number: int, pack_id: str) -> Iterator[tuple[bytes, int, int]]:
     for oid, where in pack_set.index(pack_id).entries():
         yield bytes.fromhex(oid), number, where.length
 
 
 def _pack_files(
-    storage: Storage, pack_set: packs.PackSet, temp: list[tuple[str, Stat | None]]
+    storage: Storage, pack_set: PackSet, temp: list[tuple[str, Stat | None]]
 ) -> tuple[list[str], list[float]]:
     """Committed packs and their ages; packs without an index (a writer killed between
     the two) and temporary files join ``temp``."""
@@ -138,7 +139,7 @@ def _order(entry: tuple[bytes, int, Any]) -> tuple[bytes, int]:
     return entry[0], entry[1]  # by id; loose (-1) before packed
 
 
-def list_objects(storage: Storage, pack_set: packs.PackSet | None = None) -> Listing:
+def list_objects(storage: Storage, pack_set: PackSet | None = None) -> Listing:
     """Every object, loose and packed, in id order, in compact form (an object both
     loose and packed is listed once, as loose)."""
     buf = bytearray()

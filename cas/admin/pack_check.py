@@ -5,7 +5,7 @@ verifies is written to a new pack, what does not goes to ``quarantine/``.
 Objects inside packs are verified one by one with all the others (fsck reads every
 object, loose or packed); what is checked here is the pack as a file: a pack whose
 bytes do not hash to its name, an index that does not read, an index whose pack is
-gone.
+gone, a multi-pack index that does not read or disagrees with the packs' indexes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import blake3
 
 from cas.errors import CasError, IntegrityError
-from cas.objects import codec, delta, packs
+from cas.objects import codec, delta, multipack, packs
 from cas.objects.ids import ObjectId, blob_id, kind_id
 from cas.repo.repository import Repository
 
@@ -37,6 +37,21 @@ def pack_problems(repo: Repository) -> list[tuple[str, str]]:
         if got != pack_id:
             found.append((pack_id, f"its bytes hash to {got[:12]}…, not to its name"))
     return sorted(found)
+
+
+def midx_problems(repo: Repository) -> list[tuple[str, str]]:
+    """(name, what is wrong) for each multi-pack index that does not read or disagrees
+    with the packs' own indexes (after :func:`pack_problems` read those from the root)."""
+    pack_set = repo.space.packs
+    indexes = {pack_id: pack_set.index(pack_id) for pack_id in pack_set.ids()}
+    return sorted(multipack.problems(repo.storage, indexes))
+
+
+def remove_midx(repo: Repository, name: str) -> str:
+    """Remove a damaged multi-pack index: it is derived, and readers (and the next
+    listing that finds many packs uncovered, or gc) write another."""
+    repo.storage.delete(multipack.midx_path(name))
+    return f"multi-pack index {name} removed (readers use the packs' own indexes)"
 
 
 def objects_of(repo: Repository, pack_id: str) -> list[ObjectId]:

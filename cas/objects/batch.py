@@ -21,6 +21,7 @@ from typing import Final
 
 from cas.objects import packs
 from cas.objects.ids import ObjectId
+from cas.objects.pack_set import PackSet
 from cas.storage import Storage
 
 #: Fewer new objects than this are written loose (as git keeps loose objects): a pack
@@ -45,7 +46,7 @@ class Pending:
     def __init__(
         self,
         storage: Storage,
-        pack_set: packs.PackSet,
+        pack_set: PackSet,
         loose_path: Callable[[ObjectId], str],
         before_pack: Callable[[], None],
         present_loose: Callable[[list[ObjectId]], set[ObjectId]],

@@ -15,6 +15,7 @@ from cas.errors import IntegrityError
 from cas.objects import codec, packs
 from cas.objects.ids import ObjectId
 from cas.objects.kinds import ChunkList
+from cas.objects.pack_set import PackSet
 
 #: Chunks side by side in one pack are read together up to this many stored bytes.
 READ_SPAN: Final = 8 << 20
@@ -35,7 +36,7 @@ class Part(NamedTuple):
 
 
 def groups(
-    pack_set: packs.PackSet, listing: ChunkList, span_limit: int = READ_SPAN
+    pack_set: PackSet, listing: ChunkList, span_limit: int = READ_SPAN
 ) -> Iterator[list[Part]]:
     """A chunk list's chunks in order, as groups to read at once: runs of chunks that
     lie side by side in one pack (up to :data:`READ_SPAN`), and loose chunks alone."""
@@ -62,7 +63,7 @@ def groups(
 
 def read_group(
     group: list[Part],
-    pack_set: packs.PackSet,
+    pack_set: PackSet,
     decode: Decode,
     one_by_one: Callable[[Part], bytes],
 ) -> list[bytes]:

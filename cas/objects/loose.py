@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Final
 
-from cas.objects import packs
 from cas.objects.ids import ObjectId, is_id
+from cas.objects.pack_set import PackSet
 from cas.storage import TEMP_PREFIX, Stat, Storage
 
 OBJECTS: Final = "objects"
@@ -42,7 +42,7 @@ def iter_loose(storage: Storage) -> Iterator[tuple[ObjectId, Stat]]:
             yield ObjectId(parts[1] + parts[2]), st
 
 
-def iter_packed(pack_set: packs.PackSet) -> Iterator[tuple[ObjectId, Stat]]:
+def iter_packed(pack_set: PackSet) -> Iterator[tuple[ObjectId, Stat]]:
     """Every packed object with its stored size, aged as its pack, from listings."""
     pack_set.refresh()
     for pack_id in pack_set.ids():

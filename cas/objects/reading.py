@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final
 from cas.errors import CasError
 from cas.objects import codec, packs
 from cas.objects.ids import ObjectId, verify
+from cas.objects.pack_set import PackSet
 
 if TYPE_CHECKING:
     from cas.objects.space import ObjectSpace
@@ -28,7 +29,7 @@ SPAN: Final = 8 << 20
 Span = tuple[str, int, int, list[tuple[ObjectId, packs.Where]]]
 
 
-def spans(pack_set: packs.PackSet, oids: Iterable[ObjectId]) -> tuple[list[Span], list[ObjectId]]:
+def spans(pack_set: PackSet, oids: Iterable[ObjectId]) -> tuple[list[Span], list[ObjectId]]:
     """(ranges of packs to read, each with the objects it holds; ids not packed)."""
     by_pack: dict[str, list[tuple[ObjectId, packs.Where]]] = {}
     loose: list[ObjectId] = []

@@ -38,6 +38,7 @@ from cas.objects.ids import ObjectId, blob_id, kind_id, parse_id, verify
 from cas.objects.kinds import ChunkList, pack, unpack
 from cas.objects.loose import OBJECTS, object_path
 from cas.objects.marker import DELTAS_FROM, FORMAT_VERSION, MARKER, PACKS_FROM
+from cas.objects.pack_set import PackSet
 from cas.objects.pools import ahead, io_pool, worker_pool
 from cas.storage import Stat, Storage, open_storage
 from cas.storage.cache import remote_cache
@@ -83,7 +84,7 @@ class ObjectSpace:
         self.storage = storage
         self.level = level
         self.params, self.format = marker.open_marker(storage, create)
-        self.packs = packs.PackSet(storage, cache=_index_cache(storage))
+        self.packs = PackSet(storage, cache=_index_cache(storage))
         self._ahead: dict[ObjectId, bytes] = {}  # stored forms read with a neighbour
         self.pending = Held()  # the objects every open batch holds, readable at once
         self._batches = Batches(self.pending, self._new_batch)  # each thread's open batch
