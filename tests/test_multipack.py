@@ -200,7 +200,11 @@ def test_a_pack_removed_behind_the_midx_does_not_break_reads(
     _machine(monkeypatch, tmp_path, "cached")
     _read_one(url, s3_server, "set/01", saved["set/01"])  # this machine keeps the midx
     with cas.open_store(url, create=False, **s3_server.storage_options) as store:
-        gone = store.space.packs.ids()[5]
+        # the pack of set/10's record (each folder is saved, and packed, on its own; pack
+        # ids are hashes, so "the sixth pack" would be any artifact's)
+        where = store.space.packs.find(store.resolve("set/10")[0])
+        assert where is not None
+        gone = where.pack
         lost = _objects_of(store, gone)
         store.storage.delete(packs.index_path(gone))
         store.storage.delete(packs.pack_path(gone))
