@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -220,6 +221,11 @@ def test_fsck_gc_reindex(tmp_path: Path, env: dict[str, str]) -> None:
     assert cli("reindex", "--json").json()["changed"] == {}
     assert cli("sync", "--json").json()["full"] is False
     assert cli("sync", "--full", "--json").json()["entries"] == 3  # one put per save
+    # A machine whose catalog is gone (a new clone of the folder): the first sync says
+    # what it applied, once; the next finds nothing new.
+    shutil.rmtree(root / "index")
+    assert cli("sync", "--json").json()["entries"] == 3
+    assert cli("sync", "--json").json()["entries"] == 0
 
     # gc: nothing unreachable yet; then drop.txt's name goes and retention 0 frees it.
     assert cli("gc", "--dry-run", "--grace", "0", "--json").json()["plan"]["to_delete"] == 0
