@@ -149,7 +149,7 @@ from refs.ids import ANY, Expected, check_id, decode_ref, encode_ref
 from refs.local import LocalConditional
 from refs.log import LogEntry, encode_entry, entry_path, pruned_path
 from refs.memory import ProcessLocalConditional
-from refs.names import check_ref_prefix, is_valid_ref_name, parents, ref_path
+from refs.names import check_ref_name, check_ref_prefix, is_valid_ref_name, parents, ref_path
 from refs.owner import (
     DEFAULT_LEASE,
     Verdict,
@@ -264,6 +264,7 @@ class RefStore(HistoryMixin):
         # Names this store saw holding refs below them: the first, courtesy check of a
         # new name skips reading them (the check after publishing never does).
         self._folders: set[str] = set()
+        self._checked: set[str] = set()  # new names check_new passed, not set since
         # os calls on a local disk, the service's requests on S3, GCS and Azure, else fsspec
         self._files = files_for(fs, conditional)
         self._log = History(self._files, self.root)
@@ -368,7 +369,7 @@ class RefStore(HistoryMixin):
                 raise RefNotFound(name)
             if expected is not ANY and expected != value:
                 raise RefConflict(name, expected, value)
-            if value is None:
+            if value is None and not self._pass_checked(name):
                 self._check_tree(name)
             seq = 1 if head is None else head.seq + 1
             claim = entry_path(self.root, name, seq)
@@ -658,6 +659,25 @@ class RefStore(HistoryMixin):
         if not below:  # something else sorts first: look at everything
             below = [n for n in self._names_in(top, refs) if n.startswith(name + "/")]
         return min(below) if below else None
+
+    def check_new(self, name: str) -> None:
+        """Refuse a new name now (``NameConflict``) if a parent or child of it is a ref,
+        so that a caller can check before it writes anything of its own; the next
+        ``set`` of this name by this store does not check again before claiming (it
+        still checks after publishing, where racing writers meet)."""
+        check_ref_name(name)
+        self._check_tree(name)
+        with _IN_FLIGHT_LOCK:
+            if len(self._checked) > _MAX_FOLDERS:
+                self._checked.clear()
+            self._checked.add(name)
+
+    def _pass_checked(self, name: str) -> bool:
+        with _IN_FLIGHT_LOCK:
+            if name in self._checked:
+                self._checked.discard(name)
+                return True
+        return False
 
     def _check_tree(self, name: str) -> None:
         """Before claiming a new name: refuse it if a parent or child is a ref.

@@ -82,6 +82,12 @@ class Names:
         with ref_errors():
             return self.store.set(name, new_id, expected=expected, message=message)
 
+    def check_new(self, name: str) -> None:
+        """``RefConflict`` now if a new ``name`` cannot be created (a parent or child of
+        it is a name), before the caller writes anything."""
+        with ref_errors():
+            self.store.check_new(name)
+
     def delete(self, name: str, *, expected: Any = _refs.ANY, message: str = "") -> str:
         with ref_errors():
             return self.store.delete(name, expected=expected, message=message)

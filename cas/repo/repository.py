@@ -219,6 +219,10 @@ class Repository:
             previous = self._previous(current)
             if previous is not None and same_version(previous, record):
                 return ObjectId(current), False
+        else:
+            # A new name that a name above or below refuses is refused now, before the
+            # record and its journal entry are written: nothing of it is ever visible.
+            self.names.check_new(record["name"])
         return self.space.put_value("record", record), True
 
     def _previous(self, rid: str) -> dict[str, Any] | None:
@@ -255,13 +259,45 @@ class Repository:
         for rid, record in items:
             by_name.setdefault(record["name"], []).append((rid, record))
 
+        refused: dict[ObjectId, RefConflict] = {}
+
         def move(versions: list[tuple[ObjectId, dict[str, Any]]]) -> None:
-            for rid, record in versions:
-                names.set(record["name"], rid, message=f"save {record['artifact_type']}")
+            for i, (rid, record) in enumerate(versions):
+                try:
+                    names.set(record["name"], rid, message=f"save {record['artifact_type']}")
+                except RefConflict as exc:  # a name created meanwhile in its way
+                    refused.update((later, exc) for later, _ in versions[i:])
+                    return
 
         self._in_parallel(move, list(by_name.values()))
         if names is not self.names:
             self.storage.sync(force=True)  # the refs wrote their files themselves
+        if refused:
+            kept = [
+                (s, item) for s, item in zip(stamps, items, strict=True) if item[0] not in refused
+            ]
+            stamps, items = [s for s, _ in kept], [item for _, item in kept]
+            self._withdraw(list(refused))
+        self._index_published(stamps, items)
+        if refused:
+            raise next(iter(refused.values()))
+
+    def _withdraw(self, rids: list[ObjectId]) -> None:
+        """Records whose names could not move (the check before writing passed, then a
+        concurrent writer created a name in the way): their journal entries are
+        followed by deletes, so no catalog shows them; their objects go with gc."""
+        for rid in rids:
+            stamp = self.journal.append({"op": "delete", "id": rid})
+            self._local_catalog().catalog.delete(rid, stamp)
+            if self._segment is not None:
+                self._segment.add([(stamp, {"op": "delete", "id": rid}, None)])
+
+    def _index_published(
+        self, stamps: list[str], items: list[tuple[ObjectId, dict[str, Any]]]
+    ) -> None:
+        """The catalog of this machine (and the segment) takes what was published."""
+        if not items:
+            return
         if self._segment is not None:
             self._segment.add(
                 [(stamp, {"op": "put", "id": rid}, pack(record))
