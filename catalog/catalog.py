@@ -169,6 +169,27 @@ class Catalog:
 
         return self._engine.read(run)
 
+    def ids_with_prefix(self, prefix: str, limit: int = 2) -> builtins.list[str]:
+        """Live record ids that start with the lowercase hex ``prefix`` (at most
+        ``limit``, in key order): git's short ids."""
+        if not prefix or len(prefix) > 64 or prefix.strip("0123456789abcdef"):
+            return []
+        low = bytes.fromhex(prefix.ljust(64, "0"))
+
+        def run(txn: Txn) -> builtins.list[str]:
+            found: builtins.list[str] = []
+            with txn.cursor(db=self._db(keys.RECORDS)) as cur:
+                if not cur.set_range(low):
+                    return found
+                for key in cur.iternext(keys=True, values=False):
+                    text = bytes(key).hex()
+                    if not text.startswith(prefix) or len(found) >= limit:
+                        break
+                    found.append(text)
+            return found
+
+        return self._engine.read(run)
+
     def state(self, id: str) -> str | None:
         """ "live" if the record is indexed, "deleted" if tombstoned, None if unknown."""
         id_raw = check_id(id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +244,18 @@ def test_two_catalogs_on_one_path_share_the_environment(tmp_path: Path) -> None:
     b.close()
     with Catalog(tmp_path / "c") as c:
         assert c.stats()["records"] == 2
+
+
+def test_ids_with_prefix(tmp_path: Path) -> None:
+    with Catalog(tmp_path / "c") as cat:
+        # ids spread as hashes are (make_record's count up from zero)
+        records = [
+            {**make_record(i), "id": hashlib.sha256(b"%d" % i).hexdigest()} for i in range(300)
+        ]
+        cat.put_many(records)
+        some = records[7]["id"]
+        assert cat.ids_with_prefix(some) == [some]
+        assert cat.ids_with_prefix(some[:12]) == [some]
+        by_first = sorted(r["id"] for r in records if r["id"][0] == some[0])
+        assert cat.ids_with_prefix(some[0], limit=1000) == by_first  # odd length too
+        assert cat.ids_with_prefix("zz") == [] and cat.ids_with_prefix("") == []

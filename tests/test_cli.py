@@ -359,3 +359,24 @@ def test_progress_only_on_a_terminal(tmp_path: Path, env: dict[str, str]) -> Non
     os.close(leader)
     assert proc.returncode == 0 and len(out.strip()) == 64
     assert b"\x1b" in drawn
+
+
+def test_short_ids_as_git_takes_them(tmp_path: Path, env: dict[str, str]) -> None:
+    """The 12 hex digits ``ls -l``, ``log`` and ``search`` print (or any unique prefix
+    of 4 or more) name the artifact wherever a name or id is taken."""
+
+    def cli(*args: str, code: int | None = 0) -> Run:
+        return cas_cli(*args, cwd=tmp_path, env=env, code=code)
+
+    cli("init")
+    (tmp_path / "a.txt").write_bytes(b"first\n")
+    rid = cli("put", "a.txt", "--name", "docs/a").out.strip()
+    short = rid[:12]
+    assert cli("show", short, "--json").json()["id"] == rid
+    assert cli("get", rid[:6], "-o", "out.txt").code == 0
+    assert (tmp_path / "out.txt").read_bytes() == b"first\n"
+    assert cli("tag", short, "stage=prod", "--json").json()["tags"] == {"stage": "prod"}
+    missing = cli("show", "0000ffff", code=2)
+    assert "no artifact named '0000ffff' and no artifact id starts with it" in missing.err
+    assert cli("rm", short, "--json").json() == {"deleted": "docs/a", "id": rid}
+    assert cli("ls").out == ""

@@ -9,7 +9,7 @@ from typing import Final
 
 from cas.api.artifact_store import ArtifactStore, open_store
 from cas.cli.output import Output
-from cas.errors import CasError
+from cas.errors import CasError, ObjectNotFound
 
 DEFAULT_ROOT: Final = ".cas"
 EXIT_OK: Final = 0
@@ -28,6 +28,27 @@ class UsageError(CasError):
 def open_root(args: argparse.Namespace, *, create: bool = False) -> ArtifactStore:
     """The store at ``--root`` / ``CAS_ROOT``; only ``init`` (and pull) create one."""
     return open_store(args.root, create=create)
+
+
+def resolve(store: ArtifactStore, text: str) -> tuple[str, str | None]:
+    """(id, name or None) of a name or id, and as git does, of a unique prefix of an
+    artifact id (4 hex digits or more, as ``cas ls -l``, ``log`` and ``search`` print
+    them), tried only when no name is ``text``."""
+    try:
+        return store.resolve(text)
+    except ObjectNotFound:
+        if not 4 <= len(text) < 64 or text.strip("0123456789abcdef"):
+            raise
+    found = store.repo.index.catalog.ids_with_prefix(text, limit=3)
+    if len(found) == 1:
+        return found[0], None
+    if found:
+        listed = ", ".join(f[:16] for f in found[:2]) + (", ..." if len(found) > 2 else "")
+        raise ObjectNotFound(text, f"short id {text!r} is ambiguous ({listed}): give more digits")
+    raise ObjectNotFound(
+        text, f"no artifact named {text!r} and no artifact id starts with it in {store.url} "
+        "('cas ls' lists names, 'cas search' ids)",
+    )  # fmt: skip
 
 
 def key_values(items: Sequence[str], what: str) -> dict[str, str]:

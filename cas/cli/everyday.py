@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, Final
 
 from cas.api.artifact_catalog import Artifact
 from cas.api.artifact_store import ArtifactStore, open_store
-from cas.cli.common import EXIT_OK, Add, UsageError, key_values, open_root, positive
+from cas.cli.common import EXIT_OK, Add, UsageError, key_values, open_root, positive, resolve
 from cas.cli.output import Output, human_size, local_time, progress, short
 from cas.errors import CasError, ObjectNotFound
 from cas.objects.kinds import MODE_EXEC, MODE_LINK
@@ -97,7 +97,7 @@ def _own_name(info: dict[str, Any], rid: str) -> Path:
 def cmd_get(args: argparse.Namespace, out: Output) -> int:
     ref, colon, inner = args.ref.partition(":")  # ':' is never in a name (git's rules)
     with open_root(args) as store:
-        rid, _ = store.resolve(ref)
+        rid, _ = resolve(store, ref)
         record = store.repo.record(rid)
         content = record.get("content_id")
         if content is None:
@@ -177,7 +177,7 @@ def cmd_ls(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_show(args: argparse.Namespace, out: Output) -> int:
     with open_root(args) as store:
-        meta = store.get_metadata(args.ref)
+        meta = store.get_metadata(resolve(store, args.ref)[0])
     out.document(meta)
     source = "/".join(
         str(meta[k] or "-")
@@ -225,7 +225,7 @@ def cmd_tag(args: argparse.Namespace, out: Output) -> int:
     if not tags:
         raise UsageError("nothing to tag: give key=value pairs or --remove KEY")
     with open_root(args) as store:
-        rid, _ = store.resolve(args.ref)
+        rid, _ = resolve(store, args.ref)
         store.catalog.tag(rid, **tags)
         now = store.get_metadata(rid)["tags"]
     out.document({"id": rid, "tags": now})
@@ -248,7 +248,7 @@ def cmd_search(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_lineage(args: argparse.Namespace, out: Output) -> int:
     with open_root(args) as store:
-        rid, _ = store.resolve(args.ref)
+        rid, _ = resolve(store, args.ref)
         if args.format:
             graph = store.catalog.lineage_graph(rid, format=args.format, depth=args.depth)
             out.document({"id": rid, "format": args.format, "graph": graph})
@@ -267,8 +267,12 @@ def cmd_lineage(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_rm(args: argparse.Namespace, out: Output) -> int:
     with open_root(args) as store:
-        rid, name = store.resolve(args.ref)
-        store.delete(args.ref)
+        rid, name = resolve(store, args.ref)
+        if name is None:  # an id: that version goes (its name too, if it holds it)
+            name = store.record(rid, tags=False).get("name")
+            store.delete(rid)
+        else:
+            store.delete(name)
     out.document({"deleted": name or args.ref, "id": rid})
     return EXIT_OK
 
