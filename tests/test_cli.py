@@ -380,3 +380,18 @@ def test_short_ids_as_git_takes_them(tmp_path: Path, env: dict[str, str]) -> Non
     assert "no artifact named '0000ffff' and no artifact id starts with it" in missing.err
     assert cli("rm", short, "--json").json() == {"deleted": "docs/a", "id": rid}
     assert cli("ls").out == ""
+
+
+def test_json_failures_print_one_document(tmp_path: Path, env: dict[str, str]) -> None:
+    def cli(*args: str, code: int | None = 0) -> Run:
+        return cas_cli(*args, cwd=tmp_path, env=env, code=code)
+
+    cli("init")
+    failed = cli("--json", "show", "models/nope", code=2)
+    assert failed.json()["kind"] == "ObjectNotFound"
+    assert "no artifact named 'models/nope'" in failed.json()["error"]
+    assert failed.err.startswith("cas: ")  # and the message for people, as without --json
+    (tmp_path / "a.txt").write_bytes(b"a")
+    cli("put", "a.txt")
+    mixed = cli("--json", "get", "a.txt", "-o", "-", code=2)
+    assert mixed.json()["kind"] == "UsageError" and mixed.raw.count(b"{") == 1

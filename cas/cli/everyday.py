@@ -96,6 +96,8 @@ def _own_name(info: dict[str, Any], rid: str) -> Path:
 
 def cmd_get(args: argparse.Namespace, out: Output) -> int:
     ref, colon, inner = args.ref.partition(":")  # ':' is never in a name (git's rules)
+    if out.json and args.output == "-":
+        raise UsageError("--json prints one JSON document on stdout: give -o FILE, not -o -")
     with open_root(args) as store:
         rid, _ = resolve(store, ref)
         record = store.repo.record(rid)

@@ -86,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except (CasError, _catalog.CatalogError, OSError) as exc:
         sys.stderr.write(f"cas: {_message(exc)}\n")
+        if out.json and not out.documented:  # a script reads one document, failed or not
+            out.document({"error": _message(exc), "kind": type(exc).__name__, "exit": EXIT_ERROR})
         return EXIT_ERROR
     return code
 

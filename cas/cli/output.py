@@ -61,6 +61,7 @@ class Output:
 
     def __init__(self, as_json: bool) -> None:
         self.json = as_json
+        self.documented = False  # a JSON document was printed
 
     def line(self, text: str = "") -> None:
         """A line for people (suppressed with ``--json``)."""
@@ -71,6 +72,7 @@ class Output:
         """The one JSON document of a ``--json`` run."""
         if self.json:
             sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
+            self.documented = True
 
     def note(self, text: str) -> None:
         """A message for people on stderr (warnings, hints), also with ``--json``."""
