@@ -37,7 +37,7 @@ import msgpack
 import zstandard
 
 from cas.errors import IntegrityError
-from cas.repo.journal import parse_stamp
+from cas.repo.journal import parse_stamp, shifted
 from cas.storage import Storage
 from catalog import Catalog, InvalidInput
 from catalog.catalog import item_event
@@ -223,9 +223,3 @@ def verify(
             found.append((made.name, f"it lacks {len(missed)} records the journal put "
                           f"before it (first {missed[0]}); run 'cas fsck --repair'"))  # fmt: skip
     return found
-
-
-def shifted(stamp: str, back: _dt.timedelta) -> str:
-    """The time part of a stamp, ``back`` earlier."""
-    moment = _dt.datetime.strptime(stamp[:23], "%Y%m%dT%H%M%S.%fZ") - back
-    return moment.strftime("%Y%m%dT%H%M%S.%fZ")

@@ -49,16 +49,28 @@ def parse_stamp(stamp: str) -> tuple[str, str] | None:
     return parts[2], parts[3]
 
 
+def parse_segment(name: str) -> str | None:
+    """The digest a journal segment's name carries (:mod:`cas.repo.segments`), or None
+    for a name that is not one."""
+    parts = name.split("-")
+    if len(parts) != 4 or parts[2] != "seg" or len(parts[3]) != 64:
+        return None
+    return parts[3]
+
+
 def _listed(name: str, segments: bool) -> bool:
     """True for an entry's name (and with ``segments``, a segment's)."""
-    if parse_stamp(name) is not None:
-        return True
-    parts = name.split("-")
-    return segments and len(parts) == 4 and parts[2] == "seg" and len(parts[3]) == 64
+    return parse_stamp(name) is not None or (segments and parse_segment(name) is not None)
 
 
 def stamp_day(stamp: str) -> str:
     return f"{stamp[0:4]}-{stamp[4:6]}-{stamp[6:8]}"
+
+
+def shifted(stamp: str, back: _dt.timedelta) -> str:
+    """The time part of a stamp, ``back`` earlier."""
+    moment = _dt.datetime.strptime(stamp[:23], "%Y%m%dT%H%M%S.%fZ") - back
+    return moment.strftime("%Y%m%dT%H%M%S.%fZ")
 
 
 def stamp_time(stamp: str) -> float:

@@ -25,8 +25,7 @@ import catalog as _catalog
 from cas.errors import CasError, IntegrityError, ObjectNotFound
 from cas.objects.space import ObjectSpace
 from cas.repo import checkpoints, segments
-from cas.repo.checkpoints import shifted
-from cas.repo.journal import Journal, parse_stamp
+from cas.repo.journal import Journal, parse_stamp, shifted
 from cas.repo.records import check_record
 from cas.storage import TEMP_PREFIX
 from cas.storage.cache import remote_cache
@@ -140,13 +139,11 @@ class LocalCatalog:
             if op == "tag":
                 tags.append(stamp)
                 continue
-            if op == "delete":
-                # known: tombstoned by this delete or an earlier one (the earliest stays)
-                known = skip_known and (self.catalog.tombstone(rid) or "~") <= stamp
-                if not known:
-                    events.append({"op": "delete", "id": rid, "stamp": stamp})
+            if skip_known and self._holds(op, rid, stamp):
                 continue
-            if not skip_known or self.catalog.state(rid) is None:
+            if op == "delete":
+                events.append({"op": "delete", "id": rid, "stamp": stamp})
+            else:
                 try:
                     record = self.read_record(rid)
                 except CasError as exc:
@@ -178,17 +175,25 @@ class LocalCatalog:
             for event in held:
                 stamp, op, rid = event["stamp"], event["op"], event["id"]
                 covered.add(stamp)
-                if stamp in seen:
+                if stamp in seen or (skip_known and self._holds(op, rid, stamp)):
                     continue
                 if op == "put":
-                    if not skip_known or self.catalog.state(rid) is None:
-                        events.append({"op": "put", "record": event["record"], "stamp": stamp})
+                    events.append({"op": "put", "record": event["record"], "stamp": stamp})
                 elif op == "delete":
-                    if not skip_known or (self.catalog.tombstone(rid) or "~") > stamp:
-                        events.append({"op": "delete", "id": rid, "stamp": stamp})
+                    events.append({"op": "delete", "id": rid, "stamp": stamp})
                 else:
                     events.append({"op": "tag", "id": rid, "tags": event["tags"], "stamp": stamp})
         return events, covered
+
+    def _holds(self, op: str, rid: str, stamp: str) -> bool:
+        """True if applying this put or delete would change nothing: the record is
+        indexed or tombstoned; the id is tombstoned by this delete or an earlier one
+        (the earliest stamp stays). Tags are never known this way (last writer wins)."""
+        if op == "put":
+            return self.catalog.state(rid) is not None
+        if op == "delete":
+            return (self.catalog.tombstone(rid) or "~") <= stamp
+        return False
 
     def read_record(self, rid: str) -> dict[str, Any] | None:
         try:

@@ -73,11 +73,8 @@ class Repository:
     def index(self) -> LocalCatalog:
         """The local catalog, opened (and caught up with the journal) on first use."""
         if self._index is None:
-            with self._index_lock:
-                if self._index is None:
-                    index = self._unsynced or LocalCatalog(self.space, self.journal)
-                    index.sync()
-                    self._index, self._unsynced = index, None
+            self.sync()
+        assert self._index is not None
         return self._index
 
     def _local_catalog(self) -> LocalCatalog:
@@ -287,10 +284,15 @@ class Repository:
         concurrent writer created a name in the way): their journal entries are
         followed by deletes, so no catalog shows them; their objects go with gc."""
         for rid in rids:
-            stamp = self.journal.append({"op": "delete", "id": rid})
+            stamp = self._append({"op": "delete", "id": rid})
             self._local_catalog().catalog.delete(rid, stamp)
-            if self._segment is not None:
-                self._segment.add([(stamp, {"op": "delete", "id": rid}, None)])
+
+    def _append(self, event: dict[str, Any]) -> str:
+        """A tag or delete event journaled (and held for this process's next segment)."""
+        stamp = self.journal.append(event)
+        if self._segment is not None:
+            self._segment.add([(stamp, event, None)])
+        return stamp
 
     def _index_published(
         self, stamps: list[str], items: list[tuple[ObjectId, dict[str, Any]]]
@@ -298,20 +300,22 @@ class Repository:
         """The catalog of this machine (and the segment) takes what was published."""
         if not items:
             return
+        remote = not self._catalog_at_hand()
+        payloads = [pack(record) for _, record in items] if remote or self._segment else []
         if self._segment is not None:
             self._segment.add(
-                [(stamp, {"op": "put", "id": rid}, pack(record))
-                 for stamp, (rid, record) in zip(stamps, items, strict=True)]
+                [(stamp, {"op": "put", "id": rid}, payload)
+                 for stamp, (rid, _), payload in zip(stamps, items, payloads, strict=True)]
             )  # fmt: skip
         indexed = [{**record, "id": rid} for rid, record in items]
-        if not self._catalog_at_hand():
+        if remote:
             # This machine's catalog is not caught up (and need not be for a write):
             # it takes these records now, without sync state, so that it knows the
             # names this process wrote (a hint for cas:// paths); its first sync
             # reads the rest. The records as saved are kept for reads that follow.
             self._local_catalog().catalog.put_many(indexed)
-            for rid, record in items:  # as a read of the object gives it (tuples: lists)
-                self._keep({**unpack(rid, pack(record)), "id": rid})
+            for (rid, _), payload in zip(items, payloads, strict=True):
+                self._keep({**unpack(rid, payload), "id": rid})  # as a read gives it
             return
         self.index.catalog.put_many(indexed)
         for stamp in stamps:
@@ -328,9 +332,7 @@ class Repository:
     def delete(self, rid: ObjectId, name: str | None) -> None:
         """Remove a record from the catalog (a tombstone in the journal) and its name
         if it still points at it. The content stays until gc finds it unreachable."""
-        stamp = self.journal.append({"op": "delete", "id": rid})
-        if self._segment is not None:
-            self._segment.add([(stamp, {"op": "delete", "id": rid}, None)])
+        stamp = self._append({"op": "delete", "id": rid})
         if name:
             with contextlib.suppress(RefConflict, ObjectNotFound):
                 self.names.delete(name, expected=rid, message="delete")
@@ -338,9 +340,7 @@ class Repository:
 
     def tag(self, rid: ObjectId, tags: dict[str, str | None]) -> None:
         """Set tags (None removes one): a journal entry, then the catalog."""
-        stamp = self.journal.append({"op": "tag", "id": rid, "tags": tags})
-        if self._segment is not None:
-            self._segment.add([(stamp, {"op": "tag", "id": rid, "tags": tags}, None)])
+        stamp = self._append({"op": "tag", "id": rid, "tags": tags})
         self._local_catalog().catalog.tag(rid, tags, stamp)  # caught up or not: a join
 
     # -- upkeep ---------------------------------------------------------------------------

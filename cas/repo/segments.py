@@ -30,7 +30,7 @@ import msgpack
 from cas.errors import CasError, IntegrityError
 from cas.objects.ids import kind_id
 from cas.objects.kinds import pack
-from cas.repo.journal import Journal, new_stamp, parse_stamp, seal
+from cas.repo.journal import Journal, new_stamp, parse_segment, parse_stamp, seal
 from cas.repo.records import check_record
 
 #: Events a writer holds before it writes them as a segment.
@@ -39,14 +39,6 @@ EVERY: Final = 16
 MOST: Final = 10_000
 
 log = logging.getLogger("cas")
-
-
-def parse_segment(name: str) -> str | None:
-    """The digest a segment's name carries, or None for a name that is not one."""
-    parts = name.split("-")
-    if len(parts) != 4 or parts[2] != "seg" or len(parts[3]) != 64:
-        return None
-    return parts[3]
 
 
 def events_digest(events: list[dict[str, Any]]) -> str:
@@ -176,12 +168,7 @@ def verify(journal: Journal) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     for name, held in read(journal, names, lambda n, exc: found.append((n, str(exc)))):
         tags = {e["stamp"]: e["tags"] for e in held if e["op"] == "tag"}
-        missing: list[str] = []
-
-        def gone(stamp: str, exc: IntegrityError, missing: list[str] = missing) -> None:
-            missing.append(stamp)
-
-        entries = {e["stamp"]: e.get("tags") for e in journal.read(sorted(tags), on_error=gone)}
+        entries, missing = _entry_tags(journal, sorted(tags))
         differ = sorted(s for s, t in tags.items() if s in entries and entries[s] != t)
         if differ:
             found.append((name, f"its tags of {differ[0]} differ from the entry's"))
@@ -191,3 +178,10 @@ def verify(journal: Journal) -> list[tuple[str, str]]:
             first = (absent or missing)[0]
             found.append((name, f"it holds {first}, which the journal does not"))
     return found
+
+
+def _entry_tags(journal: Journal, stamps: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """(stamp -> tags of each tag entry that reads, the stamps of those that do not)."""
+    missing: list[str] = []
+    read = journal.read(stamps, on_error=lambda stamp, _: missing.append(stamp))
+    return {e["stamp"]: e.get("tags") for e in read}, missing
