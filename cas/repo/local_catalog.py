@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -107,7 +108,8 @@ class LocalCatalog:
         state.update({"newest": newest, "root": self.space.url,
                       "damaged": {k: list(v) for k, v in self.damaged.items()}})  # fmt: skip
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self._state_path.with_suffix(f"{TEMP_PREFIX}{os.getpid()}")
+        # Threads of one process sync too (a writer every EVERY entries): one file each.
+        tmp = self._state_path.with_suffix(f"{TEMP_PREFIX}{os.getpid()}-{threading.get_ident()}")
         tmp.write_bytes(msgpack.packb(state))
         os.replace(tmp, self._state_path)
 

@@ -73,7 +73,7 @@ class Repository:
     def index(self) -> LocalCatalog:
         """The local catalog, opened (and caught up with the journal) on first use."""
         if self._index is None:
-            self.sync()
+            self._open_index(full=False)
         assert self._index is not None
         return self._index
 
@@ -348,14 +348,19 @@ class Repository:
     def sync(self, *, full: bool = False) -> int:
         """Bring the local catalog up to date with the journal; return the events
         applied (opening the catalog is the sync: it is not caught up twice)."""
-        if self._index is None:
-            with self._index_lock:
-                if self._index is None:
-                    index = self._unsynced or LocalCatalog(self.space, self.journal)
-                    applied = index.sync(full=full)
-                    self._index, self._unsynced = index, None
-                    return applied
-        return self._index.sync(full=full)
+        applied = self._open_index(full=full)
+        return applied if applied is not None else self.index.sync(full=full)
+
+    def _open_index(self, *, full: bool) -> int | None:
+        """Open the catalog, caught up (the events applied), unless a thread did first
+        (None): threads share one catalog and catch it up once."""
+        with self._index_lock:
+            if self._index is not None:
+                return None
+            index = self._unsynced or LocalCatalog(self.space, self.journal)
+            applied = index.sync(full=full)
+            self._index, self._unsynced = index, None
+            return applied
 
     def reindex(self) -> dict[str, Any]:
         """Rebuild the catalog from the object space; report what changed."""
