@@ -246,13 +246,14 @@ class ArtifactCatalog:
     def tag(self, artifact_id: str, **tags: str | None) -> None:
         """Set tags (a value of None removes the tag); durable, last writer wins.
 
-        Checked before they are journaled: a key that is empty, holds NUL or is longer
-        than 256 bytes raises :class:`~cas.errors.InvalidInput` and sets nothing."""
+        Checked before they are journaled, by the rule ``save`` applies to its tags: a
+        key that is empty, holds NUL or is longer than 256 bytes, or a value that is not
+        a str (numbers and bools become their text), raises
+        :class:`~cas.errors.InvalidInput` and sets nothing."""
+        clean = check_tags(tags)
         rid = self._resolve(artifact_id)
-        clean = {str(k): (None if v is None else str(v)) for k, v in tags.items()}
         if not clean:
             return
-        check_tags(clean)
         self._repo.tag(rid, clean)
 
     def delete(self, artifact_id: str) -> bool:

@@ -25,11 +25,10 @@ from cas.errors import (
     IntegrityError,
     InvalidInput,
     IsAFolder,
-    MaterializerError,
     ObjectNotFound,
 )
 from cas.objects.ids import ObjectId
-from cas.objects.kinds import MODE_FILE, MODE_LINK, pack
+from cas.objects.kinds import MODE_FILE, MODE_LINK
 from cas.objects.space import ObjectSpace
 from cas.objects.trees import find_entry, read_tree
 from cas.repo.journal import Journal
@@ -203,7 +202,6 @@ class ArtifactStore:
             source_pipeline=source_pipeline, source_run_id=source_run_id, source_step=source_step,
         )  # fmt: skip
         self.check_name(path)
-        _check_metadata(metadata)
         parents = [self.resolve(p)[0] for p in parent_ids]
         materializer = materializer_for(obj, allow_pickle=self.allow_pickle)
         # The version the name holds now lends its content as delta bases (a hint
@@ -461,16 +459,3 @@ def validate_root(storage: Storage, *, raise_errors: bool = False) -> bool:
 def open_store(url: str | os.PathLike[str] = ".cas", **options: Any) -> ArtifactStore:
     """Open (or create) the store at a root URL; ``options`` go to the store and fsspec."""
     return ArtifactStore(url, **options)
-
-
-def _check_metadata(metadata: Any) -> None:
-    if metadata is None:
-        return
-    if not isinstance(metadata, dict):
-        raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
-    try:
-        pack(metadata)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise MaterializerError(
-            f"metadata must hold only str, numbers, bools, None, bytes, lists and dicts ({exc})"
-        ) from exc

@@ -29,6 +29,7 @@ stored, so a save refused for its tags does not even leave an unreferenced blob.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -39,6 +40,11 @@ from catalog.errors import InvalidInput as CatalogInvalid
 from catalog.record import MAX_NAME_BYTES, MAX_PARENTS, check_tag_key, normalize, utf8
 
 RECORD_FORMAT: Final = 1
+
+#: How deep metadata may nest (a dict or list inside another counts one level).
+MAX_METADATA_DEPTH: Final = 100
+#: Bytes of a record's metadata, packed: a record is read whole by every listing.
+MAX_METADATA_BYTES: Final = 1 << 20
 
 FIELDS: Final = (
     "format", "name", "artifact_type", "materializer", "content_id", "content_kind", "size",
@@ -130,13 +136,15 @@ def check_new_record(
     )
 
 
-def check_tags(tags: Mapping[str, str | None]) -> None:
-    """Refuse tags a ``tag`` call would set (``None`` removes one) before they are
-    journaled: the rules the catalog applies to them."""
+def check_tags(tags: Mapping[Any, object]) -> dict[str, str | None]:
+    """Tags a ``tag`` call would set (``None`` removes one), by the rule a save applies
+    to its tags (numbers and bools become their text): returned ready to journal, or
+    :class:`InvalidInput` before anything is."""
+    out: dict[str, str | None] = {}
     for key, value in tags.items():
         _check_tag_key(key)
-        if value is not None and (not isinstance(value, str) or utf8(value) is None):
-            raise InvalidInput("tags", f"tag {key!r} must have a str value of UTF-8 text")
+        out[key] = None if value is None else _tag_value(key, value)
+    return out
 
 
 def _parent_list(value: object) -> list[Any]:
@@ -151,12 +159,82 @@ def _parent_list(value: object) -> list[Any]:
     return list(value)
 
 
-def _metadata(value: object) -> dict[Any, Any]:
+def _metadata(value: object) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         raise InvalidInput("metadata", f"must be a dict, not {type(value).__name__}")
-    return dict(value)
+    check_metadata(value)
+    out = dict(value)
+    try:
+        size = len(pack(out))
+    except (TypeError, ValueError, OverflowError) as exc:  # what the walk let through
+        raise InvalidInput("metadata", f"cannot be stored ({exc})") from None
+    if size > MAX_METADATA_BYTES:
+        raise InvalidInput(
+            "metadata",
+            f"is {size} bytes packed, more than {MAX_METADATA_BYTES}: save large values as "
+            "an artifact of their own and put its id in the metadata",
+        )
+    return out
+
+
+def check_metadata(value: Mapping[Any, Any]) -> None:
+    """The one rule for metadata, applied before anything is written: keys are ``str``
+    at every depth; values are None, bool, int (64-bit), finite float, str (UTF-8),
+    bytes, or lists, tuples and dicts of them, at most :data:`MAX_METADATA_DEPTH` deep
+    and without cycles: what msgpack stores and JSON shows (bytes as ``$base64``).
+    A value that breaks it raises :class:`InvalidInput` naming its key path:
+    ``metadata['a'][3]: NaN cannot be stored as JSON``."""
+    _check_value(value, "metadata", 0, [])
+
+
+def _check_value(value: object, where: str, depth: int, open_: list[int]) -> None:
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**64:
+            raise _refused(where, f"{value} does not fit in 64 bits (store it as a str)")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            shown = "NaN" if math.isnan(value) else repr(value)
+            raise _refused(where, f"{shown} cannot be stored as JSON (store None or a str)")
+        return
+    if isinstance(value, str):
+        if utf8(value) is None:
+            raise _refused(where, "a str with a lone surrogate is not UTF-8 text")
+        return
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return
+    if not isinstance(value, (Mapping, list, tuple)):
+        raise _refused(
+            where,
+            f"a {type(value).__name__} cannot be stored: use None, bool, int, float, str, bytes, "
+            "lists and dicts with str keys",
+        )
+    if depth >= MAX_METADATA_DEPTH:
+        raise _refused(where, f"nested more than {MAX_METADATA_DEPTH} levels deep")
+    if id(value) in open_:
+        raise _refused(where, "holds itself (a cycle) and cannot be stored")
+    open_.append(id(value))
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _refused(
+                    f"{where}[{key!r:.40}]",
+                    f"keys must be str, not {type(key).__name__} (JSON and the catalog "
+                    "read str keys only)",
+                )
+            _check_value(item, f"{where}[{key!r:.40}]", depth + 1, open_)
+    else:
+        for i, item in enumerate(value):
+            _check_value(item, f"{where}[{i}]", depth + 1, open_)
+    open_.pop()
+
+
+def _refused(where: str, rule: str) -> InvalidInput:
+    return InvalidInput("metadata", f"{where}: {rule}")
 
 
 def _tags(value: object) -> dict[str, str]:
@@ -167,12 +245,16 @@ def _tags(value: object) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, tag in value.items():
         _check_tag_key(key)
-        if isinstance(tag, (bool, int, float)):
-            tag = str(tag)  # as make_record always did
-        if not isinstance(tag, str) or utf8(tag) is None:
-            raise InvalidInput("tags", f"tag {key!r} must have a str value, got {tag!r:.40}")
-        out[key] = tag
+        out[key] = _tag_value(key, tag)
     return out
+
+
+def _tag_value(key: str, tag: object) -> str:
+    if isinstance(tag, (bool, int, float)):
+        tag = str(tag)  # as make_record always did
+    if not isinstance(tag, str) or utf8(tag) is None:
+        raise InvalidInput("tags", f"tag {key!r} must have a str value, got {tag!r:.40}")
+    return tag
 
 
 def _check_tag_key(key: object) -> None:
@@ -270,4 +352,20 @@ def _field_problem(value: dict[str, Any]) -> str | None:
         return "content_info must be a mapping or None"
     if not isinstance(value.get("metadata"), (dict, type(None))):
         return "metadata must be a mapping or None"
+    return _key_problem(value.get("metadata"))
+
+
+def _key_problem(metadata: object) -> str | None:
+    """A metadata key that is not a str, at any depth (an older cas stored them): the
+    catalog, JSON and ``get_metadata`` read str keys only."""
+    stack: list[tuple[object, str]] = [(metadata, "metadata")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    return f"{where} has a key that is not a str ({key!r:.40})"
+                stack.append((item, f"{where}[{key!r:.40}]"))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
     return None

@@ -91,7 +91,7 @@ def from_exception(exc: BaseException) -> JSON:
         return error_body(404, str(exc))
     if isinstance(exc, cas.IsAFolder):
         return error_body(400, str(exc), folder=exc.what)
-    if isinstance(exc, (cas.InvalidRefName, cas.InvalidId, cas.QueryError)):
+    if isinstance(exc, (cas.InvalidRefName, cas.InvalidId, cas.QueryError, cas.InvalidInput)):
         return error_body(400, str(exc))
     if isinstance(exc, cas.IntegrityError):
         log.error("corrupt object %s: %s", exc.object_id, exc)

@@ -106,6 +106,8 @@ tags = st.one_of(
     st.dictionaries(_tag_keys, _tag_values, max_size=3),
     st.sampled_from(["stage=dev", [("k", "v")], 5, {5: "v"}, {("t",): "v"}]),
 )
+_looped: dict[str, Any] = {}
+_looped["self"] = _looped
 _deep: Any = "leaf"
 for _ in range(1200):
     _deep = [_deep]
@@ -115,7 +117,9 @@ metadata = st.one_of(
                     max_size=3),
     st.sampled_from([{"auc": 0.91}, {"x": {1, 2}}, {"x": object()}, {"big": 2**70},
                      {1: "a", "b": 2}, {"s": _SURROGATE}, {"deep": _deep}, 5, "meta",
-                     [1, 2], {"nested": {"ok": [1, 2.5, None, b"raw"]}}]),
+                     [1, 2], {"nested": {"ok": [1, 2.5, None, b"raw"]}}, {(1, 2): "a"},
+                     {"n": {1: "x"}}, {b"k": 1}, {"a": [0, float("nan")]}, {"f": float("inf")},
+                     _looped]),
 )  # fmt: skip
 _ids = st.one_of(
     st.just(Existing("id")),
