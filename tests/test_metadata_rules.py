@@ -10,6 +10,8 @@ finds nothing new.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,3 +153,61 @@ def test_the_server_refuses_nan_metadata_with_400_and_writes_nothing(root: Path)
     assert "metadata['a'][1]: NaN cannot be stored as JSON" in answer.json()["error"]
     assert listed.status_code == 200
     assert _files(root) == before and _seen(root) == seen
+
+
+# -- readers never fall over ------------------------------------------------------------
+
+
+def _cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run(
+        [sys.executable, "-m", "cas.cli", "--root", str(root), *args],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+
+
+OLD_METADATA = [
+    pytest.param({"m": {(1, 2): "a"}}, id="tuple-key"),  # unpacks as a list: unhashable
+    pytest.param({"m": {7: "a"}}, id="int-key"),
+]
+
+
+@pytest.mark.parametrize("metadata", OLD_METADATA)
+def test_a_record_an_older_cas_wrote_with_a_bad_key_is_skipped_and_named(
+    root: Path, metadata: dict[str, Any]
+) -> None:
+    with cas.open_store(str(root)) as store:
+        # As an older cas wrote it: the record object, its journal entry and its name.
+        good = store.get_metadata("good/one")
+        record = {**{k: good[k] for k in ("name", "content_id", "size", "parent_ids")},
+                  "format": 1, "name": "old/bad", "artifact_type": "bytes",
+                  "materializer": "bytes", "content_kind": "blob", "content_info": None,
+                  "source_project": None, "source_pipeline": None, "source_run_id": None,
+                  "source_step": None, "metadata": metadata, "tags": {},
+                  "created_at": "2026-01-01T00:00:00.000000Z"}  # fmt: skip
+        with store.space.batch():
+            bad = store.space.put_value("record", record)
+        store.repo.journal.append({"op": "put", "id": bad})
+        store.repo.names.set("old/bad", bad, message="older cas")
+    with cas.open_store(str(root)) as store:
+        assert [a.name for a in store.catalog.list()] == ["good/one"]
+        assert [a.name for a in store.catalog.search("bad")] == ["good/one"]
+        assert store.get_metadata("good/one")["metadata"] == {"note": "bad things happen"}
+        assert store.load("good/one") == b"kept"
+        with pytest.raises(cas.IntegrityError, match=bad):
+            store.get_metadata("old/bad")
+        store.save(b"new", "good/two")
+    reindex = _cli(root, "reindex")
+    assert reindex.returncode == 1 and bad in reindex.stdout, reindex.stderr
+    fsck = _cli(root, "fsck")
+    assert fsck.returncode == 1 and bad in fsck.stdout, fsck.stderr
+    gc = _cli(root, "gc", "--grace", "0", "--retention", "0")
+    assert gc.returncode == 1 and "Traceback" not in gc.stderr, gc.stderr
+    with cas.open_store(str(root)) as store:
+        assert sorted(a.name for a in store.catalog.list()) == ["good/one", "good/two"]
+        assert store.load("good/one") == b"kept"  # gc deleted nothing
+        with running(store, "tok") as srv:
+            listed = httpx.get(f"{srv.url}/api/v1/artifacts")
+            flowyml = httpx.get(f"{srv.url}/flowyml/v1/artifacts")
+    assert listed.status_code == 200 and "good/two" in listed.text
+    assert flowyml.status_code == 200 and "good/two" in flowyml.text

@@ -47,7 +47,7 @@ def pack(value: Any) -> bytes:
 def unpack(oid: str, payload: bytes) -> Any:
     try:
         return msgpack.unpackb(payload, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:  # TypeError: a list key
         raise IntegrityError(oid, f"object {oid} does not decode ({exc}); run 'cas fsck'") from exc
 
 

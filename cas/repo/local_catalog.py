@@ -364,7 +364,11 @@ def rebuild(
         for name, rid in refs_items:
             if rid in known:
                 continue
-            record = fresh.read_record(rid)
+            try:
+                record = fresh.read_record(rid)
+            except CasError as exc:  # an older or buggy writer's record: named, skipped
+                fresh._damage(f"refs/{name}", rid, exc)
+                continue
             if record is None:
                 missing.append(f"{name} -> {rid}")
                 continue
