@@ -395,3 +395,73 @@ def test_json_failures_print_one_document(tmp_path: Path, env: dict[str, str]) -
     cli("put", "a.txt")
     mixed = cli("--json", "get", "a.txt", "-o", "-", code=2)
     assert mixed.json()["kind"] == "UsageError" and mixed.raw.count(b"{") == 1
+
+
+def test_set_points_a_name_at_an_artifact(tmp_path: Path, env: dict[str, str]) -> None:
+    """``cas set NAME ID`` as git's ``update-ref``: back to an earlier version, an
+    undone ``rm`` with the id ``cas log`` printed, history, and refusals that write
+    nothing."""
+
+    def cli(*args: str, code: int | None = 0) -> Run:
+        return cas_cli(*args, cwd=tmp_path, env=env, code=code)
+
+    cli("init")
+    (tmp_path / "m.bin").write_bytes(b"v1")
+    v1 = cli("put", "m.bin", "--name", "models/fraud", "--tag", "stage=prod", "--type", "model").out.strip()  # fmt: skip
+    (tmp_path / "m.bin").write_bytes(b"v2")
+    v2 = cli("put", "m.bin", "--name", "models/fraud").out.strip()
+    # Back to the first version: the name holds that very id again.
+    assert cli("set", "models/fraud", v1[:12]).out.strip() == v1
+    assert cli("show", "models/fraud", "--json").json()["id"] == v1
+    log = cli("--json", "log", "models/fraud").json()
+    assert (log[0]["old"], log[0]["new"], log[0]["message"]) == (v2, v1, "set")
+    # A mistaken rm, undone with the short id from 'cas log'.
+    cli("rm", "models/fraud")
+    assert cli("ls").out == ""
+    short = cli("log", "models/fraud").out.splitlines()[0].split()[4]  # OLD of the delete
+    assert short == v1[:12]
+    done = cli("--json", "set", "models/fraud", short).json()
+    assert done["from"] == v1 and done["old"] is None
+    meta = cli("--json", "show", "models/fraud").json()
+    assert meta["id"] == done["id"] and meta["content_id"] is not None
+    assert (meta["name"], meta["type"]) == ("models/fraud", "model")
+    assert meta["tags"] == {"stage": "prod"}
+    assert cli("ls", "-l").out.split()[0] == done["id"][:12]
+    assert [a["id"] for a in cli("--json", "search", "stage:prod").json()] == [done["id"]]
+    assert cli("get", "models/fraud", "-o", "-").raw == b"v1"
+    assert f"set from {v1[:12]}" in cli("log", "models/fraud").out.splitlines()[0]
+    # Another name for the same artifact: the catalog shows it under that name.
+    alias = cli("--json", "set", "models/best", "models/fraud").json()["id"]
+    assert cli("--json", "show", "models/best").json()["name"] == "models/best"
+    assert {a["name"] for a in cli("--json", "search", "stage:prod").json()} == {
+        "models/fraud", "models/best"
+    }  # fmt: skip
+    # Compare-and-swap: OLD must be what the name holds.
+    cli("set", "models/best", v2, alias[:12])
+    assert cli("get", "models/best", "-o", "-").raw == b"v2"
+    before = cli("--json", "log", "models/best").json()
+    moved = cli("--json", "set", "models/best", v1, alias[:12], code=2).json()
+    assert moved["kind"] == "RefConflict" and "cas log models/best" in moved["error"]
+    # Refused: content that is not an artifact, an unknown id, a folder name.
+    content = meta["content_id"]
+    blob = cli("set", "models/x", content, code=2)
+    assert f"{content} is a blob object, not an artifact" in blob.err
+    assert "no artifact id starts with it" in cli("set", "models/x", "abcdef12", code=2).err
+    folder = cli("set", "models", done["id"], code=2)
+    assert "ref 'models/best' exists (a ref cannot also be a folder of refs)" in folder.err
+    assert cli("--json", "log", "models/best").json() == before
+    assert cli("ls").out.split() == ["models/best", "models/fraud"]
+
+
+def test_set_refuses_an_ambiguous_short_id(tmp_path: Path, env: dict[str, str]) -> None:
+    with cas.ArtifactStore(tmp_path / ".cas") as store, store.batch():
+        seen: dict[str, str] = {}
+        for i in range(5000):
+            rid = store.save(f"value {i}", f"v/{i}")
+            if rid[:4] in seen:
+                break
+            seen[rid[:4]] = rid
+    prefix = rid[:4]
+    run = cas_cli("set", "picked", prefix, cwd=tmp_path, env=env, code=2)
+    assert f"short id {prefix!r} is ambiguous" in run.err and rid[:16] in run.err
+    assert cas_cli("ls", "picked", cwd=tmp_path, env=env).out == ""

@@ -27,8 +27,8 @@ from cas.errors import (
     IsAFolder,
     ObjectNotFound,
 )
-from cas.objects.ids import ObjectId
-from cas.objects.kinds import MODE_FILE, MODE_LINK
+from cas.objects.ids import ObjectId, is_id
+from cas.objects.kinds import MODE_FILE, MODE_LINK, pack
 from cas.objects.space import ObjectSpace
 from cas.objects.trees import find_entry, read_tree
 from cas.repo.journal import Journal
@@ -350,6 +350,22 @@ class ArtifactStore:
             {"time": e.time, "who": e.who, "old": e.old, "new": e.new, "message": e.message}
             for e in entries
         ]
+
+    def set_name(self, name: str, name_or_id: str, *, expected: Any = _refs.ANY) -> str:
+        """Point ``name`` at an existing artifact (a name or id), as git's ``update-ref``
+        does: by compare-and-swap (``expected``: the id the name must hold now, None: no
+        such name) with a history entry; undoes a ``delete`` given the id from
+        :meth:`history`. Returns the id the name then holds: the artifact's own if it
+        is a version of ``name``, else a new record with its content, type, metadata,
+        parents, source and tags (the catalog knows an artifact by its name)."""
+        self.check_name(name)
+        try:
+            rid = self.resolve(name_or_id)[0]
+        except ObjectNotFound:
+            if not is_id(name_or_id):
+                raise
+            rid = ObjectId(name_or_id)  # not a record: point() says what it is
+        return str(self.repo.point(self.name_prefix + name, rid, expected=expected))
 
     def exists(self, name_or_id: str) -> bool:
         try:

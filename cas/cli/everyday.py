@@ -1,5 +1,5 @@
 """The everyday commands of ``cas``: init, put, get, ls, show, log, tag, search,
-lineage, rm."""
+lineage, set, rm."""
 
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ from cas.api.artifact_catalog import Artifact
 from cas.api.artifact_store import ArtifactStore, open_store
 from cas.cli.common import EXIT_OK, Add, UsageError, key_values, open_root, positive, resolve
 from cas.cli.output import Output, human_size, local_time, progress, short
-from cas.errors import CasError, ObjectNotFound
+from cas.errors import CasError, ObjectNotFound, RefConflict
+from cas.objects.ids import is_id
 from cas.objects.kinds import MODE_EXEC, MODE_LINK
 from cas.objects.trees import checkout, find_entry
 from cas.repo.names import check_name
+from refs import ANY
 
 #: Files at least this big (and every folder) show progress while ``put`` stores them.
 PUT_PROGRESS_MIN: Final = 32 << 20
@@ -279,6 +281,48 @@ def cmd_rm(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+def _set_target(store: ArtifactStore, name: str, text: str) -> str:
+    """The artifact ``cas set NAME`` points at: a name, an id, or a unique prefix of
+    an id the catalog holds or of one in NAME's history (a version ``rm`` removed, as
+    ``cas log NAME`` prints it)."""
+    try:
+        return resolve(store, text)[0]
+    except ObjectNotFound:
+        if is_id(text):
+            return text  # set_name says what it is
+        if not 4 <= len(text) < 64 or text.strip("0123456789abcdef"):
+            raise
+        seen = {i for e in store.repo.names.log(name) for i in (e.old, e.new) if i}
+        found = sorted(i for i in seen if i.startswith(text))
+        if len(found) > 1:
+            listed = ", ".join(f[:16] for f in found)
+            raise ObjectNotFound(text, f"short id {text!r} is ambiguous ({listed}): "
+                                 "give more digits") from None  # fmt: skip
+        if not found:
+            raise
+        return found[0]
+
+
+def cmd_set(args: argparse.Namespace, out: Output) -> int:
+    with open_root(args) as store:
+        check_name(args.name)
+        rid = _set_target(store, args.name, args.ref)
+        old = store.repo.names.read(args.name)
+        expected: Any = ANY
+        if args.old is not None:  # git's update-ref NAME NEW OLD
+            held = old is not None and len(args.old) >= 4 and old.startswith(args.old.lower())
+            if not (held or (old is None and args.old == "none")):
+                raise RefConflict(
+                    args.name, args.old, old, f"{args.name} holds {short(old)}, not "
+                    f"{args.old}: look at 'cas log {args.name}' and try again",
+                )  # fmt: skip
+            expected = old
+        new = store.set_name(args.name, rid, expected=expected)
+    out.document({"name": args.name, "id": new, "old": old, "from": rid})
+    out.line(new)
+    return EXIT_OK
+
+
 def add_commands(add: Add) -> None:
     add("init", cmd_init, "create a store at the root (or check the one there)")
     p = add("put", cmd_put, "store a file or folder; print its artifact id")
@@ -319,5 +363,14 @@ def add_commands(add: Add) -> None:
     p.add_argument(
         "--depth", type=positive, default=None, metavar="N", help="generations (default: all)"
     )
+    p = add("set", cmd_set, "point a name at an existing artifact (git's update-ref); "
+            "print the id it holds")  # fmt: skip
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("ref", metavar="ID|NAME",
+                   help="an artifact id or unique prefix (also one from 'cas log NAME'), "
+                   "or a name")  # fmt: skip
+    p.add_argument("old", nargs="?", metavar="OLD",
+                   help="move the name only if it holds this id (or prefix); "
+                   "'none': only if there is no such name")  # fmt: skip
     p = add("rm", cmd_rm, "remove a name (its content stays until gc)")
     p.add_argument("ref", metavar="NAME")

@@ -24,9 +24,10 @@ from cas.objects.space import ObjectSpace
 from cas.repo.journal import Journal
 from cas.repo.local_catalog import LocalCatalog, index_dir, rebuild
 from cas.repo.names import Names, check_name
-from cas.repo.records import check_record
+from cas.repo.records import FIELDS, check_record, make_record
 from cas.repo.segments import Pending
 from cas.storage import Storage, open_storage
+from refs import ANY
 
 T = TypeVar("T")
 
@@ -195,15 +196,62 @@ class Repository:
 
     # -- changes --------------------------------------------------------------------------
 
-    def commit(self, record: dict[str, Any], *, current: Any = UNREAD) -> ObjectId:
+    def commit(
+        self,
+        record: dict[str, Any],
+        *,
+        current: Any = UNREAD,
+        expected: Any = ANY,
+        message: str | None = None,
+    ) -> ObjectId:
         """Write a record, journal it, move its name, index it. Saving what the name
         already holds (same content, type, metadata, parents, source) returns the
-        existing id and writes nothing: a save is idempotent."""
+        existing id and writes nothing: a save is idempotent. ``expected``: the id the
+        name must hold (None: no name) for it to move, else :class:`RefConflict` and
+        the record is withdrawn; ``message``: its history entry (default ``save TYPE``)."""
         with self.space.batch():  # the record is synced with the journal entry, once
             rid, new = self.prepare(record, current=current)
             if new:
-                self.publish([(rid, record)])
+                self.publish([(rid, record)], expected={record["name"]: expected}, message=message)
         return rid
+
+    def point(self, name: str, rid: ObjectId, *, expected: Any = ANY) -> ObjectId:
+        """Point ``name`` at the artifact ``rid`` (git's ``update-ref``) if it holds
+        ``expected`` (an id; None: no such name; ANY: whatever it holds), with a history
+        entry; return the id the name holds then.
+
+        The catalog knows an artifact by the name in its record, so the name moves to
+        ``rid`` itself only if the catalog holds ``rid`` under ``name`` (an earlier
+        version of it). Otherwise (an artifact of another name, or one removed, whose
+        id the catalog never takes back) the name gets a new record with everything of
+        ``rid``'s but the name and the time: its content, type, metadata, parents,
+        source and current tags."""
+        try:
+            kind = self.space.kind(rid)
+        except ObjectNotFound:
+            raise ObjectNotFound(rid, f"no artifact with id {rid} in {self.url}") from None
+        if kind != "record":
+            raise InvalidInput(
+                "id", f"{rid} is a {kind} object, not an artifact: give an artifact id "
+                "('cas log NAME' and 'cas search' print them)",
+            )  # fmt: skip
+        check_name(name)
+        record = self.record(rid)
+        current = self.names.read(name)
+        if expected is not ANY and current != expected:
+            raise RefConflict(
+                name, expected, current,
+                f"{name} holds {current or 'nothing'}, not {expected or 'nothing'}: "
+                "it moved meanwhile; look at 'cas log NAME' and try again",
+            )  # fmt: skip
+        indexed = self.index.catalog.get(rid)
+        if indexed is not None and indexed["name"] == name:
+            if current != rid:
+                self.names.set(name, rid, expected=current, message="set")
+            return rid
+        keep = {k: record.get(k) for k in FIELDS if k not in ("format", "name", "created_at")}
+        copy = make_record(**keep, name=name)
+        return self.commit(copy, current=current, expected=current, message=f"set from {rid[:12]}")
 
     def prepare(self, record: dict[str, Any], *, current: Any = UNREAD) -> tuple[ObjectId, bool]:
         """The first half of a commit: (record id, True) with the record object written
@@ -234,11 +282,18 @@ class Repository:
         except ObjectNotFound:
             return None
 
-    def publish(self, items: list[tuple[ObjectId, dict[str, Any]]]) -> None:
+    def publish(
+        self,
+        items: list[tuple[ObjectId, dict[str, Any]]],
+        *,
+        expected: dict[str, Any] | None = None,
+        message: str | None = None,
+    ) -> None:
         """The second half: the objects written and the journal entries, made durable
         by one sync; only then the names moved (in order) and the catalog updated.
         A crash before the names move leaves journal entries the next open replays
-        and objects gc collects; none is ever half-visible."""
+        and objects gc collects; none is ever half-visible. ``expected``: what a name
+        must hold before its first move (as :meth:`commit` takes it)."""
         if not items:
             return
         self.space.flush(durable=False)
@@ -260,8 +315,10 @@ class Repository:
 
         def move(versions: list[tuple[ObjectId, dict[str, Any]]]) -> None:
             for i, (rid, record) in enumerate(versions):
+                must = (expected or {}).get(record["name"], ANY) if i == 0 else ANY
                 try:
-                    names.set(record["name"], rid, message=f"save {record['artifact_type']}")
+                    names.set(record["name"], rid, expected=must,
+                              message=message or f"save {record['artifact_type']}")  # fmt: skip
                 except RefConflict as exc:  # a name created meanwhile in its way
                     refused.update((later, exc) for later, _ in versions[i:])
                     return
