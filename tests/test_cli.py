@@ -465,3 +465,26 @@ def test_set_refuses_an_ambiguous_short_id(tmp_path: Path, env: dict[str, str]) 
     run = cas_cli("set", "picked", prefix, cwd=tmp_path, env=env, code=2)
     assert f"short id {prefix!r} is ambiguous" in run.err and rid[:16] in run.err
     assert cas_cli("ls", "picked", cwd=tmp_path, env=env).out == ""
+
+
+def test_a_corrupt_object_names_the_artifact(tmp_path: Path, env: dict[str, str]) -> None:
+    """quickstart.md: an ``IntegrityError`` names the object and the artifact, and says
+    to run ``cas fsck``; nothing is written where the content was to go."""
+
+    def cli(*args: str, code: int | None = 0) -> Run:
+        return cas_cli(*args, cwd=tmp_path, env=env, code=code)
+
+    cli("init")
+    (tmp_path / "model.bin").write_bytes(b"weights " * 500)
+    rid = cli("put", "model.bin", "--name", "models/fraud").out.strip()
+    content = cli("--json", "show", "models/fraud").json()["content_id"]
+    path = _object_file(tmp_path / ".cas", content)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    for args in (("-o", "x"), ("-o", "-")):
+        run = cli("get", "models/fraud", *args, code=2)
+        assert f"object {content}" in run.err, run.err
+        assert f"artifact models/fraud ({rid})" in run.err and "cas fsck" in run.err
+    assert not (tmp_path / "x").exists()

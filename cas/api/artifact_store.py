@@ -43,6 +43,18 @@ from cas.storage.cache import cache_root
 RUNS_PREFIX = "runs"
 
 
+@contextlib.contextmanager
+def naming_artifact(label: str) -> Iterator[None]:
+    """An :class:`IntegrityError` raised in the block names the artifact (``label``:
+    ``"NAME (ID)"``) as well as the object, once."""
+    try:
+        yield
+    except IntegrityError as exc:
+        if label in str(exc):
+            raise
+        raise IntegrityError(exc.object_id, f"{exc}; it belongs to artifact {label}") from exc
+
+
 class ArtifactStore:
     """A store of artifacts at one root URL (a folder, ``memory://``, ``s3://``, ...).
 
@@ -269,9 +281,8 @@ class ArtifactStore:
         )
         label = f"{record['name']} ({rid})"
         try:
-            return materializer.load(ctx)
-        except IntegrityError as exc:
-            raise IntegrityError(exc.object_id, f"{exc}; it belongs to artifact {label}") from exc
+            with naming_artifact(label):
+                return materializer.load(ctx)
         except ObjectNotFound as exc:
             raise ObjectNotFound(
                 exc.what, f"{exc}; artifact {label} is missing content: run 'cas fsck'"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final
 
 from cas.api.artifact_catalog import Artifact
-from cas.api.artifact_store import ArtifactStore, open_store
+from cas.api.artifact_store import ArtifactStore, naming_artifact, open_store
 from cas.cli.common import EXIT_OK, Add, UsageError, key_values, open_root, positive, resolve
 from cas.cli.output import Output, human_size, local_time, progress, short
 from cas.errors import CasError, ObjectNotFound, RefConflict
@@ -97,64 +97,76 @@ def _own_name(info: dict[str, Any], rid: str) -> Path:
 
 
 def cmd_get(args: argparse.Namespace, out: Output) -> int:
-    ref, colon, inner = args.ref.partition(":")  # ':' is never in a name (git's rules)
+    ref = args.ref.partition(":")[0]  # ':' is never in a name (git's rules)
     if out.json and args.output == "-":
         raise UsageError("--json prints one JSON document on stdout: give -o FILE, not -o -")
     with open_root(args) as store:
         rid, _ = resolve(store, ref)
         record = store.repo.record(rid)
-        content = record.get("content_id")
-        if content is None:
+        if record.get("content_id") is None:
             raise UsageError(f"artifact {record['name']} ({rid[:12]}) was registered without data")
-        info = record.get("content_info") or {}
-        result: dict[str, Any] = {"id": rid, "name": record["name"], "path": None}
-        if colon:  # NAME:PATH: one file (or subfolder) of a folder, reading only its objects
-            if record.get("content_kind") != "tree":
-                raise UsageError(f"artifact {record['name']} is a single file, not a folder: "
-                                 f"get it as 'cas get {ref}'")  # fmt: skip
-            entry = find_entry(store.space, content, inner, record["name"])
-            result["file"] = inner.strip("/")
-            if args.output == "-" and not entry.is_dir:
-                _to_stdout(store, entry.id)
-                return EXIT_OK
-            dest = Path(args.output) if args.output else Path(entry.name)
-            if not args.output and (dest.exists() or dest.is_symlink()):
-                raise UsageError(f"{dest} exists; choose where to write it with -o PATH")
-            dest = dest / entry.name if dest.is_dir() and not entry.is_dir else dest
-            if entry.is_dir:
-                checkout(store.space, entry.id, dest)
-            elif entry.mode == MODE_LINK:  # as a checkout of the whole folder writes it
-                os.symlink(store.space.get(entry.id).decode(), dest)
-            else:
-                _write_file(store, entry.id, dest, executable=entry.mode == MODE_EXEC)
-            result["path"] = str(dest)
-        elif args.output == "-" and info.get("path") != "dir":  # as curl and tar do
-            _to_stdout(store, content)
-            return EXIT_OK
-        elif record.get("materializer") == "path":
-            own = _own_name(info, rid)
-            dest = Path(args.output) if args.output else own
-            if not args.output and (dest.exists() or dest.is_symlink()):
-                raise UsageError(f"{dest} exists; choose where to write it with -o PATH")
-            if info.get("path") == "dir":
-                store.load(rid, dest=dest)
-            else:
-                dest = dest / own if dest.is_dir() else dest
-                _write_file(store, content, dest, executable=info.get("path") == "exec")
-            result["path"] = str(dest)
-        elif args.output:
-            _write_file(store, content, Path(args.output), executable=False)
-            result["path"] = args.output
-        elif out.json:
-            if record.get("materializer") not in ("json", "text"):
-                raise UsageError(
-                    f"with --json, write a {record['artifact_type']} artifact to a file: -o PATH"
-                )
-            result["value"] = store.load(rid)
-        else:
-            _to_stdout(store, content)
-    out.document(result)
+        with naming_artifact(f"{record['name']} ({rid})"):
+            result = _get(store, args, record, out)
+    if result is not None:
+        out.document(result)
     return EXIT_OK
+
+
+def _get(
+    store: ArtifactStore, args: argparse.Namespace, record: dict[str, Any], out: Output
+) -> dict[str, Any] | None:
+    """``cas get`` of one artifact's ``record`` (one with content): its result
+    document, or None once the content went to stdout."""
+    rid, content = record["id"], record["content_id"]
+    ref, colon, inner = args.ref.partition(":")
+    info = record.get("content_info") or {}
+    result: dict[str, Any] = {"id": rid, "name": record["name"], "path": None}
+    if colon:  # NAME:PATH: one file (or subfolder) of a folder, reading only its objects
+        if record.get("content_kind") != "tree":
+            raise UsageError(f"artifact {record['name']} is a single file, not a folder: "
+                             f"get it as 'cas get {ref}'")  # fmt: skip
+        entry = find_entry(store.space, content, inner, record["name"])
+        result["file"] = inner.strip("/")
+        if args.output == "-" and not entry.is_dir:
+            _to_stdout(store, entry.id)
+            return None
+        dest = Path(args.output) if args.output else Path(entry.name)
+        if not args.output and (dest.exists() or dest.is_symlink()):
+            raise UsageError(f"{dest} exists; choose where to write it with -o PATH")
+        dest = dest / entry.name if dest.is_dir() and not entry.is_dir else dest
+        if entry.is_dir:
+            checkout(store.space, entry.id, dest)
+        elif entry.mode == MODE_LINK:  # as a checkout of the whole folder writes it
+            os.symlink(store.space.get(entry.id).decode(), dest)
+        else:
+            _write_file(store, entry.id, dest, executable=entry.mode == MODE_EXEC)
+        result["path"] = str(dest)
+    elif args.output == "-" and info.get("path") != "dir":  # as curl and tar do
+        _to_stdout(store, content)
+        return None
+    elif record.get("materializer") == "path":
+        own = _own_name(info, rid)
+        dest = Path(args.output) if args.output else own
+        if not args.output and (dest.exists() or dest.is_symlink()):
+            raise UsageError(f"{dest} exists; choose where to write it with -o PATH")
+        if info.get("path") == "dir":
+            store.load(rid, dest=dest)
+        else:
+            dest = dest / own if dest.is_dir() else dest
+            _write_file(store, content, dest, executable=info.get("path") == "exec")
+        result["path"] = str(dest)
+    elif args.output:
+        _write_file(store, content, Path(args.output), executable=False)
+        result["path"] = args.output
+    elif out.json:
+        if record.get("materializer") not in ("json", "text"):
+            raise UsageError(
+                f"with --json, write a {record['artifact_type']} artifact to a file: -o PATH"
+            )
+        result["value"] = store.load(rid)
+    else:
+        _to_stdout(store, content)
+    return result
 
 
 def _summary(store: ArtifactStore, name: str, rid: str) -> dict[str, Any]:
