@@ -22,6 +22,8 @@ URI grammar::
   ``GOOGLE_APPLICATION_CREDENTIALS`` ...), as for the ``cas`` command.
 - A file name that git's rules refuse in a name (a space, ``~``, ``:``, a leading ``.``
   ...) is stored with those characters percent-encoded, and listed decoded.
+- An empty folder (``log_artifacts`` of a tree that holds one) is the empty artifact
+  ``<folder>/%empty-folder``, never listed: MLflow lists and downloads the folder.
 
 Importing this module imports MLflow; ``import cas`` does not.
 """
@@ -36,18 +38,45 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from mlflow.entities import FileInfo
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 
 import cas
 from cas.integrations._common import IntegrationError, resolve_root, shared_store
 
-__all__ = ["CasArtifactRepository", "CasUri", "parse_cas_uri"]
+__all__ = [
+    "ArtifactNotFound",
+    "CasArtifactRepository",
+    "CasUri",
+    "InvalidArtifactPath",
+    "parse_cas_uri",
+]
 
 SCHEME = "cas"
 _RUN_ARTIFACTS = re.compile(r"(?:^|/)([0-9a-f]{32})/artifacts(?:/|$)")
 # Characters git's ref-name rules refuse anywhere, plus '%' (so decoding is exact).
 _ESCAPED = frozenset(" ~^:?*[\\%")
 _COPY_BUFFER = 1 << 20
+#: The last part of the name that keeps an empty folder (MLflow lists and downloads
+#: those): a '%' that no encoded file name holds ('%' itself is encoded as %25).
+EMPTY_FOLDER = "%empty-folder"
+
+
+class InvalidArtifactPath(IntegrationError, MlflowException):
+    """A path outside the run's artifacts (a leading '/', '..'), refused as MLflow's
+    local repository refuses it (``INVALID_PARAMETER_VALUE``)."""
+
+    def __init__(self, message: str) -> None:
+        MlflowException.__init__(self, message, error_code=INVALID_PARAMETER_VALUE)
+
+
+class ArtifactNotFound(cas.ObjectNotFound, MlflowException):
+    """No artifact at the path (``RESOURCE_DOES_NOT_EXIST``, as MLflow's local one)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        cas.ObjectNotFound.__init__(self, path, message)
+        MlflowException.__init__(self, message, error_code=RESOURCE_DOES_NOT_EXIST)
 
 
 class CasUri:
@@ -100,10 +129,14 @@ def decode_component(component: str) -> str:
 
 def _clean_path(path: str) -> str:
     norm = posixpath.normpath(path).strip("/")
+    if path.startswith("/"):
+        raise InvalidArtifactPath(
+            f"artifact path {path!r} is absolute: give it relative to the run's artifacts"
+        )
     if norm in ("", "."):
         return ""
     if norm == ".." or norm.startswith("../"):
-        raise IntegrationError(f"artifact path {path!r} leaves the run's artifacts: drop '..'")
+        raise InvalidArtifactPath(f"artifact path {path!r} leaves the run's artifacts: drop '..'")
     return norm
 
 
@@ -170,11 +203,14 @@ class CasArtifactRepository(ArtifactRepository):
             for filename in sorted(files):
                 inner = filename if rel == "." else f"{rel}/{filename}"
                 self._save(Path(folder) / filename, posixpath.join(artifact_path or "", inner))
+            where = _clean_path(posixpath.join(artifact_path or "", rel))
+            if not (files or dirs) and where:  # kept as local MLflow keeps it
+                self._save(b"", where, self.name_of(where) + "/" + EMPTY_FOLDER)
 
-    def _save(self, local: Path, path: str) -> None:
+    def _save(self, value: Path | bytes, path: str, name: str | None = None) -> None:
         self.store.save(
-            local,
-            self.name_of(path),
+            value,
+            name or self.name_of(path),
             metadata={"mlflow_path": _clean_path(path)},
             source_pipeline="mlflow",
             source_run_id=self._run_id,
@@ -187,6 +223,8 @@ class CasArtifactRepository(ArtifactRepository):
         entries: dict[str, FileInfo] = {}
         for name in self.store.list_artifacts(prefix):
             first, _, rest = name[len(prefix) :].partition("/")
+            if first == EMPTY_FOLDER and not rest:
+                continue
             shown = decode_component(first)
             child = f"{rel}/{shown}" if rel else shown
             if child in entries:
@@ -202,7 +240,13 @@ class CasArtifactRepository(ArtifactRepository):
 
     def _download_file(self, remote_file_path: str, local_path: str) -> None:
         # docstring inherited; the stream is verified against the content id as it is read
-        with self.store.open(self.name_of(remote_file_path)) as src, open(local_path, "wb") as dst:
+        try:
+            src = self.store.open(self.name_of(remote_file_path))
+        except cas.ObjectNotFound as exc:
+            raise ArtifactNotFound(
+                remote_file_path, f"No such artifact: {remote_file_path!r} ({exc})"
+            ) from exc
+        with src, open(local_path, "wb") as dst:
             shutil.copyfileobj(src, dst, _COPY_BUFFER)
 
     def delete_artifacts(self, artifact_path: str | None = None) -> None:
