@@ -23,7 +23,8 @@ import pytest
 from flowyml import Context, Pipeline, step
 from flowyml.core.executor import LocalExecutor
 from flowyml.core.orchestrator import LocalOrchestrator
-from flowyml.plugins.stack_config import StackConfig
+from flowyml.plugins import config as flowyml_plugin_config
+from flowyml.plugins.stack_config import StackConfig, StackManager
 from flowyml.stacks.base import Stack
 from flowyml.stacks.components import ArtifactStore as FlowymlArtifactStore
 from flowyml.stacks.plugins import ComponentRegistry
@@ -206,6 +207,26 @@ def test_a_stack_from_flowyml_config_with_type_cas_runs_on_cas(tmp_path: Path) -
     assert stack.artifact_store.to_dict() == {"name": "cas", "type": "cas", "root": url}
     run_id = run_pipeline(stack, "yaml", "s")
     assert cas.open_store(url).load(outputs("yaml", run_id)["summarize"])["seed"] == "s"
+
+
+def test_a_flowyml_yaml_stack_with_type_cas_runs_a_pipeline_on_cas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lines docs/integrations.md gives, in a real flowyml.yaml that FlowyML finds in
+    the working folder: a pipeline given no stack runs on cas."""
+    url = str(tmp_path / "yaml-file-store")
+    (tmp_path / "flowyml.yaml").write_text(
+        f"stacks:\n  cas:\n    artifact_store: {{ type: cas, root: {json.dumps(url)} }}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(flowyml_plugin_config, "_config", None)  # read the file anew
+    monkeypatch.setattr(StackManager, "_instance", None)
+    pipeline = Pipeline("yamlfile", context=Context(seed="y"), enable_cache=False,
+                        enable_checkpointing=False, enable_experiment_tracking=False)  # fmt: skip
+    for each in (summarize, tabulate, report):
+        pipeline.add_step(each)
+    run_id = str(pipeline.run(auto_start_ui=False).run_id)
+    assert cas.open_store(url).load(outputs("yamlfile", run_id)["summarize"])["seed"] == "y"
 
 
 def test_an_output_cas_cannot_store_is_logged_and_not_stored(

@@ -9,9 +9,9 @@ as ``runs/<pipeline>/<run_id>/<step>/output``, with the outputs of the steps it 
                   artifact_store=CasArtifactStore(root="s3://bucket/cas"),
                   metadata_store=SQLiteMetadataStore())
 
-or, in ``flowyml.yaml``, ``artifact_store: {type: cas, root: "s3://bucket/cas"}``: the
-entry point ``cas`` of ``flowyml.stack_components`` files the class :class:`Cas` under
-that name. :class:`CasCatalogBackend` puts FlowyML's ``ArtifactCatalog`` on the same
+or, in ``flowyml.yaml``, a stack ``stacks: {<name>: {artifact_store: {type: cas, root:
+"s3://bucket/cas"}}}`` (FlowyML reads no top-level ``artifact_store:``): the entry point
+``cas`` of ``flowyml.stack_components`` files the class :class:`Cas` under that name. :class:`CasCatalogBackend` puts FlowyML's ``ArtifactCatalog`` on the same
 store.
 
 FlowyML's executor swallows every exception of ``materialize``, so a value cas cannot
