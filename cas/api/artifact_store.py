@@ -28,7 +28,7 @@ from cas.errors import (
     ObjectNotFound,
 )
 from cas.objects.ids import ObjectId, is_id
-from cas.objects.kinds import MODE_FILE, MODE_LINK, pack
+from cas.objects.kinds import MODE_FILE, MODE_LINK
 from cas.objects.space import ObjectSpace
 from cas.objects.trees import find_entry, read_tree
 from cas.repo.journal import Journal
