@@ -77,6 +77,17 @@ class Files:
         below = [path for path in found if path.startswith(top.rstrip("/") + "/")]
         return below if limit is None else below[:limit]
 
+    def find_versions(self, top: str) -> dict[str, str] | None:
+        """Every file under folder ``top`` with its version token (what a read returns
+        beside the content: changes whenever the file does), one listing per 1,000
+        files; None where listings give no such token (local disks, fsspec)."""
+        return None
+
+    def cat_many_versions(self, paths: list[str]) -> dict[str, tuple[bytes, str]]:
+        """(content, version token) of ``paths`` where :meth:`find_versions` gives
+        tokens; files gone meanwhile left out."""
+        raise NotImplementedError(f"{type(self).__name__} reads no version tokens")
+
     def cat_many(self, paths: list[str]) -> dict[str, bytes]:
         """Contents of ``paths`` (concurrently where fs can); files gone meanwhile left out."""
         found = {}
@@ -174,6 +185,18 @@ class ServiceFiles(Files):
         # docstring inherited
         got = self.service.read_many([_split(path) for path in paths])
         return {path: data for path, data in zip(paths, got, strict=True) if data is not None}
+
+    def find_versions(self, top: str) -> dict[str, str] | None:
+        # docstring inherited
+        bucket, key = _split(top)
+        prefix = key.rstrip("/") + "/" if key else ""
+        listed = self.service.list_versions(bucket, prefix)
+        return {f"{bucket}/{name}": version for name, version in listed.items()}
+
+    def cat_many_versions(self, paths: list[str]) -> dict[str, tuple[bytes, str]]:
+        # docstring inherited
+        got = self.service.read_many_versions([_split(path) for path in paths])
+        return {path: one for path, one in zip(paths, got, strict=True) if one is not None}
 
 
 def _split(path: str) -> tuple[str, str]:

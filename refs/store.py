@@ -141,6 +141,7 @@ from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
+from refs import packed
 from refs.conditional import Conditional
 from refs.errors import NameConflict, RefConflict, RefError, RefLocked, RefNotFound
 from refs.files import LocalFiles, ServiceFiles, files_for
@@ -159,6 +160,7 @@ from refs.owner import (
     owner_fields,
     remove_command,
 )
+from refs.packed import RefState
 from refs.upkeep import HistoryMixin
 
 # Backoff while another writer's update is in flight: first and longest sleep.
@@ -308,6 +310,13 @@ class RefStore(HistoryMixin):
             if path in paths
         ]
         return sorted(out)
+
+    def state(self) -> RefState | None:
+        """Every ref and every history entry (updates in flight included), from two
+        listings and a snapshot, reading only files changed since it was taken
+        (``refs/packed.py``); None where listings give no version tokens (local disks,
+        ``memory://``): read with :meth:`items` and :meth:`log` there."""
+        return packed.gather(self._files, self.root)
 
     # -- compare-and-swap --------------------------------------------------------
 

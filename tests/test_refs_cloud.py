@@ -27,11 +27,12 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from cas.testing.servers import Server
-from refs import Conditional, NameConflict, RefError, RefStore
+from refs import Conditional, LogEntry, NameConflict, RefError, RefStore, packed
 from refs.cloud import conditional_for
 from refs.files import Files
 from refs.history import History
 from refs.log import pruned_path
+from refs.packed import RefState
 from refs.stress import counter_of, increment
 from refs.testing import A, B, C, D, MakeRefStore, RefStoreTests, assert_chain
 
@@ -289,3 +290,70 @@ def test_a_listing_that_misses_entries_after_pruning_ends_with_an_error() -> Non
     with pytest.raises(RefError, match="listing misses files"):
         rs.set("y", A)  # entry 1 is ours, yet the listing says the history is empty
     assert rs.read("y") is None
+
+
+class TestRefState:
+    """``RefStore.state``: every ref and history entry from two listings and a snapshot
+    (refs/packed.py); a file is taken from the snapshot only when the listing shows it
+    unchanged, so a stale or damaged snapshot costs reads, never a wrong answer."""
+
+    @staticmethod
+    def _same_as_reads(rs: RefStore, state: RefState) -> None:
+        assert state.items() == rs.items()
+        by_name: dict[str, list[LogEntry]] = {}
+        for name, _, entry in state.history():
+            by_name.setdefault(name, []).append(entry)
+        assert sorted(by_name) == rs.log_names()
+        for name, entries in by_name.items():
+            assert entries[::-1] == rs.log(name)
+
+    def test_state_is_what_reads_give_and_a_snapshot_spares_them(
+        self, cloud_server: Server, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        rs = _make(cloud_server)()
+        rs.set("models/a", A, expected=None)
+        rs.set("models/a", B, expected=A)
+        rs.set("data/x", C, expected=None)
+        rs.set("gone", D, expected=None)
+        rs.delete("gone")
+        monkeypatch.setattr(packed, "WRITE_AFTER", 1)
+        first = rs.state()
+        assert first is not None
+        self._same_as_reads(rs, first)
+        assert first.read == 2 + 5  # two refs, five history entries
+        again = rs.state()  # the snapshot the first one wrote holds them all
+        assert again is not None and again.read == 0
+        self._same_as_reads(rs, again)
+        # A ref that moved (and its new entry) is read again, at its new value; one that
+        # returned to bytes it held before (an S3 ETag repeats then) reads right too.
+        rs.set("models/a", C, expected=B)
+        rs.set("data/x", D, expected=C)
+        rs.set("data/x", C, expected=D)
+        moved = rs.state()
+        # Two refs and three entries; S3 spares data/x (its ETag is the MD5 of C again).
+        assert moved is not None and moved.read in (4, 5)
+        self._same_as_reads(rs, moved)
+        assert dict(moved.items())["models/a"] == C
+
+    def test_a_damaged_snapshot_is_skipped(
+        self, s3_server: Server, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        rs = _make(s3_server)()
+        for i in range(3):
+            rs.set(f"n{i}", A, expected=None)
+        monkeypatch.setattr(packed, "WRITE_AFTER", 1)
+        assert rs.state() is not None
+        folder = f"{rs.root}/logs/{packed.FOLDER}"
+        (snapshot,) = rs.fs.ls(folder, detail=False)
+        rs.fs.pipe_file(snapshot, b"CASREFS1\nnot a snapshot")
+        rs.set("n0", B, expected=A)
+        state = rs.state()
+        assert state is not None and state.read == 3 + 4  # everything, read again
+        self._same_as_reads(rs, state)
+
+    def test_local_and_memory_stores_read_as_before(self, tmp_path: Path) -> None:
+        local = RefStore(LocalFileSystem(), str(tmp_path / ".cas"), fsync=False)
+        memory = RefStore(fsspec.filesystem("memory"), f"/state-{uuid.uuid4().hex}")
+        for rs in (local, memory):
+            rs.set("a", A, expected=None)
+            assert rs.state() is None  # no version tokens in their listings

@@ -152,12 +152,19 @@ def _roots(
     retention and recent deletions point at (which an earlier gc may have collected).
     Raises :class:`GcRefused` if any of it does not read."""
     try:
-        refs = sorted(repo.names.items())
         kept: set[str] = set()
-        for name in repo.names.log_names():
-            for entry in repo.names.log(name):
+        state = repo.names.state()
+        if state is not None:  # an object store: every ref and entry in a few listings
+            refs = state.items()
+            for _, _, entry in state.history():
                 if now - entry.time <= retention:
                     kept.update(i for i in (entry.old, entry.new) if i)
+        else:
+            refs = sorted(repo.names.items())
+            for name in repo.names.log_names():
+                for entry in repo.names.log(name):
+                    if now - entry.time <= retention:
+                        kept.update(i for i in (entry.old, entry.new) if i)
     except IntegrityError as exc:
         why = str(exc).removesuffix("; run 'cas fsck'")
         raise GcRefused(f"gc deletes nothing: {why}. {REPAIR}") from exc
@@ -233,7 +240,10 @@ def plan(
     step("roots", len(roots | kept))
     threads = repo.storage.io_threads or _LOCAL_THREADS
     with ThreadPoolExecutor(threads, thread_name_prefix="cas-gc") as pool:
-        marker = Marker(repo, listed, pool, deltas=deltas)
+        # On an object store a record is had from the catalog (synced above), not by
+        # a request; locally reading it is cheap and verifies it.
+        records = repo.index.catalog.get if repo.storage.listing_stats else None
+        marker = Marker(repo, listed, pool, deltas=deltas, records=records)
         marker.mark(digests(roots), READ)
         marker.mark(digests(kept), READ, may_be_gone=True)
         young, old_pos, old_size = _mark_young(repo, listing, marker, pool, now, grace)

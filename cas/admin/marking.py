@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -22,7 +22,7 @@ from cas.errors import CasError, IntegrityError, ObjectNotFound
 from cas.objects import packs
 from cas.objects.digests import Digests
 from cas.objects.ids import ObjectId, is_id
-from cas.objects.kinds import BASE, CHUNK, FILE, RECORD, TREE, references
+from cas.objects.kinds import BASE, CHUNK, FILE, RECORD, TREE, Reference, map_references, references
 from cas.objects.pack_set import PackSet
 from cas.objects.space import OBJECTS, object_path
 from cas.repo.repository import Repository
@@ -192,9 +192,13 @@ def references_of(
     """What one object points at (:func:`cas.objects.kinds.references`), as (chunks,
     other ids with how to read them). ``deltas``: the store may hold deltas, so each
     chunk's header is read for a base."""
+    return _split(references(kind, oid, payload, base), deltas)
+
+
+def _split(refs: list[Reference], deltas: bool) -> tuple[list[bytes], list[Pending]]:
     chunks: list[bytes] = []
     pending: list[Pending] = []
-    for ref, role in references(kind, oid, payload, base):
+    for ref, role in refs:
         if role == CHUNK and not deltas:
             chunks.append(bytes.fromhex(ref))
         else:
@@ -202,11 +206,28 @@ def references_of(
     return chunks, pending
 
 
+#: Where marking may find a record without reading its object: the catalog.
+Records = Callable[[str], Mapping[str, Any] | None]
+
+
 def children(
-    repo: Repository, digest: bytes, how: int, *, deltas: bool = False
+    repo: Repository,
+    digest: bytes,
+    how: int,
+    *,
+    deltas: bool = False,
+    records: Records | None = None,
 ) -> tuple[list[bytes], list[Pending]] | None:
-    """What one object points at; None if it is absent."""
+    """What one object points at; None if it is absent. ``records``: where a record
+    can be had without a read (on an object store, one request spared per record)."""
     oid = ObjectId(digest.hex())
+    if how == READ and records is not None:
+        value = records(oid)
+        if value is not None:
+            try:
+                return _split(map_references("record", oid, value), deltas)
+            except IntegrityError as exc:
+                raise GcRefused(f"gc deletes nothing: {exc}. {REPAIR}") from exc
     try:
         if how in (PROBE, HEAD):
             header = repo.space.head(oid)
@@ -226,10 +247,12 @@ class Marker:
     one byte per listed object, a stack of what is still to read."""
 
     def __init__(
-        self, repo: Repository, listed: Digests, pool: ThreadPoolExecutor, *, deltas: bool = False
-    ) -> None:
+        self, repo: Repository, listed: Digests, pool: ThreadPoolExecutor, *, deltas: bool = False,
+        records: Records | None = None,
+    ) -> None:  # fmt: skip
         self.repo = repo
         self.deltas = deltas  # the store may hold deltas: chunks are read for a base
+        self.records = records  # records known without a read (the catalog's)
         self.listed = listed
         self.pool = pool
         self.slice = SLICE if repo.storage.local_dir is not None else REMOTE_SLICE
@@ -284,7 +307,7 @@ class Marker:
         """Each object's references, read in parallel slices."""
 
         def one(d: bytes, h: int) -> tuple[list[bytes], list[Pending]] | None:
-            return children(self.repo, d, h, deltas=self.deltas)
+            return children(self.repo, d, h, deltas=self.deltas, records=self.records)
 
         size = self.slice
         if len(todo) <= size:

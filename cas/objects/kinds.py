@@ -15,7 +15,7 @@ digests), so the same value always has the same id.
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,6 +155,11 @@ def _references(kind: str, oid: str, payload: bytes) -> list[Reference]:
     value = unpack(oid, payload)
     if not isinstance(value, dict):
         raise IntegrityError(oid, f"{kind} {oid} is not a map; run 'cas fsck'")
+    return map_references(kind, oid, value)
+
+
+def map_references(kind: str, oid: str, value: Mapping[str, Any]) -> list[Reference]:
+    """The ids a record (or another map object) decoded as ``value`` points at."""
     out: list[Reference] = []
     content = value.get("content_id")
     if content is not None:

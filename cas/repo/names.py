@@ -12,6 +12,7 @@ from typing import Any
 import refs as _refs
 from cas.errors import IntegrityError, InvalidRefName, ObjectNotFound, RefConflict, RefLocked
 from cas.storage import Storage
+from refs.packed import RefState
 
 
 @contextlib.contextmanager
@@ -100,6 +101,11 @@ class Names:
     def log_names(self) -> builtins.list[str]:
         with ref_errors():
             return self.store.log_names()
+
+    def state(self) -> RefState | None:
+        """Every ref and history entry in a few listings (object stores), else None."""
+        with ref_errors():
+            return self.store.state()
 
     def prune_log(self, name: str, older_than: float) -> int:
         with ref_errors():

@@ -132,6 +132,7 @@ class AzureService(ObjectService):
         delimiter: str | None,
         limit: int | None,
         start_after: str | None = None,
+        versions: dict[str, str] | None = None,
     ) -> list[str]:
         from azure.core.exceptions import AzureError
 
@@ -149,6 +150,8 @@ class AzureService(ObjectService):
                     if _folder_marker(getattr(item, "metadata", None)):
                         continue  # a folder's placeholder blob (adlfs, HNS accounts), not a file
                     found.append(str(item.name))
+                    if versions is not None and getattr(item, "etag", None):
+                        versions[str(item.name)] = str(item.etag)
                     if limit is not None and len(found) >= limit:
                         break
         except AzureError as exc:

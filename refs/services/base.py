@@ -285,9 +285,14 @@ class ObjectService(Service, Conditional):
         delimiter: str | None,
         limit: int | None,
         start_after: str | None = None,
+        versions: dict[str, str] | None = None,
     ) -> list[str]:
         """Keys (and with a delimiter, folders) below ``prefix``, in name order; with
-        ``start_after`` (where :attr:`lists_after`), only the keys after it."""
+        ``start_after`` (where :attr:`lists_after`), only the keys after it. With
+        ``versions``, each listed key's version token goes into it: the token a read
+        of the key returns (:meth:`_read`: the S3 ETag, the GCS generation, the Azure
+        ETag), so a caller can tell a file it read before is unchanged without reading
+        it again."""
         raise NotImplementedError
 
     def list_keys(
@@ -302,17 +307,29 @@ class ObjectService(Service, Conditional):
             raise NotImplementedError(f"{type(self).__name__} cannot list after a key")
         return run(self.fs, self._list, bucket, prefix, delimiter, limit, start_after)
 
+    def list_versions(self, bucket: str, prefix: str) -> dict[str, str]:
+        """Every key below ``prefix`` with its version token (see :meth:`_list`), one
+        listing per 1,000 keys."""
+        versions: dict[str, str] = {}
+        run(self.fs, self._list, bucket, prefix, None, None, None, versions)
+        return versions
+
     def read_many(self, where: list[tuple[str, str]]) -> list[bytes | None]:
         """Contents of many (bucket, key), ``READS_IN_FLIGHT`` at once; None where absent."""
+        return [None if got is None else got[0] for got in self.read_many_versions(where)]
+
+    def read_many_versions(self, where: list[tuple[str, str]]) -> list[tuple[bytes, str] | None]:
+        """(content, version) of many (bucket, key), ``READS_IN_FLIGHT`` at once; None
+        where absent."""
         return run(self.fs, self._read_many, where)
 
-    async def _read_many(self, where: list[tuple[str, str]]) -> list[bytes | None]:
+    async def _read_many(self, where: list[tuple[str, str]]) -> list[tuple[bytes, str] | None]:
         semaphore = asyncio.Semaphore(READS_IN_FLIGHT)
 
-        async def one(bucket: str, key: str) -> bytes | None:
+        async def one(bucket: str, key: str) -> tuple[bytes, str] | None:
             async with semaphore:
                 got = await self._read(bucket, key)
-            return None if got is None else bytes(got[0])
+            return None if got is None else (bytes(got[0]), got[1])
 
         return list(await asyncio.gather(*(one(bucket, key) for bucket, key in where)))
 

@@ -190,6 +190,7 @@ class GCSService(ObjectService):
         delimiter: str | None,
         limit: int | None,
         start_after: str | None = None,
+        versions: dict[str, str] | None = None,
     ) -> list[str]:
         found: list[str] = []
         params: dict[str, Any] = {"prefix": prefix}
@@ -209,6 +210,10 @@ class GCSService(ObjectService):
             except Exception as exc:  # noqa: BLE001 - translated, never swallowed
                 raise _gcs_error(exc) from exc
             names = [str(item["name"]) for item in page.get("items", [])]
+            if versions is not None:
+                versions.update(
+                    (str(item["name"]), str(item["generation"])) for item in page.get("items", [])
+                )
             if start_after is not None:
                 names = [n for n in names if n > start_after]
             names += [str(folder) for folder in page.get("prefixes", [])]

@@ -140,6 +140,7 @@ class S3Service(ObjectService):
         delimiter: str | None,
         limit: int | None,
         start_after: str | None = None,
+        versions: dict[str, str] | None = None,
     ) -> list[str]:
         found: list[str] = []
         params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
@@ -155,6 +156,10 @@ class S3Service(ObjectService):
             except Exception as exc:  # noqa: BLE001 - translated, never swallowed
                 raise _s3_error(exc) from exc
             names = [item["Key"] for item in page.get("Contents", [])]
+            if versions is not None:
+                versions.update(
+                    (item["Key"], str(item["ETag"])) for item in page.get("Contents", [])
+                )
             names += [item["Prefix"] for item in page.get("CommonPrefixes", [])]
             found.extend(sorted(names))
             if not page.get("IsTruncated") or (limit is not None and len(found) >= limit):
