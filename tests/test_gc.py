@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import tempfile
@@ -318,6 +319,21 @@ def test_gc_on_an_object_store_root(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     store.close()
 
 
+def _s3_requests(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str]:
+    """Requests this process sends to S3 from now on, by operation."""
+    from aiobotocore.client import AioBaseClient
+
+    counts: collections.Counter[str] = collections.Counter()
+    real = AioBaseClient._make_api_call
+
+    async def counting(self: object, operation: str, params: object) -> object:
+        counts[operation] += 1
+        return await real(self, operation, params)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AioBaseClient, "_make_api_call", counting)
+    return counts
+
+
 @pytest.mark.slow
 def test_gc_on_s3_decides_from_listings(
     s3_server: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -325,10 +341,6 @@ def test_gc_on_s3_decides_from_listings(
     """On S3, gc's plan lists each fan-out folder (one request per 1,000 keys) and its
     sweep re-lists or checks a folder, whichever is fewer requests, then deletes in
     batches: never one request per condemned object to decide."""
-    import collections
-
-    from aiobotocore.client import AioBaseClient
-
     from cas.testing.servers import Server
 
     assert isinstance(s3_server, Server)
@@ -339,19 +351,13 @@ def test_gc_on_s3_decides_from_listings(
     store.delete("gone")
     garbage = {store.space.put(b"garbage %d" % i) for i in range(600)}
     occupied = len({o[:2] for o in store.space})  # fan-out folders holding objects
-    counts: collections.Counter[str] = collections.Counter()
-    real = AioBaseClient._make_api_call
-
-    async def counting(self: object, operation: str, params: object) -> object:
-        counts[operation] += 1
-        return await real(self, operation, params)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(AioBaseClient, "_make_api_call", counting)
+    counts = _s3_requests(monkeypatch)
     plan = gc.plan(store, grace=0, retention=0, now=time.time() + 5)
     assert {o for o, _ in plan.delete} >= garbage and len(plan.delete) == len(garbage) + 2
-    planned, counts = counts, collections.Counter()
+    planned = collections.Counter(counts)
+    counts.clear()
     result = gc.execute(store, plan)
-    monkeypatch.setattr(AioBaseClient, "_make_api_call", real)
+    monkeypatch.undo()
     assert result.deleted == len(plan.delete) and result.spared == 0
     assert set(store.space) == {keep, store.get_metadata("keep")["content_id"]}
     # The plan: a listing per fan-out folder, the refs and their history, and reads of
@@ -367,3 +373,50 @@ def test_gc_on_s3_decides_from_listings(
     assert decide <= folders + 40 and decide < len(plan.delete) / 2, counts
     assert counts["DeleteObjects"] <= folders and counts["DeleteObject"] <= 5, counts
     store.close()
+
+
+@pytest.mark.slow
+def test_gc_from_a_fresh_machine_reads_listings_not_artifacts(
+    s3_server: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gc that planned once leaves what it read for the next (a ref snapshot, the
+    leaves it learned): the next one, on a fresh machine, reads the listings, the
+    catalog checkpoint and those two files, not a request per artifact; a name moved
+    since and an object changed since are read again, and nothing live is planned
+    for deletion."""
+    from cas.testing.servers import Server
+
+    assert isinstance(s3_server, Server)
+    url = s3_server.url(s3_server.new_bucket(), "gc")
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "writer"))
+    count = 400
+    with cas.open_store(url, **s3_server.storage_options) as store:
+        with store.batch():
+            ids = [store.save(b"artifact %d" % i, f"runs/{i}") for i in range(count)]
+        store.save(b"garbage", "gone")
+        store.delete("gone")
+        store.repo.index.checkpoint()
+    counts = _s3_requests(monkeypatch)
+
+    def fresh_plan(machine: str) -> gc.GcPlan:
+        monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / machine))
+        counts.clear()
+        with cas.open_store(url, **s3_server.storage_options) as store:
+            return gc.plan(store, grace=0, retention=0, now=time.time() + 5)
+
+    first = fresh_plan("first")
+    assert counts["GetObject"] >= 2 * count  # every ref, entry and file content, once
+    second = fresh_plan("second")
+    assert counts["GetObject"] <= 10, counts  # checkpoint, snapshot, leaves: no artifact
+    # A listing per fan-out folder and a few more: what grows is one per 1,000 keys.
+    assert counts["HeadObject"] <= 2 and counts["ListObjectsV2"] <= 256 + 20, counts
+    assert first.delete == second.delete and len(second.delete) == 2  # "gone": record, content
+    # A name moved and a new artifact since: their files are read, the rest is not.
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "writer"))
+    with cas.open_store(url, **s3_server.storage_options) as store:
+        store.save(b"artifact 0, again", "runs/0")
+    third = fresh_plan("third")
+    assert counts["GetObject"] <= 10 + 3, counts  # the ref, its new entry, its content
+    with cas.open_store(url, **s3_server.storage_options) as store:
+        live = {store.get_metadata(i)["content_id"] for i in ids} | set(ids)
+    assert not live & {str(o) for o, _ in third.delete}

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
 
+from cas.admin import leaves
 from cas.admin.marking import (
     HEAD,
     PROBE,
@@ -224,8 +225,10 @@ def plan(
 ) -> GcPlan:
     """Decide what to delete; with ``pack_loose_from`` (``cas gc --pack``: at least
     :data:`PACK_LOOSE_FROM`), also which loose objects that live to move into packs,
-    when there are at least that many. Reads the store and writes nothing to it (it brings this
-    machine's catalog up to date with the journal, which is a cache)."""
+    when there are at least that many. Deletes nothing; what it writes are caches (it
+    brings this machine's catalog up to date with the journal and, on an object store,
+    may leave a ref snapshot and the leaves it learned for the next gc:
+    :mod:`cas.admin.leaves`)."""
     repo = repository(target)
     now = time.time() if now is None else now
     step = progress or (lambda what, n: None)
@@ -244,10 +247,12 @@ def plan(
         # a request; locally reading it is cheap and verifies it.
         records = repo.index.catalog.get if repo.storage.listing_stats else None
         marker = Marker(repo, listed, pool, deltas=deltas, records=records)
+        leaves.load(repo.storage, listing, marker)  # what needs no read, at its version
         marker.mark(digests(roots), READ)
         marker.mark(digests(kept), READ, may_be_gone=True)
         young, old_pos, old_size = _mark_young(repo, listing, marker, pool, now, grace)
     step("marked", marker.count)
+    leaves.save(repo.storage, listing, marker)
     loose, packed = _Doomed(), _Doomed()
     repack: set[str] = set()
     for pos, size in zip(old_pos, old_size, strict=True):

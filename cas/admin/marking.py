@@ -10,6 +10,7 @@ fan-out folder at a time, several in parallel.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 from array import array
@@ -58,6 +59,9 @@ class Listing:
     packed_size: array[int] = field(default_factory=lambda: array("q"))
     packs: list[str] = field(default_factory=list)
     pack_mtimes: list[float] = field(default_factory=list)
+    #: Per position: a 64-bit hash of the object's version (its listed version token;
+    #: its pack's id if packed), 0 if unknown; empty where listings give no tokens.
+    versions: array[int] = field(default_factory=lambda: array("Q"))
 
     def packed(self, pos: int) -> bool:
         return bool(self.pack_of) and self.pack_of[pos] >= 0
@@ -152,6 +156,8 @@ def list_objects(storage: Storage, pack_set: PackSet | None = None) -> Listing:
     committed, pack_mtimes = _pack_files(storage, pack_set, temp) if pack_set else ([], [])
     sources: list[Iterator[tuple[bytes, int, Any]]] = [_loose(storage, temp)]
     sources += [_packed(pack_set, k, p) for k, p in enumerate(committed) if pack_set]
+    versions: array[int] = array("Q")
+    pack_versions = [version_hash(f"pack:{pack_id}") for pack_id in committed]
     last = b""
     merged = heapq.merge(*sources, key=_order) if len(sources) > 1 else sources[0]
     for digest, number, info in merged:
@@ -165,8 +171,21 @@ def list_objects(storage: Storage, pack_set: PackSet | None = None) -> Listing:
             st = info if number == _LOOSE else Stat(info, pack_mtimes[number])
             sizes.append(st.size)
             mtimes.append(st.mtime)
+            if number != _LOOSE:
+                versions.append(pack_versions[number])
+            else:
+                versions.append(0 if st.version is None else version_hash(st.version))
     stats = (sizes, mtimes) if with_stats else None
-    return Listing(Digests(buf), stats, temp, pack_of, packed_size, committed, pack_mtimes)
+    if not any(versions):
+        versions = array("Q")
+    return Listing(
+        Digests(buf), stats, temp, pack_of, packed_size, committed, pack_mtimes, versions
+    )
+
+
+def version_hash(token: str) -> int:
+    """A non-zero 64-bit hash of a version token (0 stands for "unknown")."""
+    return int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little") or 1
 
 
 # -- marking ---------------------------------------------------------------------------
@@ -253,6 +272,11 @@ class Marker:
         self.repo = repo
         self.deltas = deltas  # the store may hold deltas: chunks are read for a base
         self.records = records  # records known without a read (the catalog's)
+        #: Per listed object: 1 if it points at nothing at its listed version (a blob
+        #: with no delta base), known from a read or from the leaves a gc before
+        #: learned (:mod:`cas.admin.leaves`): marking reads it no more.
+        self.leaf = bytearray(len(listed))
+        self.learned = 0  # leaves learned by a read this time
         self.listed = listed
         self.pool = pool
         self.slice = SLICE if repo.storage.local_dir is not None else REMOTE_SLICE
@@ -293,15 +317,27 @@ class Marker:
         while stack:
             batch = stack[-ROUND:]
             del stack[-ROUND:]
-            todo = [(d, h) for d, h in batch if self._take(d, gone_ok, h)]
-            for digest, found in zip((d for d, _ in todo), self._read(todo), strict=True):
+            todo = [
+                (d, h)
+                for d, h in batch
+                if self._take(d, gone_ok, h) and not (h != READ and self._is_leaf(d))
+            ]
+            for (digest, how), found in zip(todo, self._read(todo), strict=True):
                 if found is None:
                     self.missing.add(ObjectId(digest.hex()))  # listed, then gone
                     continue
                 chunks, pending = found
+                if how == PROBE and not chunks and not pending:
+                    # A blob without a base (a HEAD read says nothing of the kind).
+                    self.leaf[self.listed.find(digest)] = 1
+                    self.learned += 1
                 for chunk in chunks:
                     self._take(chunk, set())
                 stack.extend(pending)
+
+    def _is_leaf(self, digest: bytes) -> bool:
+        """Known to point at nothing at its listed version: no read needed."""
+        return bool(self.leaf[self.listed.find(digest)])
 
     def _read(self, todo: list[Pending]) -> list[tuple[list[bytes], list[Pending]] | None]:
         """Each object's references, read in parallel slices."""

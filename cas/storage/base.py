@@ -29,6 +29,9 @@ TEMP_PREFIX: Final = ".tmp-"
 class Stat:
     size: int
     mtime: float  # seconds since the epoch
+    #: The object store's version token of the file, where its listing gives one (the
+    #: S3 ETag, the GCS generation, the Azure ETag): it changes whenever the bytes do.
+    version: str | None = None
 
 
 class Storage(ABC):

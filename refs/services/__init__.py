@@ -18,6 +18,7 @@ from refs.services.base import (
     diagnose,
     mtime_of,
     split,
+    version_of,
 )
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "backend_failures",
     "diagnose",
     "mtime_of",
+    "version_of",
     "service_for",
     "split",
 ]

@@ -10,7 +10,9 @@ from fsspec.asyn import sync
 
 from refs.services.base import (
     PAGE,
+    Detail,
     ObjectService,
+    detail_of,
     mtime_of,
     run,
     split,
@@ -132,7 +134,7 @@ class AzureService(ObjectService):
         delimiter: str | None,
         limit: int | None,
         start_after: str | None = None,
-        versions: dict[str, str] | None = None,
+        details: dict[str, Detail] | None = None,
     ) -> list[str]:
         from azure.core.exceptions import AzureError
 
@@ -150,8 +152,10 @@ class AzureService(ObjectService):
                     if _folder_marker(getattr(item, "metadata", None)):
                         continue  # a folder's placeholder blob (adlfs, HNS accounts), not a file
                     found.append(str(item.name))
-                    if versions is not None and getattr(item, "etag", None):
-                        versions[str(item.name)] = str(item.etag)
+                    if details is not None:
+                        details[str(item.name)] = detail_of(
+                            item.etag, item.size, {"last_modified": item.last_modified}
+                        )
                     if limit is not None and len(found) >= limit:
                         break
         except AzureError as exc:

@@ -285,14 +285,14 @@ class ObjectService(Service, Conditional):
         delimiter: str | None,
         limit: int | None,
         start_after: str | None = None,
-        versions: dict[str, str] | None = None,
+        details: dict[str, Detail] | None = None,
     ) -> list[str]:
         """Keys (and with a delimiter, folders) below ``prefix``, in name order; with
         ``start_after`` (where :attr:`lists_after`), only the keys after it. With
-        ``versions``, each listed key's version token goes into it: the token a read
-        of the key returns (:meth:`_read`: the S3 ETag, the GCS generation, the Azure
-        ETag), so a caller can tell a file it read before is unchanged without reading
-        it again."""
+        ``details``, each listed key's :data:`Detail` goes into it: its version token
+        (what a read of the key returns beside the bytes, :meth:`_read`: the S3 ETag,
+        the GCS generation, the Azure ETag; a caller can tell a file it read before is
+        unchanged without reading it again), size and modification time."""
         raise NotImplementedError
 
     def list_keys(
@@ -310,9 +310,13 @@ class ObjectService(Service, Conditional):
     def list_versions(self, bucket: str, prefix: str) -> dict[str, str]:
         """Every key below ``prefix`` with its version token (see :meth:`_list`), one
         listing per 1,000 keys."""
-        versions: dict[str, str] = {}
-        run(self.fs, self._list, bucket, prefix, None, None, None, versions)
-        return versions
+        return {key: detail[0] for key, detail in self.list_details(bucket, prefix).items()}
+
+    def list_details(self, bucket: str, prefix: str) -> dict[str, Detail]:
+        """Every key below ``prefix`` with its :data:`Detail`, one listing per 1,000 keys."""
+        details: dict[str, Detail] = {}
+        run(self.fs, self._list, bucket, prefix, None, None, None, details)
+        return details
 
     def read_many(self, where: list[tuple[str, str]]) -> list[bytes | None]:
         """Contents of many (bucket, key), ``READS_IN_FLIGHT`` at once; None where absent."""
@@ -344,6 +348,26 @@ def split_root(root: str) -> tuple[str, str]:
 PAGE: Final = 1000
 #: Reads of many small files (refs, history entries) in flight at once.
 READS_IN_FLIGHT: Final = 32
+
+
+#: What a listing says of one file: (version token, size, modification time).
+Detail = tuple[str, int, float]
+
+
+def detail_of(version: object, size: object, info: dict[str, Any]) -> Detail:
+    """A listed file's :data:`Detail` (an unquoted version token, as :func:`version_of`)."""
+    return str(version).strip('"'), int(size or 0), mtime_of(info)  # type: ignore[call-overload]
+
+
+def version_of(info: dict[str, Any]) -> str | None:
+    """The version token of a file from an fsspec listing's info dict (s3fs ``ETag``,
+    gcsfs ``generation``, adlfs ``etag``), as a read gives it unquoted; None if the
+    listing gives none."""
+    for key in ("ETag", "generation", "etag"):
+        value = info.get(key)
+        if value:
+            return str(value).strip('"')
+    return None
 
 
 def mtime_of(info: dict[str, Any]) -> float:

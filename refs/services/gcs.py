@@ -13,8 +13,10 @@ from fsspec.asyn import sync
 
 from refs.services.base import (
     PAGE,
+    Detail,
     ObjectService,
     aiohttp_error,
+    detail_of,
     mtime_of,
     run,
     split,
@@ -190,7 +192,7 @@ class GCSService(ObjectService):
         delimiter: str | None,
         limit: int | None,
         start_after: str | None = None,
-        versions: dict[str, str] | None = None,
+        details: dict[str, Detail] | None = None,
     ) -> list[str]:
         found: list[str] = []
         params: dict[str, Any] = {"prefix": prefix}
@@ -210,10 +212,9 @@ class GCSService(ObjectService):
             except Exception as exc:  # noqa: BLE001 - translated, never swallowed
                 raise _gcs_error(exc) from exc
             names = [str(item["name"]) for item in page.get("items", [])]
-            if versions is not None:
-                versions.update(
-                    (str(item["name"]), str(item["generation"])) for item in page.get("items", [])
-                )
+            if details is not None:
+                for item in page.get("items", []):
+                    details[str(item["name"])] = detail_of(item["generation"], item["size"], item)
             if start_after is not None:
                 names = [n for n in names if n > start_after]
             names += [str(folder) for folder in page.get("prefixes", [])]

@@ -7,8 +7,10 @@ from typing import Any
 
 from refs.services.base import (
     PAGE,
+    Detail,
     ObjectService,
     aiohttp_error,
+    detail_of,
     mtime_of,
     run,
     split,
@@ -140,7 +142,7 @@ class S3Service(ObjectService):
         delimiter: str | None,
         limit: int | None,
         start_after: str | None = None,
-        versions: dict[str, str] | None = None,
+        details: dict[str, Detail] | None = None,
     ) -> list[str]:
         found: list[str] = []
         params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
@@ -156,10 +158,9 @@ class S3Service(ObjectService):
             except Exception as exc:  # noqa: BLE001 - translated, never swallowed
                 raise _s3_error(exc) from exc
             names = [item["Key"] for item in page.get("Contents", [])]
-            if versions is not None:
-                versions.update(
-                    (item["Key"], str(item["ETag"])) for item in page.get("Contents", [])
-                )
+            if details is not None:
+                for item in page.get("Contents", []):
+                    details[item["Key"]] = detail_of(item["ETag"], item["Size"], item)
             names += [item["Prefix"] for item in page.get("CommonPrefixes", [])]
             found.extend(sorted(names))
             if not page.get("IsTruncated") or (limit is not None and len(found) >= limit):
