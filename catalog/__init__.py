@@ -16,11 +16,12 @@ caller keeps. See ``docs/catalog.md``.
 """
 
 from catalog.catalog import Catalog
-from catalog.errors import CatalogError, FormatMismatch, InvalidInput, QueryError
+from catalog.errors import CatalogDamaged, CatalogError, FormatMismatch, InvalidInput, QueryError
 from catalog.query import Query, parse_query
 
 __all__ = [
     "Catalog",
+    "CatalogDamaged",
     "CatalogError",
     "FormatMismatch",
     "InvalidInput",

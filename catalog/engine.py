@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import lmdb
 
 from catalog import keys
-from catalog.errors import CatalogError, FormatMismatch
+from catalog.errors import CatalogDamaged, CatalogError, FormatMismatch
 
 T = TypeVar("T")
 
@@ -48,6 +48,19 @@ MAX_READERS = 256
 # No gain, and LMDB's integrity promises are weaker with it, so it stays off.
 WRITEMAP = False
 _RETRIES = 64
+# What LMDB raises when its files are not a sound environment: a meta page or header
+# overwritten or truncated (MDB_INVALID, MDB_VERSION_MISMATCH, a map size of garbage
+# that cannot be mapped), a page that does not parse (MDB_CORRUPTED, MDB_PAGE_NOTFOUND,
+# and MDB_BAD_TXN for the transaction that met it), a lock file of garbage (EINVAL).
+_DAMAGE_AT_OPEN = (
+    lmdb.InvalidError, lmdb.VersionMismatchError, lmdb.CorruptedError, lmdb.PageNotFoundError,
+    lmdb.PanicError, lmdb.BadTxnError, lmdb.BadRslotError, lmdb.IncompatibleError,
+    lmdb.InvalidParameterError, lmdb.MemoryError,
+)  # fmt: skip
+_DAMAGE = (
+    lmdb.InvalidError, lmdb.VersionMismatchError, lmdb.CorruptedError, lmdb.PageNotFoundError,
+    lmdb.PanicError, lmdb.BadTxnError,
+)  # fmt: skip
 
 
 class _Shared:
@@ -145,9 +158,9 @@ class Engine:
                     with shared.env.begin(buffers=False) as txn:
                         return fn(txn)
                 except lmdb.MapResizedError:
-                    shared.env.set_mapsize(0)  # another process grew the map: adopt it
+                    _adopt(shared, self.path)  # another process grew the map
                 except lmdb.Error as exc:
-                    raise CatalogError(f"catalog {self.path}: {exc}") from exc
+                    raise _translated(self.path, exc) from exc
         raise CatalogError(f"catalog {self.path}: the map kept being resized under a read")
 
     def write(self, fn: Callable[[Txn], T], need: int = 0) -> T:
@@ -168,9 +181,9 @@ class Engine:
                 except lmdb.MapFullError:
                     _grow(shared, 0)
                 except lmdb.MapResizedError:
-                    shared.env.set_mapsize(0)
+                    _adopt(shared, self.path)
                 except lmdb.Error as exc:
-                    raise CatalogError(f"catalog {self.path}: {exc}") from exc
+                    raise _translated(self.path, exc) from exc
         raise CatalogError(f"catalog {self.path}: a write did not fit after {_RETRIES} growths")
 
     def info(self) -> dict[str, int]:
@@ -185,6 +198,20 @@ class Engine:
                 "page_size": int(psize),
                 "map_growths": shared.growths,
             }
+
+
+def _adopt(shared: _Shared, path: Path) -> None:
+    """Adopt the map size the file records (another process grew it)."""
+    try:
+        shared.env.set_mapsize(0)
+    except lmdb.MemoryError as exc:  # a size of garbage in a damaged meta page
+        raise CatalogDamaged(str(path), f"catalog {path} is damaged: {exc}") from exc
+
+
+def _translated(path: Path, exc: lmdb.Error) -> CatalogError:
+    if isinstance(exc, _DAMAGE):
+        return CatalogDamaged(str(path), f"catalog {path} is damaged: {exc}")
+    return CatalogError(f"catalog {path}: {exc}")
 
 
 def _open(path: Path, map_size: int | None, readonly: bool, durable: bool = True) -> _Shared:
@@ -202,8 +229,26 @@ def _open(path: Path, map_size: int | None, readonly: bool, durable: bool = True
             max_readers=MAX_READERS,
             readahead=False,  # random access index: readahead only pollutes the cache
         )
+    except _DAMAGE_AT_OPEN as exc:
+        raise CatalogDamaged(str(path), f"catalog {path} is damaged: {exc}") from exc
     except lmdb.Error as exc:
         raise CatalogError(f"cannot open catalog at {path}: {exc}") from exc
+    try:
+        return _opened(env, path, map_size, readonly)
+    except FormatMismatch:
+        env.close()
+        raise
+    except _DAMAGE_AT_OPEN as exc:
+        env.close()
+        raise CatalogDamaged(str(path), f"catalog {path} is damaged: {exc}") from exc
+    except lmdb.Error as exc:
+        env.close()
+        raise CatalogError(f"cannot open catalog at {path}: {exc}") from exc
+
+
+def _opened(env: lmdb.Environment, path: Path, map_size: int | None, readonly: bool) -> _Shared:
+    """The environment's map adopted, its sub-databases opened and one read run, so
+    files that are not a sound environment are found here, not by a later call."""
     # An existing file records the size its writers last used; opening with a smaller
     # number maps only what is in use, so adopt the recorded size, then the asked one.
     env.set_mapsize(0)
@@ -212,48 +257,41 @@ def _open(path: Path, map_size: int | None, readonly: bool, durable: bool = True
     env.reader_check()  # clear reader slots left by processes that died
     for attempt in range(_RETRIES):
         try:
-            return _Shared(env, _open_dbs(env, path, readonly), readonly)
-        except lmdb.MapResizedError as exc:
+            dbs = _open_dbs(env, path, readonly)
+            with env.begin(buffers=False) as txn:  # a read: a lock file of garbage fails it
+                txn.get(b"format", db=dbs[keys.META])
+            return _Shared(env, dbs, readonly)
+        except lmdb.MapResizedError:
             # Another process grew the map between our adopting its size and our
             # first transaction: adopt the new size and try again.
             if attempt == _RETRIES - 1:
-                env.close()
-                raise CatalogError(f"cannot open catalog at {path}: {exc}") from exc
+                raise
             env.set_mapsize(0)
-        except FormatMismatch:
-            env.close()
-            raise
     raise AssertionError("unreachable")
 
 
 def _open_dbs(env: lmdb.Environment, path: Path, readonly: bool) -> dict[bytes, Any]:
     """The sub-databases (created, and the format recorded, unless ``readonly``)."""
     dbs: dict[bytes, Any] = {}
-    try:
-        if readonly:
-            for name in keys.ALL_DBS:
-                dup = name in keys.DUPSORT_DBS
-                dbs[name] = env.open_db(name, create=False, dupsort=dup, dupfixed=dup)
-        else:
-            with env.begin(write=True) as txn:
-                for name in keys.ALL_DBS:
-                    dup = name in keys.DUPSORT_DBS
-                    dbs[name] = env.open_db(name, txn=txn, dupsort=dup, dupfixed=dup)
-                meta = dbs[keys.META]
-                found = txn.get(b"format", db=meta)
-                if found is None:
-                    txn.put(b"format", keys.FORMAT, db=meta)
-                elif found != keys.FORMAT:
-                    raise FormatMismatch(
-                        str(path), found,
-                        f"catalog {path} has format {found!r}, this version reads {keys.FORMAT!r}; "
-                        "delete the folder and rebuild it",
-                    )  # fmt: skip
-    except (FormatMismatch, lmdb.MapResizedError):
-        raise  # the caller closes or retries
-    except lmdb.Error as exc:
-        env.close()
-        raise CatalogError(f"cannot open catalog at {path}: {exc}") from exc
+    if readonly:
+        for name in keys.ALL_DBS:
+            dup = name in keys.DUPSORT_DBS
+            dbs[name] = env.open_db(name, create=False, dupsort=dup, dupfixed=dup)
+        return dbs
+    with env.begin(write=True) as txn:
+        for name in keys.ALL_DBS:
+            dup = name in keys.DUPSORT_DBS
+            dbs[name] = env.open_db(name, txn=txn, dupsort=dup, dupfixed=dup)
+        meta = dbs[keys.META]
+        found = txn.get(b"format", db=meta)
+        if found is None:
+            txn.put(b"format", keys.FORMAT, db=meta)
+        elif found != keys.FORMAT:
+            raise FormatMismatch(
+                str(path), found,
+                f"catalog {path} has format {found!r}, this version reads {keys.FORMAT!r}; "
+                "delete the folder and rebuild it",
+            )  # fmt: skip
     return dbs
 
 

@@ -4,6 +4,7 @@
 
     CatalogError                                  root: anything the catalog raises on purpose
      ├── FormatMismatch                           a catalog folder of another format (rebuild it)
+     ├── CatalogDamaged                           files that are not a readable LMDB catalog (rebuild it)
      ├── InvalidInput         (also ValueError)   a record, event, id or argument that is malformed
      └── QueryError           (also ValueError)   a search query that does not parse (says where)
 
@@ -25,6 +26,16 @@ class FormatMismatch(CatalogError):
     def __init__(self, path: str, found: bytes, message: str) -> None:
         self.path = path
         self.found = found
+        super().__init__(message)
+
+
+class CatalogDamaged(CatalogError):
+    """The catalog folder's files are not a readable LMDB environment (overwritten,
+    truncated, a lock file of garbage); the index is derived, so the caller sets the
+    folder aside and rebuilds it from its events. ``path`` is the folder."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
         super().__init__(message)
 
 

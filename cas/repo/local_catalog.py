@@ -10,6 +10,7 @@ the whole journal and reports what changed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
@@ -66,14 +67,25 @@ class LocalCatalog:
         self.folder = folder or index_dir(space)
         durable = getattr(space.storage, "fsync", True)
         self._state_path = self.folder / "sync.msgpack"
+        path = self.folder / "catalog"
+        data = path / "data.mdb"
+        if not data.exists() or data.stat().st_size == 0:
+            # A catalog made now: sync state left beside it (its catalog deleted by
+            # hand, or set aside) would make the first sync skip the older entries.
+            self._state_path.unlink(missing_ok=True)
         try:
-            self.catalog = _catalog.Catalog(str(self.folder / "catalog"), durable=durable)
+            self.catalog = _catalog.Catalog(str(path), durable=durable)
         except _catalog.FormatMismatch:
             # Written by another version of cas: the catalog is derived, so it is built
             # again from the journal (the first sync reads every entry).
-            shutil.rmtree(self.folder / "catalog", ignore_errors=True)
+            shutil.rmtree(path, ignore_errors=True)
             self._state_path.unlink(missing_ok=True)
-            self.catalog = _catalog.Catalog(str(self.folder / "catalog"), durable=durable)
+            self.catalog = _catalog.Catalog(str(path), durable=durable)
+        except _catalog.CatalogDamaged as exc:
+            # Overwritten, truncated, a lock file of garbage: derived too, so it is set
+            # aside (kept for a look, never read again) and built again from the journal.
+            self.set_aside(exc)
+            self.catalog = _catalog.Catalog(str(path), durable=durable)
         self._has_high_water = False
         self._written = 0  # entries this process wrote since it last synced
         state = self._state()
@@ -83,6 +95,19 @@ class LocalCatalog:
 
     def close(self) -> None:
         self.catalog.close()
+
+    def set_aside(self, exc: Exception) -> None:
+        """Move the damaged catalog and its sync state to ``damaged-<time>/`` beside."""
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.folder / f"damaged-{stamp}-{os.getpid()}"
+        aside.mkdir(parents=True, exist_ok=True)
+        for part in (self.folder / "catalog", self._state_path):
+            with contextlib.suppress(FileNotFoundError):  # another process moved it first
+                os.replace(part, aside / part.name)
+        logging.getLogger("cas").warning(
+            "the catalog of %s was damaged (%s); set aside in %s and rebuilt from the store "
+            "(delete that folder when done with it)", self.space.url, exc, aside,
+        )  # fmt: skip
 
     # -- sync state -------------------------------------------------------------------
 

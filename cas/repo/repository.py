@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
+import catalog as _catalog
 from cas.errors import InvalidInput, ObjectNotFound, RefConflict
 from cas.objects.ids import ObjectId, is_id, parse_id
 from cas.objects.kinds import pack, unpack
@@ -415,7 +416,13 @@ class Repository:
             if self._index is not None:
                 return None
             index = self._unsynced or LocalCatalog(self.space, self.journal)
-            applied = index.sync(full=full)
+            try:
+                applied = index.sync(full=full)
+            except _catalog.CatalogDamaged as exc:  # found by the catch-up's reads
+                index.close()
+                index.set_aside(exc)
+                index = LocalCatalog(self.space, self.journal)
+                applied = index.sync(full=full)
             self._index, self._unsynced = index, None
             return applied
 
