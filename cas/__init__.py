@@ -28,6 +28,7 @@ from cas.errors import (
     MaterializerError,
     ObjectNotFound,
     QueryError,
+    ReadOnlyStore,
     RefConflict,
     RefLocked,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "MaterializerError",
     "ObjectNotFound",
     "QueryError",
+    "ReadOnlyStore",
     "RefConflict",
     "RefLocked",
     "S3ArtifactStore",

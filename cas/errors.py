@@ -14,6 +14,7 @@
      ├── MaterializerError     (also TypeError)   no way to serialize a value; pickle refused; an extra missing
      ├── QueryError            (also ValueError)  a malformed catalog query
      ├── InvalidInput          (also ValueError, TypeError)  an argument refused before anything is written
+     ├── ReadOnlyStore         (also PermissionError) a write to a store this process may only read
      └── BackendError          (also OSError)     the storage service failed (network, auth, missing bucket)
 
 Foreign exceptions are translated at the boundary with ``raise ... from exc``; a
@@ -108,6 +109,18 @@ class InvalidInput(CasError, ValueError, TypeError):
         self.argument = argument
         self.rule = rule
         super().__init__(f"invalid {argument}: {rule}")
+
+
+class ReadOnlyStore(CasError, PermissionError):
+    """A write to a store whose folder this process cannot write (a read-only folder or
+    mount, another user's files); reads of it work. ``path`` is what refused."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(message)
+
+    def __str__(self) -> str:  # OSError would format its own
+        return str(self.args[0])
 
 
 class BackendError(CasError, OSError):

@@ -5,8 +5,10 @@ says what to do, and the documented remedy works."""
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -129,3 +131,62 @@ def test_reindex_and_fsck_work_on_a_damaged_index(
     assert "Traceback" not in run.stderr
     assert "set aside in" in run.stderr and "damaged-" in run.stderr
     _check(str(root), ids)
+
+
+# -- a read-only store ----------------------------------------------------------------
+
+READER = r"""
+import json, sys
+import cas
+store = cas.open_store(sys.argv[1])
+out = {"load": store.load("models/m7").decode(),
+       "name": store.get_metadata("models/m3")["name"],
+       "search": [a.id for a in store.catalog.search("stage:production")],
+       "names": len(store.list_artifacts())}
+for what, call in [("save", lambda: store.save(b"new", "models/new")),
+                   ("dedup", lambda: store.save(b"model 1", "models/again")),
+                   ("tag", lambda: store.catalog.tag(out["search"][0], stage="old")),
+                   ("delete", lambda: store.delete("models/m1"))]:
+    try:
+        call()
+        out[what] = "written"
+    except cas.ReadOnlyStore as exc:
+        out[what] = str(exc)
+print(json.dumps(out))
+"""
+
+
+def _as_a_reader(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run Python as a user whom permissions bind: as root (whom ``chmod`` does not
+    stop), the same user without the capabilities that override file permissions."""
+    command = [sys.executable, "-c", READER, *args]
+    if os.geteuid() == 0:
+        drop = "-dac_override,-dac_read_search,-fowner,-linux_immutable"
+        command = ["setpriv", f"--bounding-set={drop}", "--inh-caps=-all", *command]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_read_only_store_is_read_with_its_catalog_in_the_cache(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    ids = _fill(str(root))
+    shutil.rmtree(root / "index")  # a copy without its index, as an archive may be
+    before = _files(root)
+    subprocess.run(["chmod", "-R", "a-w", str(root)], check=True)
+    try:
+        env = {**os.environ, "CAS_CACHE_DIR": str(tmp_path / "cache")}
+        run = _as_a_reader(str(root), env=env)
+        assert run.returncode == 0, run.stderr
+        out = json.loads(run.stdout)
+        assert out["load"] == "model 7" and out["name"] == "models/m3"
+        assert out["search"] == [ids["models/m3"]] and out["names"] == 40
+        for what in ("save", "dedup", "tag", "delete"):
+            assert "is read-only here" in out[what] and str(root) in out[what], out
+            assert "cas pull" in out[what]
+        assert _files(root) == before  # nothing written, the index not even made
+        assert list((tmp_path / "cache").rglob("data.mdb"))  # the catalog is kept there
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(root)], check=True)

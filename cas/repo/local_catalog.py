@@ -46,9 +46,24 @@ DEEP_EVERY: Final = 3600.0
 
 
 def index_dir(space: ObjectSpace) -> Path:
+    """``<root>/index`` of a local root this process can write there; else (a remote
+    root, or a read-only folder, mount or another user's store) this machine's cache."""
     if space.storage.local_dir is not None:
-        return Path(space.storage.local_dir) / "index"
+        local = Path(space.storage.local_dir) / "index"
+        if writable(local):
+            return local
     return remote_cache(space.url) / "index"
+
+
+def writable(folder: Path) -> bool:
+    """True if this process can write ``folder`` (the nearest existing folder above it,
+    if it does not exist yet) and the catalog files already in it: what LMDB needs to
+    open it. ``os.access`` answers for a read-only mount too."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    files = [folder / "catalog", *(folder / "catalog" / n for n in ("data.mdb", "lock.mdb"))]
+    return os.access(existing, os.W_OK) and all(os.access(f, os.W_OK) for f in files if f.exists())
 
 
 class LocalCatalog:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 import secrets
 import stat as stat_module
@@ -16,6 +17,7 @@ from typing import Any, Final
 from fsspec.implementations.local import LocalFileSystem
 
 import refs
+from cas.errors import ReadOnlyStore
 from cas.storage.base import TEMP_PREFIX, Stat, Storage
 from refs.files import read_file
 
@@ -73,6 +75,27 @@ class LocalStorage(Storage):
     def write_atomic(
         self, rel: str, data: bytes, *, durable: bool = True, _attempt: int = 1
     ) -> None:
+        with self._writing():
+            self._write_atomic(rel, data, durable=durable, _attempt=_attempt)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A write refused by permissions or a read-only mount is :class:`ReadOnlyStore`."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            raise ReadOnlyStore(
+                exc.filename or self.root,
+                f"the store at {self.root} is read-only here ({exc.strerror}: "
+                f"{exc.filename or self.root}): reading it works; to write, make it writable "
+                "for this user or copy it to a store of your own with 'cas pull'",
+            ) from exc
+
+    def _write_atomic(
+        self, rel: str, data: bytes, *, durable: bool = True, _attempt: int = 1
+    ) -> None:
         path = self._path(rel)
         parent = os.path.dirname(path)
         if parent not in self._made_dirs:
@@ -109,7 +132,7 @@ class LocalStorage(Storage):
             # hand, so write it again rather than fail the save.
             if _attempt >= 3:
                 raise
-            self.write_atomic(rel, data, durable=durable, _attempt=_attempt + 1)
+            self._write_atomic(rel, data, durable=durable, _attempt=_attempt + 1)
             return
         if self.fsync and durable:
             _fsync_dir(parent)
@@ -175,14 +198,16 @@ class LocalStorage(Storage):
 
     def touch(self, rel: str) -> bool:
         try:
-            os.utime(self._path(rel))
+            with self._writing():
+                os.utime(self._path(rel))
         except FileNotFoundError:
             return False
         return True
 
     def delete(self, rel: str) -> bool:
         try:
-            os.unlink(self._path(rel))
+            with self._writing():
+                os.unlink(self._path(rel))
         except FileNotFoundError:
             return False
         return True
