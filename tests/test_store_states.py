@@ -190,3 +190,25 @@ def test_a_read_only_store_is_read_with_its_catalog_in_the_cache(tmp_path: Path)
         assert list((tmp_path / "cache").rglob("data.mdb"))  # the catalog is kept there
     finally:
         subprocess.run(["chmod", "-R", "u+w", str(root)], check=True)
+
+
+# -- a typo in a root ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["serve", "--port", "0", "--token-file", "missing"],  # an argument error first
+        ["serve", "--port", "0"],  # a root that is not a store
+        ["serve", "--port", "70000"],
+    ],
+)
+def test_serve_never_creates_a_store(tmp_path: Path, args: list[str]) -> None:
+    env = {**os.environ, "CAS_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("CAS_ROOT", None)
+    run = _cli("--root", "./typo", *args, cwd=tmp_path, env=env)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "typo").exists()
+    if "--token-file" not in args and "70000" not in args:
+        assert "run 'cas init'" in run.stderr

@@ -72,11 +72,18 @@ def serve(
 
     if not 0 <= port <= 65535:
         raise cas.CasError(f"port must be 0-65535, got {port}")
-    sock = bind(host, port)
+    # Every argument is checked before the store is opened, and a root that is not a
+    # store is refused, never created: a typo must not become a new store that serves.
+    given = read_token_file(token_file) if token_file is not None else None
+    store = cas.open_store(root, create=False, **storage_options)
+    try:
+        sock = bind(host, port)
+    except BaseException:
+        store.close()
+        raise
     port = sock.getsockname()[1]
-    store = cas.open_store(root, **storage_options)
-    if token_file is not None:
-        token, where = read_token_file(token_file), os.fspath(token_file)
+    if given is not None and token_file is not None:
+        token, where = given, os.fspath(token_file)
     else:
         token, path = new_token_file(host, port)
         where = str(path)
