@@ -34,7 +34,7 @@ import zstandard
 
 from refs.files import Files
 from refs.ids import decode_ref
-from refs.log import LogEntry, decode_entry, entry_path, parse_entry_basename
+from refs.log import PRUNED, LogEntry, decode_entry, entry_path, parse_entry_basename
 from refs.names import is_valid_ref_name
 
 MAGIC: Final = b"CASREFS1\n"
@@ -54,10 +54,28 @@ class RefState:
     refs: dict[str, tuple[str, str]]  # name -> (id, version)
     entries: dict[tuple[str, int], tuple[str, bytes]]  # (name, seq) -> (version, bytes)
     read: int = 0
+    #: Names whose history holds the ``~pruned`` marker (from the listing).
+    pruned: frozenset[str] = frozenset()
 
     def items(self) -> builtins.list[tuple[str, str]]:
         """Sorted ``(name, id)`` of every ref, as :meth:`refs.RefStore.items`."""
         return sorted((name, rid) for name, (rid, _) in self.refs.items())
+
+    def prunable(self, older_than: float) -> builtins.list[str]:
+        """Names :meth:`refs.RefStore.prune_log` has work for: an entry other than the
+        newest written before ``older_than``, or a history that lost its first entry
+        and lacks the ``~pruned`` marker (pruned before markers were written)."""
+        first: dict[str, tuple[int, LogEntry]] = {}
+        newest: dict[str, int] = {}
+        for name, seq, entry in self.history():  # by name, then number
+            first.setdefault(name, (seq, entry))
+            newest[name] = seq
+        return [
+            name
+            for name, (seq, entry) in first.items()
+            if (seq < newest[name] and entry.time < older_than)
+            or (seq > 1 and name not in self.pruned)
+        ]
 
     def history(self) -> Iterator[tuple[str, int, LogEntry]]:
         """``(name, seq, entry)`` of every history entry, by name then number."""
@@ -81,6 +99,7 @@ def gather(files: Files, root: str) -> RefState | None:
         if path.startswith(refs_top) and is_valid_ref_name(path[len(refs_top) :])
     }
     entry_files: dict[tuple[str, int], str] = {}
+    pruned: set[str] = set()
     snapshots = []
     for path, version in log_versions.items():
         folder, _, base = path.rpartition("/")
@@ -89,6 +108,8 @@ def gather(files: Files, root: str) -> RefState | None:
             continue
         seq = parse_entry_basename(base)
         name = folder[len(logs_top) :]
+        if base == PRUNED:
+            pruned.add(name)
         if seq is not None and folder.startswith(logs_top) and is_valid_ref_name(name):
             entry_files[name, seq] = _token(version)
     old = _newest(files, sorted(snapshots))
@@ -117,7 +138,7 @@ def gather(files: Files, root: str) -> RefState | None:
         else:
             decode_entry(data, path)  # a damaged entry raises here, as a read of it does
             entries[want_entries[path]] = (version, data)
-    state = RefState(refs, entries, len(want))
+    state = RefState(refs, entries, len(want), frozenset(pruned))
     if len(want) >= WRITE_AFTER:
         with contextlib.suppress(OSError):  # a cache: the next reader reads again
             _write(files, root, state, sorted(snapshots))

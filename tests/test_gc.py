@@ -420,3 +420,16 @@ def test_gc_from_a_fresh_machine_reads_listings_not_artifacts(
     with cas.open_store(url, **s3_server.storage_options) as store:
         live = {store.get_metadata(i)["content_id"] for i in ids} | set(ids)
     assert not live & {str(o) for o, _ in third.delete}
+    # Executing it re-reads the names and prunes history by listings too.
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "third"))
+    with cas.open_store(url, **s3_server.storage_options) as store:
+        counts.clear()
+        result = gc.execute(store, third)
+        assert (
+            result.deleted == len(third.delete) and result.log_entries_pruned == 2
+        )  # the first of runs/0, of gone
+        assert counts["GetObject"] + counts["HeadObject"] <= 20, counts
+        assert [store.load(f"runs/{i}") for i in (1, count - 1)] == [
+            b"artifact 1",
+            b"artifact %d" % (count - 1),
+        ]

@@ -428,7 +428,8 @@ def execute(
     step = progress or (lambda what, n: None)
     # Roots that appeared since planning (a ref moved, a save registered a record):
     # they and everything they reach live again, even content the plan condemned.
-    now_refs = {rid for _, rid in repo.names.items()}
+    state = repo.names.state()  # an object store: listings, not a read per name
+    now_refs = {rid for _, rid in (repo.names.items() if state is None else state.items())}
     repo.sync()
     if repo.index.since_checkpoint():
         repo.index.checkpoint()  # a new machine then reads it, not the entries since the last
@@ -456,7 +457,7 @@ def execute(
     temp_removed = repo.storage.delete_many(list(gc_plan.temp_files))
     pruned = 0
     cutoff = gc_plan.started - gc_plan.retention
-    for name in repo.names.log_names():
+    for name in repo.names.log_names() if state is None else state.prunable(cutoff):
         pruned += repo.names.prune_log(name, cutoff)
     packed = pack_loose(repo, gc_plan.to_pack)
     if packed:
