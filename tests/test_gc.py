@@ -433,3 +433,52 @@ def test_gc_from_a_fresh_machine_reads_listings_not_artifacts(
             b"artifact 1",
             b"artifact %d" % (count - 1),
         ]
+
+
+@pytest.mark.slow
+def test_what_a_gc_leaves_for_the_next_holds_on_every_object_store(
+    cloud_server: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On S3, GCS and Azure alike the second fresh machine's plan takes the names and
+    the leaves from what the first left (their listings give version tokens), plans
+    the same, and reads again an object rewritten since."""
+    from cas.admin import leaves
+    from cas.testing.servers import Server
+
+    assert isinstance(cloud_server, Server)
+    url = cloud_server.url(cloud_server.new_bucket(), "gc")
+    opts = cloud_server.storage_options
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "writer"))
+    with cas.open_store(url, **opts) as store:
+        ids = [store.save(b"artifact %d" % i, f"runs/{i}") for i in range(120)]
+        store.save(b"garbage", "gone")
+        store.delete("gone")
+    learned: list[int] = []
+    real_save = leaves.save
+
+    def save(storage: object, listing: object, marker: object) -> bool:
+        learned.append(marker.learned)  # type: ignore[attr-defined]
+        return real_save(storage, listing, marker)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(leaves, "save", save)
+
+    def fresh_plan(machine: str) -> tuple[gc.GcPlan, int]:
+        monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / machine))
+        with cas.open_store(url, **opts) as store:
+            state = store.repo.names.state()
+            assert state is not None
+            return gc.plan(store, grace=0, retention=0, now=time.time() + 5), state.read
+
+    first, _ = fresh_plan("first")
+    second, names_read = fresh_plan("second")
+    assert learned[0] >= 120 and learned[1] == 0 and names_read == 0
+    assert first.delete == second.delete and len(second.delete) == 2
+    # An object rewritten since (same id, new version token) is read again.
+    with cas.open_store(url, **opts) as store:
+        content = store.get_metadata(ids[0])["content_id"]
+        path = f"objects/{content[:2]}/{content[2:]}"
+        store.storage.write_atomic(path, store.storage.read(path))
+    fresh_plan("third")
+    # An S3 ETag is the MD5 of the bytes (unchanged); a GCS generation and an Azure ETag
+    # are new with each write.
+    assert learned[2] == (0 if cloud_server.kind == "s3" else 1)
