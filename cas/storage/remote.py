@@ -331,6 +331,19 @@ class FsspecStorage(Storage):
             yield rel, Stat(int(info.get("size") or 0), mtime_of(info), version_of(info))
 
     def listdir(self, rel_dir: str) -> list[str]:
+        if isinstance(self.service, ObjectService):
+            # One request (s3fs follows an empty listing with a HEAD and a listing of
+            # the parent): the files of the folder, not its sub-folders.
+            bucket, _, key = self._path(rel_dir).strip("/").partition("/")
+            prefix = key.rstrip("/") + "/" if key else ""
+            try:
+                with self._boundary("listing", rel_dir):
+                    keys = self.service.list_keys(bucket, prefix, "/")
+            except FileNotFoundError:
+                keys = []
+            if not keys:
+                self._check_bucket("listing", rel_dir)
+            return sorted(k[len(prefix) :] for k in keys if not k.endswith("/"))
         try:
             with self._boundary("listing", rel_dir):
                 entries = self.fs.ls(self._path(rel_dir), detail=True)
