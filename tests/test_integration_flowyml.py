@@ -365,3 +365,37 @@ def test_flowyml_catalog_sees_pipeline_outputs_and_finds_them_by_content(
     got = catalog.get(evaluated)
     assert got is not None and got.content_hash == table["content_id"]
     assert got.uri == names["tabulate"]
+
+
+# Names FlowyML's own SQLite catalog accepts and git's ref rules refuse, or that hold '%'.
+ODD_NAMES = [
+    "my model",
+    "fraud: v2?",
+    "50% off",
+    "a..b",
+    ".hidden/x.lock",
+    "/lead//trail/",
+    "@",
+    "",
+]
+
+
+def test_flowyml_catalog_takes_any_name_flowyml_takes_and_gives_it_back(tmp_path: Path) -> None:
+    from flowyml.storage.catalog.local_backend import LocalCatalogBackend
+
+    own = ArtifactCatalog(backend=LocalCatalogBackend(str(tmp_path / "flowyml.db")))
+    catalog = ArtifactCatalog(backend=CasCatalogBackend(root=str(tmp_path / "store")))
+    ids = {}
+    for name in ODD_NAMES:
+        own.register(name, "Model")
+        ids[name] = catalog.register(name, "Model")
+    for name, aid in ids.items():
+        entry = catalog.get(aid)
+        assert entry is not None and entry.name == name
+    assert [e.name for e in catalog.list()] == [e.name for e in own.list()] == ODD_NAMES[::-1]
+    assert [e.name for e in catalog.search("my")] == [e.name for e in own.search("my")]
+
+    # in cas the name is percent-encoded where git's rules refuse it
+    store = cas.open_store(str(tmp_path / "store"))
+    assert store.get_metadata(ids["my model"])["name"] == "my%20model"
+    assert "50%25%20off" in store.list_artifacts()

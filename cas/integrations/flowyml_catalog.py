@@ -8,7 +8,8 @@ CatalogEntry        cas record
 ==================  ===============================================================
 artifact_id         the record id (64 hex). An id the caller chose is kept in the
                     record's metadata and ``get`` finds the record by it too.
-name                the name (git's ref-name rules; the ref moves to the new record)
+name                the name, percent-encoded where git's ref-name rules refuse it
+                    (see :func:`encode_name`); the ref moves to the new record
 artifact_type       the type ("unknown" when empty: cas requires one)
 content_hash        the content id (``b3sum``) of a record that has content; else the
                     hash FlowyML computed, kept in the metadata
@@ -34,18 +35,23 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import unquote
 
 from flowyml.storage.catalog.backend import CatalogBackend, CatalogEntry
 
 import cas
 from cas.integrations._common import open_store, resolve_root
 
-__all__ = ["CasCatalogBackend"]
+__all__ = ["CasCatalogBackend", "decode_name", "encode_name"]
 
 FLOWYML_KEY = "flowyml"
 UNKNOWN_TYPE = "unknown"
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
 _URL_PREFIX = "cas://"
+# Characters git's ref-name rules refuse anywhere, plus '%' (so decoding is exact).
+_ESCAPED = frozenset(" ~^:?*[\\%")
+#: The cas name of FlowyML's empty name: no percent-encoding yields it ('%' is '%25').
+EMPTY_NAME = "%empty-name"
 
 
 class CasCatalogBackend(CatalogBackend):  # type: ignore[misc]
@@ -84,11 +90,14 @@ class CasCatalogBackend(CatalogBackend):  # type: ignore[misc]
                 content_hash = target.content_id or ""
         if content_hash:
             own["content_hash"] = content_hash
+        name = encode_name(str(entry.name))
+        if name != entry.name:
+            own["name"] = str(entry.name)  # its words are searchable, as the name's are
         metadata = dict(entry.metadata or {})
         if own:
             metadata[FLOWYML_KEY] = own
         aid = self.catalog.register(
-            entry.name,
+            name,
             entry.artifact_type or UNKNOWN_TYPE,
             source_step=entry.source_step or None,
             source_run_id=entry.source_run_id or None,
@@ -212,7 +221,7 @@ def _entry(a: cas.Artifact) -> CatalogEntry:
     uri = f"{_URL_PREFIX}{a.id}" if a.content_id else str(own.get("uri") or "")
     return CatalogEntry(
         artifact_id=a.id,
-        name=a.name,
+        name=decode_name(a.name),
         artifact_type=a.artifact_type,
         content_hash=a.content_id or str(own.get("content_hash") or ""),
         source_step=a.source_step or "",
@@ -225,6 +234,46 @@ def _entry(a: cas.Artifact) -> CatalogEntry:
         created_at=a.created_at,
         version=own.get("version"),
     )
+
+
+def encode_name(name: str) -> str:
+    """The cas name of a FlowyML catalog name: itself when git's ref rules accept it,
+    else with the characters they refuse percent-encoded (``my model`` is
+    ``my%20model``), ``%`` always (``%25``), so :func:`decode_name` gives it back
+    exactly. A name with an empty component (``/a``, ``a/``, ``a//b``) is one component,
+    its ``/`` encoded (``%2Fa``); the empty name is ``%empty-name``."""
+    if not name:
+        return EMPTY_NAME
+    if name == "@":
+        return "%40"
+    parts = name.split("/")
+    if "" in parts:
+        return _encode_component(name, frozenset("/"))
+    return "/".join(_encode_component(p) for p in parts)
+
+
+def decode_name(name: str) -> str:
+    """The FlowyML name of a cas name (the inverse of :func:`encode_name`)."""
+    return "" if name == EMPTY_NAME else unquote(name)
+
+
+def _encode_component(part: str, more: frozenset[str] = frozenset()) -> str:
+    out = "".join(
+        _percent(ch) if ch in _ESCAPED or ch in more or ord(ch) < 0x20 or ord(ch) == 0x7F else ch
+        for ch in part
+    )
+    out = re.sub(r"(?<=\.)\.", "%2E", out).replace("@{", "%40{")
+    if out.startswith("."):
+        out = "%2E" + out[1:]
+    if out.endswith(".lock"):
+        out = out[: -len(".lock")] + "%2Elock"
+    if out.endswith("."):
+        out = out[:-1] + "%2E"
+    return out
+
+
+def _percent(ch: str) -> str:
+    return "".join(f"%{b:02X}" for b in ch.encode())
 
 
 def _quoted(value: str) -> str:
