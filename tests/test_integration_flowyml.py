@@ -399,3 +399,16 @@ def test_flowyml_catalog_takes_any_name_flowyml_takes_and_gives_it_back(tmp_path
     store = cas.open_store(str(tmp_path / "store"))
     assert store.get_metadata(ids["my model"])["name"] == "my%20model"
     assert "50%25%20off" in store.list_artifacts()
+
+
+def test_flowyml_catalog_search_finds_an_entry_by_its_pipeline(tmp_path: Path) -> None:
+    from flowyml.storage.catalog.local_backend import LocalCatalogBackend
+
+    own = ArtifactCatalog(backend=LocalCatalogBackend(str(tmp_path / "flowyml.db")))
+    catalog = ArtifactCatalog(backend=CasCatalogBackend(root=str(tmp_path / "store")))
+    for each in (own, catalog):
+        each.register("model", "Model", source_pipeline="fraud_detection")
+        each.register("other", "Model", source_pipeline="etl")
+    assert [e.name for e in catalog.search("fraud")] == ["model"]
+    assert [e.name for e in own.search("fraud")] == ["model"]
+    assert catalog.search("fraud")[0].metadata == {}

@@ -90,9 +90,13 @@ class CasCatalogBackend(CatalogBackend):  # type: ignore[misc]
                 content_hash = target.content_id or ""
         if content_hash:
             own["content_hash"] = content_hash
+        # cas indexes the words of metadata strings, so these make `search` find an entry
+        # by the words of its name as given and of its pipeline, as FlowyML's does.
         name = encode_name(str(entry.name))
         if name != entry.name:
-            own["name"] = str(entry.name)  # its words are searchable, as the name's are
+            own["name"] = str(entry.name)
+        if entry.source_pipeline:
+            own["source_pipeline"] = str(entry.source_pipeline)
         metadata = dict(entry.metadata or {})
         if own:
             metadata[FLOWYML_KEY] = own
@@ -146,8 +150,9 @@ class CasCatalogBackend(CatalogBackend):  # type: ignore[misc]
 
     def search(self, query: str, limit: int = 50) -> list[CatalogEntry]:
         """cas's query language: ``stage:production fraud`` is a tag filter AND a word;
-        words are whole words of names (split at ``_ - . /``), types, tag values and
-        string metadata."""
+        words are whole words of names (split at ``_ - . /``), types, tag values, source
+        pipelines (of entries registered here; a pipeline output's name holds its
+        pipeline) and string metadata."""
         return [_entry(a) for a in self.catalog.search(query, limit)]
 
     def get_lineage(self, artifact_id: str, depth: int | None = None) -> dict[str, Any]:
