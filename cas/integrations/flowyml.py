@@ -34,12 +34,13 @@ from flowyml.stacks.components import ArtifactStore as _FlowymlArtifactStore
 
 import cas
 from cas.integrations._common import open_store, resolve_root
-from cas.integrations.flowyml_catalog import CasCatalogBackend
+from cas.integrations.flowyml_catalog import CasCatalogBackend, EntryNotFound
 
 __all__ = [
     "Cas",
     "CasArtifactStore",
     "CasCatalogBackend",
+    "EntryNotFound",
     "NoLocalCopy",
     "RUNS_PREFIX",
     "output_name",

@@ -42,7 +42,7 @@ from flowyml.storage.catalog.backend import CatalogBackend, CatalogEntry
 import cas
 from cas.integrations._common import open_store, resolve_root
 
-__all__ = ["CasCatalogBackend", "decode_name", "encode_name"]
+__all__ = ["CasCatalogBackend", "EntryNotFound", "decode_name", "encode_name"]
 
 FLOWYML_KEY = "flowyml"
 UNKNOWN_TYPE = "unknown"
@@ -52,6 +52,11 @@ _URL_PREFIX = "cas://"
 _ESCAPED = frozenset(" ~^:?*[\\%")
 #: The cas name of FlowyML's empty name: no percent-encoding yields it ('%' is '%25').
 EMPTY_NAME = "%empty-name"
+
+
+class EntryNotFound(cas.ObjectNotFound, ValueError):
+    """No catalog entry has this id: cas's ``ObjectNotFound`` (a ``KeyError``) and the
+    ``ValueError`` FlowyML's own catalog raises for it."""
 
 
 class CasCatalogBackend(CatalogBackend):  # type: ignore[misc]
@@ -97,6 +102,8 @@ class CasCatalogBackend(CatalogBackend):  # type: ignore[misc]
             own["name"] = str(entry.name)
         if entry.source_pipeline:
             own["source_pipeline"] = str(entry.source_pipeline)
+        if not entry.artifact_type:
+            own["artifact_type"] = ""  # cas requires a type; FlowyML gets "" back
         metadata = dict(entry.metadata or {})
         if own:
             metadata[FLOWYML_KEY] = own
@@ -126,7 +133,9 @@ class CasCatalogBackend(CatalogBackend):  # type: ignore[misc]
         limit: int = 100,
     ) -> list[CatalogEntry]:
         """Newest first. Type and tags are filtered by cas's indexes before the limit;
-        pipeline and step are filtered while reading, so ``limit`` always counts matches."""
+        pipeline and step are filtered while reading, so ``limit`` always counts matches.
+        An empty filter is no filter, as in FlowyML's own catalog."""
+        artifact_type = artifact_type or None
 
         def keep(a: cas.Artifact) -> bool:
             return (
@@ -193,7 +202,7 @@ class CasCatalogBackend(CatalogBackend):  # type: ignore[misc]
     def _cas_id(self, artifact_id: str) -> str:
         found = self._find(artifact_id)
         if found is None:
-            raise cas.ObjectNotFound(
+            raise EntryNotFound(
                 artifact_id,
                 f"no artifact {artifact_id!r} in the catalog at {self.root}; "
                 "list them with ArtifactCatalog.list() or 'cas ls'",
@@ -227,7 +236,7 @@ def _entry(a: cas.Artifact) -> CatalogEntry:
     return CatalogEntry(
         artifact_id=a.id,
         name=decode_name(a.name),
-        artifact_type=a.artifact_type,
+        artifact_type=str(own.get("artifact_type", a.artifact_type)),
         content_hash=a.content_id or str(own.get("content_hash") or ""),
         source_step=a.source_step or "",
         source_run_id=a.source_run_id or "",
