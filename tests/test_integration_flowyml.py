@@ -412,3 +412,31 @@ def test_flowyml_catalog_search_finds_an_entry_by_its_pipeline(tmp_path: Path) -
     assert [e.name for e in catalog.search("fraud")] == ["model"]
     assert [e.name for e in own.search("fraud")] == ["model"]
     assert catalog.search("fraud")[0].metadata == {}
+
+
+def test_a_run_whose_steps_come_from_flowyml_cache_names_their_outputs(tmp_path: Path) -> None:
+    component = CasArtifactStore(root=str(tmp_path / "store"))
+    stack = cas_stack(component, tmp_path)
+    runs = []
+    for _ in range(2):
+        pipeline = Pipeline(
+            "cached",
+            context=Context(seed="s"),
+            stack=stack,
+            enable_checkpointing=False,
+            enable_experiment_tracking=False,
+        )  # FlowyML's default cache
+        for each in (summarize, tabulate, report):
+            pipeline.add_step(each)
+        result = pipeline.run(auto_start_ui=False)
+        assert all(r.cached for r in result.step_results.values()) == bool(runs)
+        runs.append(str(result.run_id))
+    store = component.store
+    first, second = (outputs("cached", r) for r in runs)
+    for step_name, name in second.items():
+        meta = store.get_metadata(name)
+        assert meta["content_id"] == store.get_metadata(first[step_name])["content_id"]
+        assert meta["source_run_id"] == runs[1]
+    assert store.load(second["report"]) == "3 rows, mean 2.0"
+    parents = store.get_metadata(second["tabulate"])["parent_ids"]
+    assert parents == [store.get_metadata(second["summarize"])["id"]]

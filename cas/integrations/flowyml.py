@@ -23,6 +23,7 @@ Importing this module imports FlowyML; ``import cas`` does not.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -76,11 +77,38 @@ def _remember_pipeline(pipeline: Any) -> None:
     }
 
 
+def _store_cached_outputs(pipeline: Any, result: Any) -> None:
+    """A pipeline-end hook: name the outputs of the steps FlowyML's cache answered.
+
+    FlowyML skips ``materialize`` for a cached step, yet the run did produce that output
+    (its orchestrator hands it to the next steps and copies it under the run). So the
+    run's name points at it too: the same content, one more record, in step order so
+    that a cached step's parents are already named."""
+    component = getattr(getattr(pipeline, "stack", None), "artifact_store", None)
+    if not isinstance(component, CasArtifactStore):
+        return
+    from flowyml.assets.base import Asset
+
+    for step_result in list(result.step_results.values()):
+        output = step_result.output
+        if not step_result.cached or output is None:
+            continue
+        if isinstance(output, Asset) and not getattr(output, "upload", False):
+            continue  # as FlowyML's executor: an Asset is stored only with upload=True
+        with contextlib.suppress(cas.CasError, OSError, TypeError, ValueError):
+            # materialize has logged why; the other outputs are still named
+            component.materialize(
+                output, "output", str(result.run_id), step_result.step_name, str(pipeline.name)
+            )
+
+
 def _install_hook() -> None:
     global _hook_installed
     with _hook_lock:
         if not _hook_installed:
-            get_global_hooks().register_pipeline_start_hook(_remember_pipeline)
+            hooks = get_global_hooks()
+            hooks.register_pipeline_start_hook(_remember_pipeline)
+            hooks.register_pipeline_end_hook(_store_cached_outputs)
             _hook_installed = True
 
 
