@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
@@ -366,3 +367,58 @@ def test_loaded_folder_is_independent_of_older_versions_being_moved(
     assert packed_deltas
     out = store.load("pkg", dest=tmp_path / "out")
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*.py")} == expected
+
+
+# -- versions named apart (issue 35): a first save builds on its kin -------------------------
+
+
+def _growth(store: cas.ArtifactStore, save: Callable[[], str]) -> tuple[str, int]:
+    """(id, stored bytes added) of one save."""
+    before = _stored_bytes(store)
+    aid = save()
+    return aid, _stored_bytes(store) - before
+
+
+def _plain_growth(tmp_path: Path, first: Path, second: Path) -> int:
+    plain = cas.open_store(tmp_path / "plain", fsync=False)
+    plain.space.deltas = False
+    plain.save(first, "a")
+    return _growth(plain, lambda: plain.save(second, "b"))[1]
+
+
+def test_a_version_under_a_sibling_name_is_stored_as_deltas_and_outlives_the_first(
+    store: cas.ArtifactStore, tmp_path: Path
+) -> None:
+    """``pkg/1.1`` saved after ``pkg/1.0`` (another kind of artifact saved between them)
+    takes ``pkg/1.0`` as its previous version; deleting ``pkg/1.0`` and collecting
+    keeps what ``pkg/1.1``'s deltas need."""
+    releases = _releases(tmp_path / "src", 2)
+    store.save(releases[0], "pkg/1.0")
+    store.save(b"release notes", "pkg/notes")  # newer, but not a folder: not a base
+    store.save(releases[0], "other/1.0")  # a folder of another folder of names: not a sibling
+    new, grown = _growth(store, lambda: store.save(releases[1], "pkg/1.1"))
+    assert grown < 0.4 * _plain_growth(tmp_path, releases[0], releases[1])
+    assert _same_folder(releases[1], store.load(new, dest=tmp_path / "out"))
+    store.delete("pkg/1.0")
+    store.delete("other/1.0")
+    gc.execute(store, gc.plan(store, grace=0, retention=0))
+    assert _same_folder(releases[1], store.load("pkg/1.1", dest=tmp_path / "after-gc"))
+    assert fsck.check(store).ok
+
+
+def test_an_artifact_derived_from_another_is_stored_as_deltas_against_its_parent(
+    store: cas.ArtifactStore, tmp_path: Path
+) -> None:
+    rng = random.Random(11)
+    base = _text(rng, 60_000)
+    tuned = _edit(rng, base)
+    parent = store.save(base, "base-model")
+    store.save(_text(rng, 60_000), "unrelated")  # newer, top-level: no sibling of either
+    child, grown = _growth(store, lambda: store.save(tuned, "tuned", parent_ids=[parent]))
+    assert grown < 0.2 * len(tuned)
+    content = ObjectId(store.get_metadata(child)["content_id"])
+    assert store.space.head(content).base == store.get_metadata(parent)["content_id"]
+    store.delete("base-model")
+    gc.execute(store, gc.plan(store, grace=0, retention=0))
+    assert store.load("tuned") == tuned
+    assert fsck.check(store).ok

@@ -32,6 +32,7 @@ from cas.objects.kinds import MODE_FILE, MODE_LINK
 from cas.objects.space import ObjectSpace
 from cas.objects.trees import find_entry, read_tree
 from cas.repo.journal import Journal
+from cas.repo.kin import nearest_version
 from cas.repo.local_catalog import LocalCatalog
 from cas.repo.names import check_name
 from cas.repo.records import check_new_record, make_record
@@ -226,6 +227,11 @@ class ArtifactStore:
                 previous = self.repo.record(current, tags=False).get("content_id")
         except CasError:
             previous = None
+        if previous is None and current is not UNREAD:  # a first version: its kin's
+            folder = isinstance(obj, os.PathLike) and Path(obj).is_dir()
+            previous = nearest_version(
+                self.repo, self.name_prefix + path, parents, materializer.name, folder
+            )
         # Content and record go in one write and one sync (a folder: a few packs).
         with self.space.batch(), self.space.bases_from(previous):
             stored = materializer.save(obj, self.space)

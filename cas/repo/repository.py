@@ -100,10 +100,17 @@ class Repository:
         path whose name part is unknown (``cas://data/images/a.png``) read the right ref
         first on an object store. The ref is read all the same: a stale hint only costs
         the reads it meant to save."""
+        catalog = self.catalog_at_hand()
+        if catalog is None:
+            return None
+        return next((c for c in candidates if catalog.has_name(c)), None)
+
+    def catalog_at_hand(self) -> _catalog.Catalog | None:
+        """This machine's catalog of the root as it is, not caught up (no request), or
+        None when this machine has none yet: for hints, never for answers."""
         if self._index is None and self._unsynced is None and not index_dir(self.space).exists():
             return None
-        catalog = self._local_catalog().catalog
-        return next((c for c in candidates if catalog.has_name(c)), None)
+        return self._local_catalog().catalog
 
     def close(self) -> None:
         if self._segment is not None:
