@@ -422,3 +422,23 @@ def test_an_artifact_derived_from_another_is_stored_as_deltas_against_its_parent
     gc.execute(store, gc.plan(store, grace=0, retention=0))
     assert store.load("tuned") == tuned
     assert fsck.check(store).ok
+
+
+def test_versions_named_apart_in_one_batch_build_on_each_other(
+    store: cas.ArtifactStore, tmp_path: Path
+) -> None:
+    """Releases saved inside ``batch()``: the names are published at its end, and each
+    save still finds the one before it (and a parent saved in the batch)."""
+    releases = _releases(tmp_path / "src", 3)
+    alone = cas.open_store(tmp_path / "alone", fsync=False)
+    alone.save(releases[0], "pkg/1.0")
+    with store.batch():
+        first = store.save(releases[0], "pkg/1.0")
+        store.save(releases[1], "pkg/1.1")
+        tuned = store.save(releases[2], "fork", parent_ids=[first])
+    grown = _stored_bytes(store) - _stored_bytes(alone)
+    plain = _plain_growth(tmp_path, *releases[:2])
+    assert grown < 0.5 * plain  # two versions added, together far less than one plain
+    assert _same_folder(releases[1], store.load("pkg/1.1", dest=tmp_path / "o1"))
+    assert _same_folder(releases[2], store.load(tuned, dest=tmp_path / "o2"))
+    assert fsck.check(store).ok

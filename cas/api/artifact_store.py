@@ -229,8 +229,9 @@ class ArtifactStore:
             previous = None
         if previous is None and current is not UNREAD:  # a first version: its kin's
             folder = isinstance(obj, os.PathLike) and Path(obj).is_dir()
+            pending = getattr(self._batches, "items", None) or ()
             previous = nearest_version(
-                self.repo, self.name_prefix + path, parents, materializer.name, folder
+                self.repo, self.name_prefix + path, parents, materializer.name, folder, pending
             )
         # Content and record go in one write and one sync (a folder: a few packs).
         with self.space.batch(), self.space.bases_from(previous):
