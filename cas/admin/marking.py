@@ -39,6 +39,13 @@ SLICE: Final = 64
 REMOTE_SLICE: Final = 32
 
 _FANS: Final = tuple(f"{i:02x}" for i in range(256))
+_FAN_SET: Final = frozenset(_FANS)
+#: Keys an object store's listing request returns at most.
+_PAGE: Final = 1000
+#: Below an average of ``_PAGE / _SPARSE`` objects a folder, the whole ``objects/``
+#: is listed at once (sequential pages) rather than folder by folder (in parallel):
+#: at most a quarter of the requests, and a store that small lists in a few pages.
+_SPARSE: Final = 4
 
 REPAIR: Final = (
     "Run 'cas fsck' to see every problem, 'cas fsck --repair' to set them aside, then gc again"
@@ -83,14 +90,27 @@ def _fan_listings(storage: Storage) -> Iterator[tuple[str, list[tuple[str, Stat 
                 out.append((parts[2], st))
         return sorted(out, key=lambda e: e[0])
 
-    # A few folders at a time: requests in parallel, and only those folders' listings
-    # held in memory.
     threads = storage.io_threads
     if not threads:
         yield from ((fan, one(fan)) for fan in _FANS)
         return
+    # Fewer objects than folders would hold in one page each: one listing of the
+    # whole folder, a page of 1,000 at a time, costs fewer requests than one per
+    # fan-out folder (the first folder's count tells, at one request).
+    first = one(_FANS[0])
+    if len(first) * len(_FANS) < _PAGE * len(_FANS) // _SPARSE:
+        by_fan: dict[str, list[tuple[str, Stat | None]]] = {}
+        for rel, st in storage.walk(OBJECTS):
+            parts = rel.split("/")
+            if len(parts) == 3 and parts[1] in _FAN_SET:
+                by_fan.setdefault(parts[1], []).append((parts[2], st))
+        yield from ((fan, sorted(by_fan.get(fan, []), key=lambda e: e[0])) for fan in _FANS)
+        return
+    # Else a few folders at a time: requests in parallel, and only those folders'
+    # listings held in memory.
+    yield _FANS[0], first
     with ThreadPoolExecutor(threads, thread_name_prefix="cas-gc-list") as pool:
-        for i in range(0, len(_FANS), threads):
+        for i in range(1, len(_FANS), threads):
             group = _FANS[i : i + threads]
             yield from zip(group, pool.map(one, group), strict=True)
 
