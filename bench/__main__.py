@@ -4,7 +4,8 @@ Benchmarks: objects (the object layer), artifacts (small saves, issue 6), saves 
 public API at its limits, issue 17), folders (many small files, put/get/push beside git
 and restic, issue 16), catalog, s3 (large data and small artifacts on moto), serve
 (``cas serve`` content), parquet, gc, fresh (a fresh machine's first commands on a large
-bucket, and incremental sync). With no names every benchmark runs in turn. Each prints its own table, with the limits
+bucket, and incremental sync), writers (many writer processes on one bucket: distinct
+names, and one hot name). With no names every benchmark runs in turn. Each prints its own table, with the limits
 it measured in the same run and PASS/FAIL against its targets; this runner ends with a
 one-line summary per benchmark. ``CAS_BENCH_FULL=1`` runs the catalog at its full
 1,000,000 records (default 200,000, to keep ``make bench`` around ten minutes); gc
@@ -61,6 +62,9 @@ def _args(name: str, quick: bool) -> list[str]:
         if quick:
             return ["--artifacts", "3000"]
         return [] if FULL else ["--artifacts", "20000"]
+    if name == "writers":
+        quick_args = ["--writers", "8", "--half", "4", "--saves", "3"]
+        return [*quick_args, "--hot-writers", "8", "--hot-saves", "5"] if quick else []
     if name == "fsspec":
         return ["--mib", "40", "--files", "2000", "--rounds", "1"] if quick else []
     return []
@@ -68,7 +72,7 @@ def _args(name: str, quick: bool) -> list[str]:
 
 BENCHMARKS = (
     "objects", "artifacts", "saves", "folders", "catalog", "s3", "serve", "parquet", "fsspec",
-    "delta", "gc", "fresh",
+    "delta", "gc", "fresh", "writers",
 )  # fmt: skip
 
 
