@@ -23,9 +23,19 @@ To update ref ``N`` to ``new``:
 3. Compare ``expected`` with ``v``: a mismatch raises ``RefConflict(actual=v)``.
 4. **Claim**: ``create(logs/N/~<j+1>, {old: v, new, time, who, message})``, an
    exclusive create: of all writers that read state ``j``, exactly one wins; the
-   others start again at 1 (finding the newest entry by reading, not by step 1's
-   guess). The winner checks that entry ``j`` is still there, or for ``j = 0`` that
-   no entry was ever pruned (see below).
+   others start again at 1, not by step 1's guess: each reads the entry ``j+1`` that
+   beat it (one GET), waits (below), and reads only the ref until it holds
+   ``E_{j+1}.new``; then ``E_{j+1}`` is settled and taken as the newest, as in step 1
+   (a later claim makes the next one fail). If the ref holds neither value, or keeps
+   holding ``E_{j+1}.old``, the history is read as in step 1. The winner checks that
+   entry ``j`` is still there, or for ``j = 0`` that no entry was ever pruned (see
+   below).
+
+   The waits (``_Patience``) are counted in the time one read of the ref takes:
+   about 16 reads' time at first, with jitter, so that many writers of one name
+   poll it in turns rather than all at once; shorter (down to 2) the more updates
+   of other writers this one has seen go first, so the writer that waited longest
+   is the likeliest to claim next instead of losing to newcomers.
 5. **Publish**: ``replace(refs/N, new, t)`` (``create`` if ``v`` is absent,
    ``remove`` for a delete; nothing if ``new == v``).
 
@@ -166,6 +176,11 @@ from refs.upkeep import HistoryMixin
 # Backoff while another writer's update is in flight: first and longest sleep.
 _FIRST_WAIT = 0.0005
 _MAX_WAIT = 0.004
+# ... and, in requests' time, the longest wait after claims lost to other writers.
+_SPREAD = 16
+# Reads of the ref alone while an update seen in flight stays so, before the history
+# is read again (it may have moved on and back).
+_POLLS = 4
 
 # Writes that meet a file where a folder should be, or a folder where a file should.
 _TREE_ERRORS = (NotADirectoryError, IsADirectoryError, FileExistsError)
@@ -201,13 +216,28 @@ class _Seen:
 
 
 class _Patience:
-    """Backoff while an update is in flight; says when the same state lasted too long."""
+    """Backoff while an update is in flight or after a lost claim; says when the same
+    state lasted too long.
+
+    Waits are measured in what one request takes here (``rtt``, from the reads of the
+    ref): microseconds on a local disk, milliseconds on an object store. After each
+    claim this update lost, the wait doubles, up to ``_SPREAD`` requests' time: many
+    writers of one name then poll it in turns rather than all at once, and a writer
+    that has lost many times waits no longer than the others (capped, so it is not
+    starved by newcomers).
+    """
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.state: object = None
         self.since = 0.0
         self.delay = _FIRST_WAIT
+        self.rtt = 0.0  # how long a read of the ref takes, smoothed
+        self.losses = 0  # claims this update lost
+
+    def timed(self, seconds: float) -> None:
+        """Take one request's duration into the estimate of ``rtt``."""
+        self.rtt = seconds if self.rtt == 0.0 else 0.7 * self.rtt + 0.3 * seconds
 
     def exhausted(self, state: object) -> bool:
         """Sleep a little and return False, or True if ``state`` has not moved for too long."""
@@ -216,9 +246,17 @@ class _Patience:
             self.state, self.since, self.delay = state, now, _FIRST_WAIT
         elif now - self.since >= self.timeout:
             return True
-        time.sleep(self.delay * (0.5 + random.random()))
+        self.pause()
         self.delay = min(self.delay * 2, _MAX_WAIT)
         return False
+
+    def lost(self) -> None:
+        """Another writer's update went first: count it (and wait before looking again)."""
+        self.losses += 1
+
+    def pause(self) -> None:
+        spread = self.rtt * max(2, _SPREAD >> (self.losses // 3))
+        time.sleep(max(self.delay, spread) * (0.5 + random.random()))
 
 
 class RefStore(HistoryMixin):
@@ -352,23 +390,47 @@ class RefStore(HistoryMixin):
         seen = self._take_seen(name, new, expected)
         guess = True  # until a claim fails: then find the newest entry by reading
         stale = 0  # claims taken back because they landed in a pruned slot
+        # An entry seen in flight, or the one that beat our claim: until it is published
+        # only the ref is read (one GET), and once it is, it is taken as the newest.
+        pending: Stored | None = None
+        head: Stored | None
+        polls = 0
         while True:
             known = self._heads.get(name)  # before the ref is read: settled before it
             if seen is not None:
                 current, value, seen = seen.current, seen.value, None
             else:
+                started = time.monotonic()
                 current = self.conditional.read(path)
+                patience.timed(time.monotonic() - started)
                 value = None if current is None else decode_ref(current[0], path)
-            if guess and (value is None if known is None else known.entry.new == value):
+            if pending is not None and value == pending.entry.new:
+                # Published since we read it: settled (or superseded, and the claim of
+                # the next number fails). Probably the newest, proved as a guess is.
+                head, pending = pending, None
+            elif pending is not None and value == pending.entry.old and polls < _POLLS:
+                polls += 1  # still in flight
+                if self._settle(name, pending, value):
+                    pending, guess = None, False
+                    continue
+                if patience.exhausted((pending.data, current)):
+                    raise self._stuck(name, pending, value)
+                continue
+            elif guess and (value is None if known is None else known.entry.new == value):
                 # Probably still the newest entry (none at all for a name never seen):
                 # the exclusive claim of the next number and the check after it prove it.
                 head = known
             else:
+                if pending is not None and (known is None or known.seq < pending.seq):
+                    known = pending  # an entry that exists: search on from there
+                pending = None
                 head = self._log.newest(name, known, value)
                 if head is not None and head.entry.new != value:
                     if self._settle(name, head, value):
                         guess = False  # its writer was dead: look again, now settled
                         continue
+                    pending, polls = head, 0
+                    patience.lost()
                     if patience.exhausted((head.data, current)):
                         raise self._stuck(name, head, value)
                     continue
@@ -394,9 +456,15 @@ class RefStore(HistoryMixin):
                     # Another writer claimed update `seq`: start again. Unless its entry
                     # stays invisible to the reads that find the newest one (a listing
                     # that misses files): then this would go on for ever.
-                    if not guess and patience.exhausted(("claimed", claim)):
-                        raise self._unlisted(name, claim)
                     guess = False
+                    # Entry `seq` is there (unless taken back): wait for it rather than
+                    # read the history again.
+                    pending, polls = self._log.entry(name, seq), 0
+                    if pending is not None:
+                        patience.lost()
+                        patience.pause()
+                    elif patience.exhausted(("claimed", claim)):
+                        raise self._unlisted(name, claim)
                     continue
                 if not self._fresh(name, seq):
                     self._withdraw(claim, data)
