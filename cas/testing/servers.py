@@ -17,7 +17,7 @@ Servers and what the clients need (``Server.storage_options``):
 ========  =========================  =====================================================
 kind      server                     fsspec storage_options
 ========  =========================  =====================================================
-s3        moto 5 (``moto.server``)   ``key``/``secret`` (any value), ``endpoint_url``,
+s3        moto 5 (``moto_atomic``)   ``key``/``secret`` (any value), ``endpoint_url``,
                                      ``config_kwargs={"region_name": "us-east-1"}`` (not
                                      ``client_kwargs``: s3fs would then send a
                                      LocationConstraint that us-east-1 refuses)
@@ -339,12 +339,13 @@ def _options(**options: Any) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def s3() -> Iterator[Server]:
-    """moto's S3 server (``python -m moto.server``)."""
+    """moto's S3 server, its conditional writes made atomic as S3's are
+    (:mod:`cas.testing.moto_atomic`)."""
     creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     server_env = {"AWS_DEFAULT_REGION": AWS_REGION, **creds}
 
     def spec(port: int) -> _Spec:
-        argv = [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)]
+        argv = [sys.executable, "-m", "cas.testing.moto_atomic", "-H", HOST, "-p", str(port)]
         return _Spec(argv, server_env, f"http://{HOST}:{port}/moto-api/data.json", True)
 
     with _workdir("moto") as work, _run("moto", spec, work) as (port, log):
