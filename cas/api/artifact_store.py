@@ -198,7 +198,7 @@ class ArtifactStore:
         obj: Any,
         path: str,
         metadata: dict[str, Any] | None = None,
-        parent_ids: Sequence[str] = (),
+        parent_ids: Sequence[str] | None = (),
         *,
         artifact_type: str | None = None,
         tags: dict[str, str] | None = None,
@@ -207,15 +207,16 @@ class ArtifactStore:
         source_run_id: str | None = None,
         source_step: str | None = None,
     ) -> str:
-        """Save ``obj`` under the name ``path``; return the artifact (record) id."""
+        """Save ``obj`` under the name ``path``; return the artifact (record) id.
+        ``parent_ids``: names or ids of the artifacts it was made from (None: none)."""
         # Every argument is checked before anything (the content included) is written.
-        check_new_record(
+        given_parents = check_new_record(
             path, prefix=self.name_prefix, artifact_type=artifact_type, parent_ids=parent_ids,
             metadata=metadata, tags=tags, source_project=source_project,
             source_pipeline=source_pipeline, source_run_id=source_run_id, source_step=source_step,
         )  # fmt: skip
         self.check_name(path)
-        parents = [self.resolve(p)[0] for p in parent_ids]
+        parents = [self.resolve(p)[0] for p in given_parents]
         materializer = materializer_for(obj, allow_pickle=self.allow_pickle)
         # The version the name holds now lends its content as delta bases (a hint
         # only: if it does not read, the new version is stored without them).
@@ -363,7 +364,7 @@ class ArtifactStore:
     def history(self, name: str) -> list[dict[str, Any]]:
         """Every update of a name, newest first: ``{"time", "who", "old", "new", "message"}``
         (``old``/``new``: artifact ids, None for absent; ``new`` None is a delete)."""
-        entries = self.repo.names.log(check_name(self.name_prefix + name))
+        entries = self.repo.names.log(check_name(self.name_prefix + check_name(name)))
         return [
             {"time": e.time, "who": e.who, "old": e.old, "new": e.new, "message": e.message}
             for e in entries

@@ -218,13 +218,39 @@ class PandasMaterializer(Materializer):
         buf = io.BytesIO()
         # Shallow memory use: a string column counts 8 bytes a row (an estimate is enough).
         nbytes = int(obj.memory_usage(index=True, deep=False).sum())
-        obj.to_parquet(buf, engine="pyarrow", index=True, **parquet_options(len(obj), nbytes))
+        options = parquet_options(len(obj), nbytes)
+        try:
+            obj.to_parquet(buf, engine="pyarrow", index=True, **options)
+        except (ValueError, TypeError, NotImplementedError) as exc:  # ArrowInvalid too
+            raise MaterializerError(f"{_why_not_parquet(obj, exc)}") from exc
         return _parquet_blob(space, buf)
 
     def load(self, ctx: LoadContext) -> Any:
         pd = _need("pandas", "pandas")
         _need("pyarrow", "pandas")
         return pd.read_parquet(io.BytesIO(ctx.space.get(ctx.content_id)), engine="pyarrow")
+
+
+def _why_not_parquet(frame: Any, exc: Exception) -> str:
+    """Which part of a DataFrame Parquet cannot hold, and what to do about it."""
+    pa = _need("pyarrow", "pandas")
+    duplicated = list(dict.fromkeys(frame.columns[frame.columns.duplicated()]))
+    if duplicated:
+        return (
+            f"obj has duplicate column names {duplicated!r:.80}, which Parquet cannot hold: "
+            "rename them so each is unique (df.columns = [...])"
+        )
+    for i, column in enumerate(frame.columns):
+        try:
+            pa.array(frame.iloc[:, i], from_pandas=True)
+        except (pa.ArrowException, ValueError, TypeError) as err:
+            kinds = sorted({type(v).__name__ for v in frame.iloc[:, i].head(1000)})
+            return (
+                f"obj's column {column!r:.80} holds values of types {kinds} that Parquet "
+                f"cannot store as one type ({err}): convert it to one type first (e.g. "
+                f"df[{column!r:.40}].astype(str))"
+            )
+    return f"obj cannot be written as Parquet ({type(exc).__name__}: {exc})"
 
 
 class ArrowMaterializer(Materializer):
@@ -324,7 +350,15 @@ class PickleMaterializer(Materializer):
         return True
 
     def save(self, obj: Any, space: ObjectSpace) -> Stored:
-        return _blob(space, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        try:
+            data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, TypeError, AttributeError, RecursionError) as exc:
+            raise MaterializerError(
+                f"obj, a {_type_name(obj)}, cannot be pickled ({type(exc).__name__}: "
+                f"{exc!s:.200}); register a materializer for it with "
+                "cas.register_materializer"
+            ) from exc
+        return _blob(space, data)
 
     def load(self, ctx: LoadContext) -> Any:
         if not ctx.allow_pickle:
@@ -352,17 +386,87 @@ def register_materializer(materializer: Materializer) -> None:
     _USER.insert(0, materializer)
 
 
+_PICKLE_ADVICE = (
+    "to store arbitrary Python objects, register a materializer with "
+    "cas.register_materializer, or open the store with allow_pickle=True (only if you "
+    "trust everyone who writes to it)"
+)
+
+
 def materializer_for(obj: Any, *, allow_pickle: bool) -> Materializer:
     for m in (*_USER, *_BUILTIN):
         if m.accepts(obj):
             return m
     if allow_pickle:
         return _PICKLE
+    if isinstance(obj, (dict, list, tuple, set, frozenset, float)):
+        problem = why_not_json(obj)
+        raise MaterializerError(f"{problem}, so obj cannot be stored as JSON; {_PICKLE_ADVICE}")
     raise MaterializerError(
-        f"cas has no materializer for {type(obj).__module__}.{type(obj).__qualname__}; "
-        "register one with cas.register_materializer, or open the store with "
-        "allow_pickle=True (only if you trust everyone who writes to it)"
+        f"cas has no materializer for obj, a {_type_name(obj)}; {_PICKLE_ADVICE}"
     )
+
+
+def _type_name(value: Any) -> str:
+    return f"{type(value).__module__}.{type(value).__qualname__}"
+
+
+#: Containers nested deeper than this are not stored as JSON (Python's parser and
+#: encoder recurse, and stop near the interpreter's recursion limit).
+JSON_DEPTH = 250
+_SHOWN_DEPTH = 6  # steps of a path shown in a message
+
+
+def why_not_json(obj: Any) -> str:
+    """The first part of ``obj`` JSON cannot hold, named by its path (``obj['a'][0] is
+    NaN ...``). Walks without recursion, so a cyclic or 100,000-deep value is named too."""
+    on_path: set[int] = set()
+    stack: list[tuple[Any, tuple[Any, ...], bool]] = [(obj, (), False)]
+    seen = 0
+    while stack and seen < 1_000_000:
+        value, path, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(value))
+            continue
+        seen += 1
+        where = _path(path)
+        if len(path) > JSON_DEPTH:
+            return f"{where} is nested {len(path)} levels deep (JSON keeps {JSON_DEPTH} at most)"
+        problem = _json_leaf_problem(value)
+        if problem:
+            return f"{where} is {problem}"
+        if not isinstance(value, (dict, list)):
+            continue
+        if id(value) in on_path:
+            return f"{where} contains itself (a cycle)"
+        on_path.add(id(value))
+        stack.append((value, path, True))
+        items = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
+        for key, item in reversed(items):
+            if isinstance(value, dict) and not isinstance(key, str):
+                return f"{where} has key {key!r:.40} ({type(key).__name__}); JSON keys are str"
+            stack.append((item, (*path, key), False))
+    return "obj is nested too deeply or too large"
+
+
+def _json_leaf_problem(value: Any) -> str | None:
+    if isinstance(value, float) and value != value:
+        return "NaN, which JSON numbers cannot be (store None or a string instead)"
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return f"{value}, infinity, which JSON numbers cannot be (store None or a string)"
+    if isinstance(value, (tuple, set, frozenset)):
+        return f"a {type(value).__name__} (pass a list: JSON has no {type(value).__name__})"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "bytes inside a value (save bytes on their own, or as text)"
+    if value is None or isinstance(value, (str, int, float, dict, list)):
+        return None
+    return f"a {_type_name(value)}, which has no materializer"
+
+
+def _path(path: tuple[Any, ...]) -> str:
+    steps = "".join(f"[{step!r}]" for step in path[:_SHOWN_DEPTH])
+    more = f"...({len(path) - _SHOWN_DEPTH} more)" if len(path) > _SHOWN_DEPTH else ""
+    return f"obj{steps}{more}"
 
 
 def materializer_named(name: str) -> Materializer:

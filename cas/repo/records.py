@@ -107,12 +107,13 @@ def check_new_record(
     source_pipeline: object = None,
     source_run_id: object = None,
     source_step: object = None,
-) -> None:
+) -> list[str]:
     """Refuse the arguments of a save before anything is written, content included:
     what :func:`make_record` would refuse once the content is stored. ``name`` is saved
     as ``prefix + name``; ``parent_ids`` are names or ids (resolved later: here only
     their shape is checked); ``artifact_type`` None or ``""`` means the materializer's.
-    Raises :class:`InvalidInput` (or :class:`~cas.errors.InvalidRefName`)."""
+    Returns the parents as a list (None: no parents). Raises :class:`InvalidInput` (or
+    :class:`~cas.errors.InvalidRefName`)."""
     check_name(name)  # type: ignore[arg-type]  # refuses a non-str too
     parents = _parent_list(parent_ids)
     for parent in parents:
@@ -134,6 +135,7 @@ def check_new_record(
         source_run_id=source_run_id,
         source_step=source_step,
     )
+    return parents
 
 
 def check_tags(tags: Mapping[Any, object]) -> dict[str, str | None]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import reprlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,7 +73,7 @@ class Call:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    text = reprlib.repr(value)  # bounded: a cyclic or 10,000-deep value is shown too
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -251,8 +252,8 @@ class Fuzzer:
             if value.what == "id":
                 return self.ids[len(self.ids) // 2]
             return sorted(self.names)[len(self.names) // 2]
-        if isinstance(value, list):
-            return [self._arg(v) for v in value]
+        if isinstance(value, list) and any(isinstance(v, Existing) for v in value):
+            return [self._arg(v) for v in value]  # parent_ids: one level, never a deep value
         return value
 
     def _target(self, method: str) -> Callable[..., Any]:
