@@ -23,6 +23,17 @@ transient backend failure is a ``BackendError``, never "absent".
 
 from __future__ import annotations
 
+import reprlib
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 3, 60, 60
+
+
+def shown(value: object, width: int = 40) -> str:
+    """``value``'s repr for a message, at most ``width`` characters: bounded in depth and
+    length, so a cyclic, 10,000-deep or huge argument is named too."""
+    return _SHOWN.repr(value)[:width]
+
 
 class CasError(Exception):
     """Root of every error cas raises on purpose."""

@@ -140,3 +140,36 @@ def test_pickle_that_cannot_be_written_is_refused(tmp_path: Path) -> None:
     aid = fuzzer.store.save(_LOOPED, "looped")  # pickle holds a cycle
     assert fuzzer.store.load(aid)["ok"] == 1
     fuzzer.finish()
+
+
+@pytest.mark.parametrize("wrong", [None, ("t",), {"s"}, b"raw", 7, float("nan"), _LOOPED, _DEEP])
+def test_a_wrong_type_in_any_argument_is_refused(
+    opener: Callable[[], ArtifactStore], wrong: Any
+) -> None:
+    fuzzer = Fuzzer(opener)
+    aid = fuzzer.ids[0]
+    calls = [
+        Call("materialize", (b"v", wrong, "r", "s")),
+        Call("materialize", (b"v", "o", "r", "s", wrong)),
+        Call("save", (b"v", wrong)),
+        Call("catalog.get", (wrong,)),
+        Call("catalog.search", (wrong,)),
+        Call("load", (wrong,)),
+        Call("history", (wrong,)),
+    ]
+    if not isinstance(wrong, (int, float)):  # a number tag is its text
+        calls.append(Call("catalog.register", ("m", "model"), {"tags": {"k": wrong}}))
+    if wrong is not None and not isinstance(wrong, (int, float)):  # None removes a tag
+        calls.append(Call("catalog.tag", (aid,), {"k": wrong}))
+    if wrong is not None and not isinstance(wrong, int):  # None: all, 7: seven levels
+        calls.append(Call("catalog.get_lineage", (aid,), {"depth": wrong}))
+    if wrong is not None:  # None is "no parents", "no type", "no source"
+        calls += [
+            Call("save", (b"v", "m"), {"source_pipeline": wrong}),
+            Call("save", (b"v", "m"), {"parent_ids": wrong}),
+            Call("save", (b"v", "m"), {"artifact_type": wrong}),
+            Call("catalog.list", (wrong,)),
+        ]
+    for call in calls:
+        _refused(fuzzer, call)
+    fuzzer.finish()

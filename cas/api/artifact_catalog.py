@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import catalog as _catalog
-from cas.errors import InvalidInput, QueryError
+from cas.errors import InvalidInput, QueryError, shown
 from cas.objects.ids import ObjectId, parse_id
 from cas.repo.names import check_name
 from cas.repo.records import check_new_record, check_tags, make_record
@@ -89,24 +89,24 @@ def _query_errors() -> Iterator[None]:
 
 def _check_limit(limit: object) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise InvalidInput("limit", f"must be an int >= 0, got {limit!r:.40}")
+        raise InvalidInput("limit", f"must be an int >= 0, got {shown(limit)}")
     return limit
 
 
 def _check_depth(depth: object) -> int | None:
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
-        raise InvalidInput("depth", f"must be an int >= 0 or None, got {depth!r:.40}")
+        raise InvalidInput("depth", f"must be an int >= 0 or None, got {shown(depth)}")
     return depth
 
 
 def _check_text(argument: str, value: object) -> None:
     if not isinstance(value, str) or utf8(value) is None:
-        raise InvalidInput(argument, f"must be a str of UTF-8 text, got {value!r:.40}")
+        raise InvalidInput(argument, f"must be a str of UTF-8 text, got {shown(value)}")
 
 
 def _check_query(query: object) -> str:
     if not isinstance(query, str) or utf8(query) is None:
-        raise QueryError(f"a query must be a str of UTF-8 text, got {query!r:.60}")
+        raise QueryError(f"a query must be a str of UTF-8 text, got {shown(query, 60)}")
     return query
 
 
@@ -282,6 +282,6 @@ class ArtifactCatalog:
     ) -> str:
         _check_depth(depth)
         if format not in ("mermaid", "dot"):
-            raise InvalidInput("format", f"must be 'mermaid' or 'dot', got {format!r:.40}")
+            raise InvalidInput("format", f"must be 'mermaid' or 'dot', got {shown(format)}")
         rid = self._resolve(artifact_id)
         return self._engine.lineage_graph(rid, format=format, depth=depth)

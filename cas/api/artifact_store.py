@@ -445,6 +445,11 @@ class ArtifactStore:
     ) -> str:
         """Save ``obj`` as the output of one pipeline step; return the name
         ``runs/<project>/<run_id>/<step>/<name>``, which ``load`` accepts."""
+        given = (("project_name", project_name), ("run_id", run_id),
+                 ("step_name", step_name), ("name", name))  # fmt: skip
+        for argument, value in given:
+            if not isinstance(value, str):
+                raise InvalidInput(argument, f"must be a str, got {type(value).__name__}")
         full = f"{RUNS_PREFIX}/{project_name}/{run_id}/{step_name}/{name}"
         self.check_name(full)
         self.save(

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from cas.errors import MaterializerError
+from cas.errors import MaterializerError, shown
 from cas.objects.ids import ObjectId
 from cas.objects.space import ObjectSpace
 from cas.objects.trees import checkout, store_dir
@@ -237,7 +237,7 @@ def _why_not_parquet(frame: Any, exc: Exception) -> str:
     duplicated = list(dict.fromkeys(frame.columns[frame.columns.duplicated()]))
     if duplicated:
         return (
-            f"obj has duplicate column names {duplicated!r:.80}, which Parquet cannot hold: "
+            f"obj has duplicate column names {shown(duplicated, 80)}, which Parquet cannot hold: "
             "rename them so each is unique (df.columns = [...])"
         )
     for i, column in enumerate(frame.columns):
@@ -246,9 +246,9 @@ def _why_not_parquet(frame: Any, exc: Exception) -> str:
         except (pa.ArrowException, ValueError, TypeError) as err:
             kinds = sorted({type(v).__name__ for v in frame.iloc[:, i].head(1000)})
             return (
-                f"obj's column {column!r:.80} holds values of types {kinds} that Parquet "
+                f"obj's column {shown(column, 80)} holds values of types {kinds} that Parquet "
                 f"cannot store as one type ({err}): convert it to one type first (e.g. "
-                f"df[{column!r:.40}].astype(str))"
+                f"df[{shown(column)}].astype(str))"
             )
     return f"obj cannot be written as Parquet ({type(exc).__name__}: {exc})"
 
@@ -444,7 +444,7 @@ def why_not_json(obj: Any) -> str:
         items = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
         for key, item in reversed(items):
             if isinstance(value, dict) and not isinstance(key, str):
-                return f"{where} has key {key!r:.40} ({type(key).__name__}); JSON keys are str"
+                return f"{where} has key {shown(key)} ({type(key).__name__}); JSON keys are str"
             stack.append((item, (*path, key), False))
     return "obj is nested too deeply or too large"
 

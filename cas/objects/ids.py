@@ -13,7 +13,7 @@ from typing import Final
 
 import blake3
 
-from cas.errors import IntegrityError, InvalidId
+from cas.errors import IntegrityError, InvalidId, shown
 
 ID_HEX_LEN: Final = 64
 _ID_RE: Final = re.compile(r"[0-9a-f]{64}\Z")
@@ -50,7 +50,7 @@ def parse_id(text: str) -> ObjectId:
     if isinstance(text, ObjectId):
         return text
     if not is_id(text):
-        raise InvalidId(f"not an object id (64 lowercase hex characters): {text!r:.80}")
+        raise InvalidId(f"not an object id (64 lowercase hex characters): {shown(text, 80)}")
     return ObjectId(text)
 
 

@@ -10,7 +10,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import refs as _refs
-from cas.errors import IntegrityError, InvalidRefName, ObjectNotFound, RefConflict, RefLocked
+from cas.errors import (
+    IntegrityError,
+    InvalidRefName,
+    ObjectNotFound,
+    RefConflict,
+    RefLocked,
+    shown,
+)
 from cas.storage import Storage
 from refs.packed import RefState
 
@@ -34,6 +41,10 @@ def ref_errors() -> Iterator[None]:
 
 def check_name(name: str) -> str:
     """``name`` if it follows git's ref-name rules, else :class:`InvalidRefName`."""
+    if not isinstance(name, str):  # named here: any value, a cyclic or deep one too
+        raise InvalidRefName(
+            shown(name), f"a name must be a str, not {type(name).__name__} {shown(name)}"
+        )
     with ref_errors():
         _refs.check_ref_name(name)
     return name

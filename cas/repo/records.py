@@ -33,7 +33,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from cas.errors import FormatError, IntegrityError, InvalidInput
+from cas.errors import FormatError, IntegrityError, InvalidInput, shown
 from cas.objects.kinds import pack
 from cas.repo.names import check_name
 from catalog.errors import InvalidInput as CatalogInvalid
@@ -119,7 +119,7 @@ def check_new_record(
     for parent in parents:
         if not isinstance(parent, str):
             raise InvalidInput(
-                "parent_ids", f"each parent is an artifact name or id, got {parent!r:.40}"
+                "parent_ids", f"each parent is an artifact name or id, got {shown(parent)}"
             )
     make_record(
         name=prefix + str(name),
@@ -200,8 +200,8 @@ def _check_value(value: object, where: str, depth: int, open_: list[int]) -> Non
         return
     if isinstance(value, float):
         if not math.isfinite(value):
-            shown = "NaN" if math.isnan(value) else repr(value)
-            raise _refused(where, f"{shown} cannot be stored as JSON (store None or a str)")
+            text = "NaN" if math.isnan(value) else repr(value)
+            raise _refused(where, f"{text} cannot be stored as JSON (store None or a str)")
         return
     if isinstance(value, str):
         if utf8(value) is None:
@@ -224,11 +224,11 @@ def _check_value(value: object, where: str, depth: int, open_: list[int]) -> Non
         for key, item in value.items():
             if not isinstance(key, str):
                 raise _refused(
-                    f"{where}[{key!r:.40}]",
+                    f"{where}[{shown(key)}]",
                     f"keys must be str, not {type(key).__name__} (JSON and the catalog "
                     "read str keys only)",
                 )
-            _check_value(item, f"{where}[{key!r:.40}]", depth + 1, open_)
+            _check_value(item, f"{where}[{shown(key)}]", depth + 1, open_)
     else:
         for i, item in enumerate(value):
             _check_value(item, f"{where}[{i}]", depth + 1, open_)
@@ -255,7 +255,7 @@ def _tag_value(key: str, tag: object) -> str:
     if isinstance(tag, (bool, int, float)):
         tag = str(tag)  # as make_record always did
     if not isinstance(tag, str) or utf8(tag) is None:
-        raise InvalidInput("tags", f"tag {key!r} must have a str value, got {tag!r:.40}")
+        raise InvalidInput("tags", f"tag {key!r} must have a str value, got {shown(tag)}")
     return tag
 
 
@@ -273,7 +273,7 @@ def _check_text(argument: str, value: object, *, optional: bool = False) -> None
     if not isinstance(value, str) or not value or "\0" in value:
         kind = "None or " if optional else ""
         raise InvalidInput(
-            argument, f"must be {kind}a non-empty str without NUL, got {value!r:.40}"
+            argument, f"must be {kind}a non-empty str without NUL, got {shown(value)}"
         )
     raw = utf8(value)
     if raw is None:
@@ -292,7 +292,7 @@ def _check_new(record: dict[str, Any]) -> None:
     for parent in record["parent_ids"]:
         if not isinstance(parent, str) or len(parent) != 64 or parent.strip("0123456789abcdef"):
             raise InvalidInput(
-                "parent_ids", f"each parent is a 64-hex artifact id, got {parent!r:.70}"
+                "parent_ids", f"each parent is a 64-hex artifact id, got {shown(parent, 70)}"
             )
     problem = _field_problem(record)
     if problem is not None:
@@ -327,7 +327,7 @@ def check_record(oid: str, value: Any) -> dict[str, Any]:
             )
         raise IntegrityError(
             oid,
-            f"artifact record {oid} has no valid format ({value['format']!r:.40}); run 'cas fsck'",
+            f"artifact record {oid} has no valid format ({shown(value['format'])}); run 'cas fsck'",
         )
     problem = _field_problem(value)
     if problem is None:
@@ -343,11 +343,13 @@ def check_record(oid: str, value: Any) -> dict[str, Any]:
 def _field_problem(value: dict[str, Any]) -> str | None:
     """What the catalog does not check but loading needs."""
     if not isinstance(value.get("materializer"), (str, type(None))):
-        return f"materializer must be a string, got {value.get('materializer')!r:.40}"
+        return f"materializer must be a string, got {shown(value.get('materializer'))}"
     if value.get("content_id") is not None and value.get("materializer") is None:
         return "content without a materializer"
     if value.get("content_kind") not in ("blob", "tree", None):
-        return f"content_kind must be 'blob', 'tree' or None, got {value.get('content_kind')!r:.40}"
+        return (
+            f"content_kind must be 'blob', 'tree' or None, got {shown(value.get('content_kind'))}"
+        )
     if value.get("content_kind") is None and value.get("content_id") is not None:
         return "content_id without a content_kind"
     if not isinstance(value.get("content_info"), (dict, type(None))):
@@ -366,8 +368,8 @@ def _key_problem(metadata: object) -> str | None:
         if isinstance(value, dict):
             for key, item in value.items():
                 if not isinstance(key, str):
-                    return f"{where} has a key that is not a str ({key!r:.40})"
-                stack.append((item, f"{where}[{key!r:.40}]"))
+                    return f"{where} has a key that is not a str ({shown(key)})"
+                stack.append((item, f"{where}[{shown(key)}]"))
         elif isinstance(value, list):
             stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
     return None

@@ -71,6 +71,9 @@ class Call:
         ]
         return f"{self.method}({', '.join(shown)})"
 
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))  # hypothesis's printer would recurse into a deep value
+
 
 def _short(value: Any) -> str:
     text = reprlib.repr(value)  # bounded: a cyclic or 10,000-deep value is shown too
@@ -90,7 +93,23 @@ _bad_names = st.sampled_from(
      _SURROGATE]
 )  # fmt: skip
 _not_text = st.sampled_from([None, 5, 2.5, b"bytes", ["list"], {"d": 1}, True])
-names = st.one_of(_valid_names, _valid_names, _bad_names, _not_text, st.text(max_size=12))
+_looped: dict[str, Any] = {}
+_looped["self"] = _looped
+_deep: Any = "leaf"
+for _ in range(1200):
+    _deep = [_deep]
+_deeper: Any = "leaf"
+for _ in range(10_000):
+    _deeper = [_deeper]
+#: The wrong types every argument sometimes gets (issue 33): None, a tuple, a set, bytes,
+#: an int, NaN, a cyclic dict, a list 10,000 deep, a dict with bytes keys.
+wrong_types = st.sampled_from(
+    [None, ("t", 1), {"s", 1}, frozenset({"f"}), b"raw", 7, float("nan"), _looped, _deeper,
+     {b"k": "v"}, float("inf"), -1, True]
+)  # fmt: skip
+names = st.one_of(
+    _valid_names, _valid_names, _bad_names, _not_text, st.text(max_size=12), wrong_types
+)
 
 _tag_keys = st.one_of(
     st.sampled_from(["stage", "team", "k"]),
@@ -101,17 +120,15 @@ _tag_values = st.one_of(
     st.sampled_from(["dev", "production", "", "x" * 1000]),
     st.sampled_from([_SURROGATE, None, 5, 2.5, True, b"v", ["v"], {"v": 1}]),
     st.text(max_size=8),
+    wrong_types,
 )
 tags = st.one_of(
     st.none(),
+    wrong_types,
+    st.dictionaries(st.sampled_from(["stage", "k"]), wrong_types, max_size=2),
     st.dictionaries(_tag_keys, _tag_values, max_size=3),
     st.sampled_from(["stage=dev", [("k", "v")], 5, {5: "v"}, {("t",): "v"}]),
 )
-_looped: dict[str, Any] = {}
-_looped["self"] = _looped
-_deep: Any = "leaf"
-for _ in range(1200):
-    _deep = [_deep]
 metadata = st.one_of(
     st.none(),
     st.dictionaries(st.text(max_size=6), st.integers() | st.floats() | st.text(max_size=6),
@@ -121,31 +138,43 @@ metadata = st.one_of(
                      [1, 2], {"nested": {"ok": [1, 2.5, None, b"raw"]}}, {(1, 2): "a"},
                      {"n": {1: "x"}}, {b"k": 1}, {"a": [0, float("nan")]}, {"f": float("inf")},
                      _looped]),
+    wrong_types,
+    st.dictionaries(st.sampled_from(["auc", "k"]), wrong_types, max_size=2),
 )  # fmt: skip
 _ids = st.one_of(
     st.just(Existing("id")),
     st.just(Existing("name")),
     st.sampled_from(["0" * 64, "AB" * 32, "g" * 64, "ab" * 31, "nothing/here"]),
     _not_text,
+    wrong_types,
 )
 parent_ids = st.one_of(
     st.just(()),
     st.lists(_ids, max_size=3),
     st.sampled_from(["0" * 64, 5, b"raw", {"a": 1}]),
+    wrong_types,
+    st.lists(st.one_of(st.just(Existing("id")), wrong_types), min_size=1, max_size=2),
 )
 artifact_types = st.one_of(
     st.none(),
     st.sampled_from(["model", "dataset", "", "t" * 481, "a\x00b", _SURROGATE]),
     _not_text,
+    wrong_types,
 )
-sources = st.one_of(st.none(), st.sampled_from(["run-1", "", "s\x00", _SURROGATE]), _not_text)
+sources = st.one_of(
+    st.none(), st.sampled_from(["run-1", "", "s\x00", _SURROGATE]), _not_text, wrong_types
+)
 values = st.one_of(
     st.binary(max_size=64),
     st.text(max_size=16),
-    st.sampled_from([{"auc": 0.9}, [1, 2, 3], {1, 2}, object(), 2**80]),
-)
-limits = st.one_of(st.sampled_from([10, 0]), st.sampled_from([-1, "5", 2.5, True, None]))
-depths = st.one_of(st.sampled_from([None, 1, 2]), st.sampled_from([-1, "x", 2.5]))
+    st.sampled_from([{"auc": 0.9}, [1, 2, 3], {1, 2}, object(), 2**80, {"a": [1, _deep]},
+                     {"a": {"b": float("nan")}}, [("t",)], {"k": b"raw"}]),
+    wrong_types,
+)  # fmt: skip
+limits = st.one_of(st.sampled_from([10, 0]), st.sampled_from([-1, "5", 2.5, True]), wrong_types)
+depths = st.one_of(st.sampled_from([None, 1, 2]), st.sampled_from([-1, "x", 2.5]), wrong_types)
+queries = st.one_of(st.text(max_size=12), st.just(_SURROGATE), _not_text, wrong_types)
+formats = st.one_of(st.sampled_from(["mermaid", "dot", "svg", 5]), wrong_types)
 
 
 def _source_kwargs() -> st.SearchStrategy[dict[str, Any]]:
@@ -165,7 +194,10 @@ def _save(draw: st.DrawFn) -> Call:
 
 @st.composite
 def _materialize(draw: st.DrawFn) -> Call:
-    parts = [draw(st.one_of(st.sampled_from(["p", "run-1", "step"]), names)) for _ in range(4)]
+    parts = [
+        draw(st.one_of(st.sampled_from(["p", "run-1", "step"]), names, wrong_types))
+        for _ in range(4)
+    ]
     return Call("materialize", (draw(values), *parts))
 
 
@@ -195,13 +227,13 @@ _reads = st.one_of(
     st.builds(lambda n: Call("get_metadata", (n,)), st.one_of(_ids, names)),
     st.builds(lambda n: Call("exists", (n,)), st.one_of(_ids, names)),
     st.builds(lambda n: Call("size", (n,)), st.one_of(_ids, names)),
+    st.builds(lambda n: Call("history", (n,)), st.one_of(_ids, names)),
     st.builds(lambda p: Call("list_artifacts", (p,)), st.one_of(st.just(""), names)),
-    st.builds(lambda q, n: Call("catalog.search", (q,), {"limit": n}),
-              st.one_of(st.text(max_size=12), st.just(_SURROGATE), _not_text), limits),
+    st.builds(lambda q, n: Call("catalog.search", (q,), {"limit": n}), queries, limits),
     st.builds(lambda t, n: Call("catalog.list", (t,), {"limit": n}), artifact_types, limits),
+    st.builds(lambda i: Call("catalog.get", (i,)), _ids),
     st.builds(lambda i, d: Call("catalog.get_lineage", (i,), {"depth": d}), _ids, depths),
-    st.builds(lambda i, f: Call("catalog.lineage_graph", (i,), {"format": f}),
-              _ids, st.sampled_from(["mermaid", "dot", "svg", 5])),
+    st.builds(lambda i, f: Call("catalog.lineage_graph", (i,), {"format": f}), _ids, formats),
 )  # fmt: skip
 
 
