@@ -35,6 +35,8 @@ def create_app(
     *,
     reads: str = "loopback",
     allowed_hosts: Sequence[str] | None = None,
+    max_streams: int = 16,
+    idle_timeout: float = 30.0,
 ) -> Starlette:
     """The ASGI application over ``store`` (see :func:`cas.serve.app.create_app`)."""
     from cas.serve.deps import require
@@ -42,4 +44,5 @@ def create_app(
     require()
     from cas.serve.app import create_app as _create_app
 
-    return _create_app(store, token, reads=reads, allowed_hosts=allowed_hosts)
+    return _create_app(store, token, reads=reads, allowed_hosts=allowed_hosts,
+                       max_streams=max_streams, idle_timeout=idle_timeout)  # fmt: skip

@@ -15,7 +15,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import cas
-from cas.serve import flowyml_api, read_api
+from cas.serve import content, flowyml_api, read_api
 from cas.serve.auth import COOKIE, Auth, is_loopback
 from cas.serve.responses import ApiError, error_body, from_exception
 
@@ -34,15 +34,21 @@ def create_app(
     *,
     reads: str = "loopback",
     allowed_hosts: Sequence[str] | None = None,
+    max_streams: int = content.MAX_STREAMS,
+    idle_timeout: float = content.IDLE_TIMEOUT,
 ) -> Starlette:
     """The application over ``store``: ``/flowyml/v1``, ``/api/v1`` and the page.
 
     ``reads``: ``loopback`` (peers on this machine read without the token), ``open`` or
     ``token``; writes always need ``token``. ``allowed_hosts``: the ``Host`` headers to
     answer (None: any); a server bound to loopback passes ``LOOPBACK_HOSTS`` so that
-    a web page of another site cannot read it through DNS rebinding.
+    a web page of another site cannot read it through DNS rebinding. ``max_streams``:
+    content downloads served at once (beyond: 503 with ``Retry-After``);
+    ``idle_timeout``: seconds a download waits for its client to read before its
+    connection is closed.
     """
     static = _static_files()
+    streams = content.Streams(max_streams, idle_timeout)
 
     def page(request: Request) -> Response:
         name = request.path_params.get("name", "index.html")
@@ -58,7 +64,7 @@ def create_app(
             Route("/", page, methods=["GET", "HEAD"]),
             Route("/static/{name}", page, methods=["GET", "HEAD"]),
             Mount("/flowyml/v1", routes=flowyml_api.routes(store)),
-            Mount("/api/v1", routes=read_api.routes(store)),
+            Mount("/api/v1", routes=read_api.routes(store, streams)),
         ],
         exception_handlers={
             HTTPException: _http_error,

@@ -44,8 +44,8 @@ from cas.serve.responses import (
 MAX_NODES = 500
 
 
-def routes(store: cas.ArtifactStore) -> list[BaseRoute]:
-    api = ReadApi(store)
+def routes(store: cas.ArtifactStore, streams: content.Streams | None = None) -> list[BaseRoute]:
+    api = ReadApi(store, streams or content.Streams())
     quick = fast_path(store)
     return [
         Route("/", endpoint(api.index, True), methods=["GET"]),
@@ -88,8 +88,9 @@ def split_ref(request: Request) -> tuple[str, str]:
 class ReadApi:
     """The endpoints; all are plain functions, which starlette runs in worker threads."""
 
-    def __init__(self, store: cas.ArtifactStore) -> None:
+    def __init__(self, store: cas.ArtifactStore, streams: content.Streams) -> None:
         self.store = store
+        self.streams = streams
         self.catalog = store.catalog
 
     def index(self, request: Request) -> JSON:
@@ -201,14 +202,15 @@ class ReadApi:
                 raise ApiError(400, f"{path!r} in artifact {meta['name']} is a folder",
                                files=f"/api/v1/files/{rid}?path={path}")  # fmt: skip
             blob = content.Blob(leaf, int(entry["size"] or 0), entry["id"], immutable)
-            return content.respond(request, blob, lambda: self.store.open(rid, path=path))
+            return content.respond(request, blob, lambda: self.store.open(rid, path=path),
+                                   self.streams)  # fmt: skip
         files = self.store.list_files(rid)
         if self.kind(meta, files) == "folder":
             raise ApiError(400, f"artifact {meta['name']} is a folder: download one of its "
                                 "files", files=f"/api/v1/files/{rid}")  # fmt: skip
         filename = files[0]["name"] if files else meta["name"].rsplit("/", 1)[-1]
         blob = content.Blob(filename, int(meta["size"] or 0), meta["content_id"], immutable)
-        return content.respond(request, blob, lambda: self.store.open(rid))
+        return content.respond(request, blob, lambda: self.store.open(rid), self.streams)
 
     def kind(self, meta: dict[str, Any], files: list[dict[str, Any]] | None = None) -> str:
         """``none`` (registered without data), ``folder`` or ``file``. The public API has

@@ -31,12 +31,16 @@ MAX_NAME_BYTES = 480
 
 
 class ApiError(Exception):
-    """A refusal with its HTTP status; ``extra`` joins the JSON body."""
+    """A refusal with its HTTP status; ``extra`` joins the JSON body, ``headers`` the
+    response (``Retry-After``, say)."""
 
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
+    def __init__(
+        self, status: int, message: str, *, headers: Mapping[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = dict(headers or {})
         self.extra = extra
 
 
@@ -86,7 +90,9 @@ def error_body(status: int, message: str, **extra: Any) -> JSON:
 def from_exception(exc: BaseException) -> JSON:
     """The response for an exception raised while answering a request."""
     if isinstance(exc, ApiError):
-        return error_body(exc.status, exc.message, **exc.extra)
+        response = error_body(exc.status, exc.message, **exc.extra)
+        response.headers.update(exc.headers)
+        return response
     if isinstance(exc, cas.ObjectNotFound):
         return error_body(404, str(exc))
     if isinstance(exc, cas.IsAFolder):
