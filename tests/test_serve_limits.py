@@ -111,3 +111,40 @@ def test_stalled_readers_hold_bounded_memory_and_free_it(root: pathlib.Path) -> 
         assert poll(lambda: server.rss_mib() < baseline + 64, 5), (
             f"5 s after the clients left: {server.rss_mib():.0f} MiB (baseline {baseline:.0f})"
         )
+
+
+def test_downloads_beyond_the_limit_wait_and_an_idle_one_is_closed(root: pathlib.Path) -> None:
+    with serving(root, "--max-streams", "4", "--idle-timeout", "2") as server:
+        socks = server.stall(4)
+        try:
+            # each stalled reader holds its stream: the fifth download is told to retry
+            def refused() -> bool:
+                r = httpx.get(server.url + "/api/v1/content/big", timeout=10)
+                return r.status_code == 503
+
+            assert poll(refused, 5)
+            r = httpx.get(server.url + "/api/v1/content/big", timeout=10)
+            assert r.status_code == 503 and int(r.headers["Retry-After"]) > 0
+            assert "retry" in r.json()["error"]
+            # other requests are still answered, and a HEAD holds no stream
+            assert httpx.get(server.url + "/api/v1/names", timeout=10).status_code == 200
+            assert httpx.head(server.url + "/api/v1/content/big", timeout=10).status_code == 200
+            # after the idle time the stalled streams are closed and their slots free
+            assert poll(lambda: not refused(), 15)
+            got = httpx.get(server.url + "/api/v1/content/big", timeout=30)
+            assert got.status_code == 200 and len(got.content) == SIZE
+            # a stalled reader that reads at last finds a short body, then the end
+            head, _, body = _read_to_end(socks[0]).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and f"{SIZE}".encode() in head
+            assert len(body) < SIZE
+        finally:
+            for s in socks:
+                s.close()
+
+
+def _read_to_end(s: socket.socket) -> bytes:
+    parts = []
+    s.settimeout(30)
+    while part := s.recv(1 << 20):
+        parts.append(part)
+    return b"".join(parts)
