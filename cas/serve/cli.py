@@ -122,6 +122,7 @@ def serve(
         store.close()
         raise
     port = sock.getsockname()[1]
+    drop_stalled_peers(sock, idle_timeout)
     return_freed_memory()
     if given is not None and token_file is not None:
         token, where = given, os.fspath(token_file)
@@ -161,6 +162,18 @@ def return_freed_memory() -> None:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return
     mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+def drop_stalled_peers(sock: socket.socket, seconds: float) -> None:
+    """Have the kernel abort a connection whose peer has taken none of the data sent to
+    it for ``seconds`` (``TCP_USER_TIMEOUT``, which accepted connections inherit from
+    the listening socket). Closing a stalled download's connection only asks for it to
+    be closed once what is queued has gone, which a peer that never reads never lets
+    happen: the connection, its buffers and its place among ``max_connections`` would
+    stay. Elsewhere than Linux this does nothing."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(seconds * 1000)))
 
 
 def bind(host: str, port: int) -> socket.socket:
