@@ -38,6 +38,7 @@ from cas.integrations._common import open_store, resolve_root
 from cas.integrations.flowyml_catalog import CasCatalogBackend, EntryNotFound
 
 __all__ = [
+    "ArtifactNotFound",
     "Cas",
     "CasArtifactStore",
     "CasCatalogBackend",
@@ -59,6 +60,11 @@ _hook_installed = False
 
 class NoLocalCopy(cas.CasError, AttributeError):
     """A FlowyML caller asked the cas component for a local folder it does not have."""
+
+
+class ArtifactNotFound(cas.ObjectNotFound, FileNotFoundError):
+    """No artifact at a path: a ``cas.ObjectNotFound``, and the ``FileNotFoundError``
+    FlowyML's own local store raises."""
 
 
 def output_name(project: str, run_id: str, step: str, name: str) -> str:
@@ -167,14 +173,30 @@ class CasArtifactStore(_FlowymlArtifactStore):  # type: ignore[misc]
         return _name(path)
 
     def load(self, path: str) -> Any:
-        return self.store.load(_name(path))
+        """The value saved at ``path``; ``IsAFolder`` if ``path`` only holds other
+        names, ``ArtifactNotFound`` if nothing is there (as FlowyML's local store)."""
+        name = _name(path)
+        try:
+            return self.store.load(name)
+        except cas.ObjectNotFound as exc:
+            if self._under(name):
+                raise cas.IsAFolder(name, f"{name} is a folder of artifacts") from exc
+            raise ArtifactNotFound(name, str(exc)) from exc
 
     def exists(self, path: str) -> bool:
-        return self.store.exists(_name(path))
+        """True if ``path`` names an artifact or a folder of them."""
+        name = _name(path)
+        return self.store.exists(name) or bool(self._under(name))
 
     def delete(self, path: str) -> None:
-        """Delete a name (its content stays until ``cas gc`` finds it unreachable)."""
-        self.store.delete(_name(path))
+        """Delete a name, or every name under a folder; nothing if there is none (as
+        FlowyML's local store). The content stays until ``cas gc`` finds it unreachable."""
+        name = _name(path)
+        for each in [name] if self.store.exists(name) else self._under(name):
+            self.store.delete(each)
+
+    def _under(self, name: str) -> list[str]:
+        return self.store.list_artifacts(name.rstrip("/") + "/") if name.strip("/") else []
 
     def list_artifacts(self, prefix: str = "") -> list[str]:
         return self.store.list_artifacts(prefix)
