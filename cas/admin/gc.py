@@ -73,6 +73,9 @@ DEFAULT_GRACE: Final = 24 * 3600.0
 #: file). Plain gc leaves them, as ``git prune`` does.
 PACK_LOOSE_FROM: Final = 1000
 DEFAULT_RETENTION: Final = 30 * 24 * 3600.0
+#: A writer's temporary file, or a pack whose index is not written yet, is removed only
+#: once it is this old (15 minutes), whatever the grace: far above any one write.
+TEMP_AGE: Final = 900.0
 
 #: Object stores delete up to this many keys a request; local deletes go in such batches too.
 DELETE_BATCH: Final = 1000
@@ -137,11 +140,14 @@ class GcPlan:
 
 
 def _old_temp_files(repo: Repository, listing: Listing, now: float, grace: float) -> list[str]:
-    """Writers' temporary files older than the grace period."""
+    """Writers' temporary files (and packs without an index) older than the grace
+    period and than :data:`TEMP_AGE`: a writer that is writing one is alive, whatever
+    the grace (``--grace 0`` frees what nothing reaches, not what a writer is
+    finishing: a pack whose index was being written was lost beside ``--grace 0``)."""
     temp = []
     for rel, st in listing.temp:
         st = st or repo.storage.stat(rel)
-        if st is not None and now - st.mtime > grace:
+        if st is not None and now - st.mtime > max(grace, TEMP_AGE):
             temp.append(rel)
     return temp
 
