@@ -152,8 +152,11 @@ def _pack_files(
             committed.append(pack_id)
             mtimes.append(st.mtime)
     present = set(names)
+    known = set(committed)  # its index may have come between the two listings
     for name in names:
-        orphan = name.endswith(".pack") and f"{name[:-5]}.idx" not in present
+        orphan = (
+            name.endswith(".pack") and f"{name[:-5]}.idx" not in present and name[:-5] not in known
+        )
         if name.startswith(TEMP_PREFIX) or orphan:
             temp.append((f"{packs.PACKS}/{name}", None))
     return committed, mtimes
