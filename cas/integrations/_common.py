@@ -4,6 +4,7 @@ the error a misconfigured integration raises. Built on cas's public API only."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 from typing import Any
 
@@ -53,3 +54,30 @@ def open_store(root: str, storage_options: dict[str, Any]) -> cas.ArtifactStore:
     if not storage_options:
         return shared_store(root)
     return cas.open_store(root, **storage_options)
+
+
+# Characters git's ref-name rules refuse anywhere, plus '%' (so decoding is exact).
+_ESCAPED = frozenset(" ~^:?*[\\%")
+
+
+def encode_component(part: str, more: frozenset[str] = frozenset()) -> str:
+    """One component of a name percent-encoded so that git's ref-name rules accept it
+    (``urllib.parse.unquote`` gives it back): what they refuse anywhere, ``%``, control
+    characters and the characters of ``more``; a ``.`` that starts the component,
+    follows another or ends it, a final ``.lock``'s dot, and ``@{``."""
+    out = "".join(
+        _percent(ch) if ch in _ESCAPED or ch in more or ord(ch) < 0x20 or ord(ch) == 0x7F else ch
+        for ch in part
+    )
+    out = re.sub(r"(?<=\.)\.", "%2E", out).replace("@{", "%40{")
+    if out.startswith("."):
+        out = "%2E" + out[1:]
+    if out.endswith(".lock"):
+        out = out[: -len(".lock")] + "%2Elock"
+    if out.endswith("."):
+        out = out[:-1] + "%2E"
+    return out
+
+
+def _percent(ch: str) -> str:
+    return "".join(f"%{b:02X}" for b in ch.encode())

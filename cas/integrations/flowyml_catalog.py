@@ -40,7 +40,7 @@ from urllib.parse import unquote
 from flowyml.storage.catalog.backend import CatalogBackend, CatalogEntry
 
 import cas
-from cas.integrations._common import open_store, resolve_root
+from cas.integrations._common import encode_component, open_store, resolve_root
 
 __all__ = ["CasCatalogBackend", "EntryNotFound", "decode_name", "encode_name"]
 
@@ -48,8 +48,6 @@ FLOWYML_KEY = "flowyml"
 UNKNOWN_TYPE = "unknown"
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
 _URL_PREFIX = "cas://"
-# Characters git's ref-name rules refuse anywhere, plus '%' (so decoding is exact).
-_ESCAPED = frozenset(" ~^:?*[\\%")
 #: The cas name of FlowyML's empty name: no percent-encoding yields it ('%' is '%25').
 EMPTY_NAME = "%empty-name"
 
@@ -262,32 +260,13 @@ def encode_name(name: str) -> str:
         return "%40"
     parts = name.split("/")
     if "" in parts:
-        return _encode_component(name, frozenset("/"))
-    return "/".join(_encode_component(p) for p in parts)
+        return encode_component(name, frozenset("/"))
+    return "/".join(encode_component(p) for p in parts)
 
 
 def decode_name(name: str) -> str:
     """The FlowyML name of a cas name (the inverse of :func:`encode_name`)."""
     return "" if name == EMPTY_NAME else unquote(name)
-
-
-def _encode_component(part: str, more: frozenset[str] = frozenset()) -> str:
-    out = "".join(
-        _percent(ch) if ch in _ESCAPED or ch in more or ord(ch) < 0x20 or ord(ch) == 0x7F else ch
-        for ch in part
-    )
-    out = re.sub(r"(?<=\.)\.", "%2E", out).replace("@{", "%40{")
-    if out.startswith("."):
-        out = "%2E" + out[1:]
-    if out.endswith(".lock"):
-        out = out[: -len(".lock")] + "%2Elock"
-    if out.endswith("."):
-        out = out[:-1] + "%2E"
-    return out
-
-
-def _percent(ch: str) -> str:
-    return "".join(f"%{b:02X}" for b in ch.encode())
 
 
 def _quoted(value: str) -> str:

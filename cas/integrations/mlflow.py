@@ -43,7 +43,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 
 import cas
-from cas.integrations._common import IntegrationError, resolve_root, shared_store
+from cas.integrations._common import IntegrationError, encode_component, resolve_root, shared_store
 
 __all__ = [
     "ArtifactNotFound",
@@ -55,8 +55,6 @@ __all__ = [
 
 SCHEME = "cas"
 _RUN_ARTIFACTS = re.compile(r"(?:^|/)([0-9a-f]{32})/artifacts(?:/|$)")
-# Characters git's ref-name rules refuse anywhere, plus '%' (so decoding is exact).
-_ESCAPED = frozenset(" ~^:?*[\\%")
 _COPY_BUFFER = 1 << 20
 #: The last part of the name that keeps an empty folder (MLflow lists and downloads
 #: those): a '%' that no encoded file name holds ('%' itself is encoded as %25).
@@ -120,7 +118,7 @@ def parse_cas_uri(uri: str) -> CasUri:
 
 def encode_path(path: str) -> str:
     """A run-relative artifact path as the tail of a valid cas name (see module doc)."""
-    return "/".join(_encode_component(c) for c in _clean_path(path).split("/"))
+    return "/".join(encode_component(c) for c in _clean_path(path).split("/"))
 
 
 def decode_component(component: str) -> str:
@@ -138,24 +136,6 @@ def _clean_path(path: str) -> str:
     if norm == ".." or norm.startswith("../"):
         raise InvalidArtifactPath(f"artifact path {path!r} leaves the run's artifacts: drop '..'")
     return norm
-
-
-def _encode_component(part: str) -> str:
-    out = "".join(
-        _percent(ch) if ch in _ESCAPED or ord(ch) < 0x20 or ord(ch) == 0x7F else ch for ch in part
-    )
-    out = re.sub(r"(?<=\.)\.", "%2E", out).replace("@{", "%40{")
-    if out.startswith("."):
-        out = "%2E" + out[1:]
-    if out.endswith(".lock"):
-        out = out[: -len(".lock")] + "%2Elock"
-    if out.endswith("."):
-        out = out[:-1] + "%2E"
-    return out
-
-
-def _percent(ch: str) -> str:
-    return "".join(f"%{b:02X}" for b in ch.encode())
 
 
 class CasArtifactRepository(ArtifactRepository):

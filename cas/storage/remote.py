@@ -296,18 +296,14 @@ class FsspecStorage(Storage):
             # The service's own listing: one request per 1,000 keys, an empty folder
             # one request (s3fs adds a HEAD and a listing of the parent), with each
             # file's version token.
-            bucket, _, key = base.strip("/").partition("/")
             try:
                 with self._boundary("listing", rel_dir):
-                    details = self.service.list_details(
-                        bucket, key.rstrip("/") + "/" if key else ""
-                    )
+                    details = self.service.list_details(*split_root(base))
             except FileNotFoundError:
                 details = {}  # the bucket is missing: said just below
             if not details:
                 self._check_bucket("listing", rel_dir)
-            prefix = self.root.strip("/").partition("/")[2]
-            prefix = prefix + "/" if prefix else ""
+            prefix = split_root(self.root)[1]
             for name in sorted(details):
                 if not name.endswith("/"):  # a folder's placeholder, not a file
                     version, size, mtime = details[name]
@@ -334,8 +330,7 @@ class FsspecStorage(Storage):
         if isinstance(self.service, ObjectService):
             # One request (s3fs follows an empty listing with a HEAD and a listing of
             # the parent): the files of the folder, not its sub-folders.
-            bucket, _, key = self._path(rel_dir).strip("/").partition("/")
-            prefix = key.rstrip("/") + "/" if key else ""
+            bucket, prefix = split_root(self._path(rel_dir))
             try:
                 with self._boundary("listing", rel_dir):
                     keys = self.service.list_keys(bucket, prefix, "/")
