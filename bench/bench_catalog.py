@@ -21,7 +21,7 @@ from typing import Any
 
 import lmdb
 
-from catalog import Catalog
+from cas.catalog import Catalog
 
 BATCH = 10_000
 STAGES = ("dev", "staging", "production", "archived")

@@ -8,16 +8,22 @@ caller keeps. See ``docs/catalog.md``.
 
 ::
 
-    from catalog import Catalog
+    from cas.catalog import Catalog
     with Catalog(".cas/index") as cat:
         cat.put(record)
         cat.tag(record["id"], {"stage": "production"}, stamp)
         cat.search("stage:production fraud", limit=10)
 """
 
-from catalog.catalog import Catalog
-from catalog.errors import CatalogDamaged, CatalogError, FormatMismatch, InvalidInput, QueryError
-from catalog.query import Query, parse_query
+from cas.catalog.catalog import Catalog
+from cas.catalog.errors import (
+    CatalogDamaged,
+    CatalogError,
+    FormatMismatch,
+    InvalidInput,
+    QueryError,
+)
+from cas.catalog.query import Query, parse_query
 
 __all__ = [
     "Catalog",

@@ -2,7 +2,7 @@
 
 The catalog is an index, never the only copy: the caller keeps every put, tag and
 delete event durably elsewhere and can replay them with ``rebuild``. Operations
-commute (see ``catalog.index``), so replaying the same events in any order yields the
+commute (see ``cas.catalog.index``), so replaying the same events in any order yields the
 same catalog, which ``dump()`` lets a test compare.
 
 A ``Catalog`` may be shared by threads (calls are serialized per environment) and
@@ -19,19 +19,26 @@ from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from catalog import keys
-from catalog.dump import dump as _dump
-from catalog.engine import Engine
-from catalog.errors import CatalogError, InvalidInput
-from catalog.index import Writer
-from catalog.lineage import children_of, label, parents_of, render, walk
-from catalog.query import Query, parse_query
-from catalog.record import Entry, check_event, check_id, check_stamp, check_tag_values, normalize
-from catalog.record import unpack as _unpack
-from catalog.scan import AllStream, PrefixStream, Stream, TermStream, intersect
+from cas.catalog import keys
+from cas.catalog.dump import dump as _dump
+from cas.catalog.engine import Engine
+from cas.catalog.errors import CatalogError, InvalidInput
+from cas.catalog.index import Writer
+from cas.catalog.lineage import children_of, label, parents_of, render, walk
+from cas.catalog.query import Query, parse_query
+from cas.catalog.record import (
+    Entry,
+    check_event,
+    check_id,
+    check_stamp,
+    check_tag_values,
+    normalize,
+)
+from cas.catalog.record import unpack as _unpack
+from cas.catalog.scan import AllStream, PrefixStream, Stream, TermStream, intersect
 
 if TYPE_CHECKING:
-    from catalog.engine import Txn
+    from cas.catalog.engine import Txn
 
 T = TypeVar("T")
 Record = dict[str, Any]
@@ -210,7 +217,7 @@ class Catalog:
         return None if raw is None else bytes(raw).decode()
 
     def search(self, query: str, limit: int = 100) -> Records:
-        """Records matching every term of ``query``, newest first (see ``catalog.query``).
+        """Records matching every term of ``query``, newest first (see ``cas.catalog.query``).
 
         ``stage:production team:fraud resnet``: two tag filters and one word. An empty
         query returns the newest records. Raises ``QueryError`` for a malformed query.

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from catalog import keys
-from catalog.record import unpack
+from cas.catalog import keys
+from cas.catalog.record import unpack
 
 if TYPE_CHECKING:
-    from catalog.engine import Txn
+    from cas.catalog.engine import Txn
 
 
 def dump(txn: Txn, dbs: dict[bytes, Any]) -> dict[str, Any]:

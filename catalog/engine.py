@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import lmdb
 
-from catalog import keys
-from catalog.errors import CatalogDamaged, CatalogError, FormatMismatch
+from cas.catalog import keys
+from cas.catalog.errors import CatalogDamaged, CatalogError, FormatMismatch
 
 T = TypeVar("T")
 

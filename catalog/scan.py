@@ -17,7 +17,7 @@ import heapq
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from catalog.engine import Txn
+    from cas.catalog.engine import Txn
 
 
 class Stream(Protocol):

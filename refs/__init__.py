@@ -13,8 +13,8 @@ True
 See docs/refs.md for the name rules, the history format and each backend's guarantee.
 """
 
-from refs.conditional import Conditional
-from refs.errors import (
+from cas.refs.conditional import Conditional
+from cas.refs.errors import (
     InvalidId,
     InvalidRefName,
     NameConflict,
@@ -23,12 +23,12 @@ from refs.errors import (
     RefLocked,
     RefNotFound,
 )
-from refs.ids import ANY, check_id
-from refs.local import LocalConditional
-from refs.log import LogEntry
-from refs.memory import ProcessLocalConditional
-from refs.names import check_ref_name
-from refs.store import RefStore
+from cas.refs.ids import ANY, check_id
+from cas.refs.local import LocalConditional
+from cas.refs.log import LogEntry
+from cas.refs.memory import ProcessLocalConditional
+from cas.refs.names import check_ref_name
+from cas.refs.store import RefStore
 
 __all__ = [
     "ANY",

@@ -1,22 +1,22 @@
 """Compare-and-swap on S3, GCS and Azure Blob, by the services' own conditional requests.
 
-The requests themselves live in one adapter per service (:mod:`refs.services`, shared
+The requests themselves live in one adapter per service (:mod:`cas.refs.services`, shared
 with cas's object storage); each adapter *is* the :class:`~refs.Conditional` of its
 service. This module keeps the names refs has always offered for them. The protocol,
 the answers each request can give and what the local test servers enforce are in
-:mod:`refs.services.base`.
+:mod:`cas.refs.services.base`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from refs.conditional import Conditional
-from refs.errors import RefError
-from refs.services import ObjectService, service_for
-from refs.services.azure import AzureService as AzureConditional
-from refs.services.gcs import GCSService as GCSConditional
-from refs.services.s3 import S3Service as S3Conditional
+from cas.refs.conditional import Conditional
+from cas.refs.errors import RefError
+from cas.refs.services import ObjectService, service_for
+from cas.refs.services.azure import AzureService as AzureConditional
+from cas.refs.services.gcs import GCSService as GCSConditional
+from cas.refs.services.s3 import S3Service as S3Conditional
 
 __all__ = ["AzureConditional", "GCSConditional", "S3Conditional", "conditional_for"]
 
@@ -31,6 +31,6 @@ def conditional_for(fs: Any) -> Conditional:
     if isinstance(service, ObjectService):
         return service
     raise RefError(
-        f"refs.cloud has no compare-and-swap for {type(fs).__name__}"
+        f"cas.refs.cloud has no compare-and-swap for {type(fs).__name__}"
         f" (protocol {fs.protocol!r}): S3 (s3fs), GCS (gcsfs) and Azure Blob (adlfs) only"
     )

@@ -1,7 +1,7 @@
 """The seam for storage backends: compare-and-swap on one small file.
 
 :class:`Conditional` is the whole contract a backend implements so that
-:class:`refs.RefStore` can run on it; the store's algorithm (see ``refs/store.py``)
+:class:`cas.refs.RefStore` can run on it; the store's algorithm (see ``refs/store.py``)
 uses nothing else to write. Implementations:
 
 ==========================  ===============================================  ===========
@@ -29,7 +29,7 @@ class Conditional(ABC):
     without protocol (``"bucket/prefix/refs/main"``, ``"/tmp/x/.cas/refs/main"``).
 
     Contract, which every implementation must keep and the shared suite
-    (``refs.testing.RefStoreTests``) checks:
+    (``cas.refs.testing.RefStoreTests``) checks:
 
     - **Atomic.** A reader sees the whole content of one completed write or nothing,
       never a partial file.
@@ -52,7 +52,7 @@ class Conditional(ABC):
       ``FileExistsError`` for a parent that is a file, ``IsADirectoryError`` for a
       non-empty folder at ``path``); ``RefStore`` turns these into ``NameConflict``.
       :meth:`create` removes an *empty* folder sitting at ``path``.
-    - **Locks may raise** :class:`refs.RefLocked` when a lock stays held past a bounded
+    - **Locks may raise** :class:`cas.refs.RefLocked` when a lock stays held past a bounded
       wait; the message names the owner and how to clear it.
     """
 

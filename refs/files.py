@@ -8,7 +8,7 @@ listed file) cost several times more CPU than the system calls themselves. Write
 never go through here: they are the :class:`~refs.Conditional`'s.
 
 On S3, GCS and Azure Blob, :class:`ServiceFiles` sends the service's own requests
-(through its adapter in :mod:`refs.services`): one GET per read, one listing of a key prefix per
+(through its adapter in :mod:`cas.refs.services`): one GET per read, one listing of a key prefix per
 1,000 keys. Through s3fs a read is a HEAD then a GET (a HEAD and a listing when
 nothing is there), and an empty listing costs two more requests, which look for a
 file of the folder's name or for the folder in its parent; gcsfs ``find`` lists
@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
-from refs.services.base import ObjectService
+from cas.refs.services.base import ObjectService
 
 T = TypeVar("T")
 
@@ -154,7 +154,7 @@ class LocalFiles(Files):
 
 
 class ServiceFiles(Files):
-    """:class:`Files` by a service's own requests (:mod:`refs.services`): one GET per
+    """:class:`Files` by a service's own requests (:mod:`cas.refs.services`): one GET per
     read (a missing bucket raises, it is never "nothing there"), one listing of a key
     prefix per 1,000 keys, many reads at once."""
 
@@ -207,7 +207,7 @@ def _split(path: str) -> tuple[str, str]:
 def files_for(fs: AbstractFileSystem, conditional: Any = None) -> Files:
     """The :class:`Files` reading ``fs``: by ``os`` calls for a local filesystem, by the
     service's own requests on S3, GCS and Azure Blob (when ``conditional`` is that
-    service's adapter from :mod:`refs.services`), else through fsspec."""
+    service's adapter from :mod:`cas.refs.services`), else through fsspec."""
     if isinstance(fs, LocalFileSystem):
         return LocalFiles(fs)
     if isinstance(conditional, ObjectService) and conditional.fs is fs:

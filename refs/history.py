@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from refs.files import Files
-from refs.log import LogEntry, decode_entry, entry_path, parse_entry_basename
-from refs.names import is_valid_ref_name, log_dir
+from cas.refs.files import Files
+from cas.refs.log import LogEntry, decode_entry, entry_path, parse_entry_basename
+from cas.refs.names import is_valid_ref_name, log_dir
 
 # How far past the last known newest entry to search by reading (2**_GALLOP
 # entries) before listing the whole history instead.

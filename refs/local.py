@@ -37,10 +37,10 @@ import time
 from collections.abc import Iterator
 from typing import Any, Final
 
-from refs.conditional import Conditional
-from refs.errors import RefLocked
-from refs.files import read_file, read_file_stat
-from refs.owner import DEFAULT_LEASE, Verdict, describe, judge, owner_json, remove_command
+from cas.refs.conditional import Conditional
+from cas.refs.errors import RefLocked
+from cas.refs.files import read_file, read_file_stat
+from cas.refs.owner import DEFAULT_LEASE, Verdict, describe, judge, owner_json, remove_command
 
 try:
     import fcntl

@@ -35,9 +35,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from refs.errors import RefError
-from refs.ids import check_id
-from refs.names import log_dir
+from cas.refs.errors import RefError
+from cas.refs.ids import check_id
+from cas.refs.names import log_dir
 
 _ENTRY = re.compile(r"~([0-9]{12,})")
 

@@ -2,7 +2,7 @@
 reading again what has not changed (git's packed-refs, kept as a cache).
 
 On an object store, reading every ref and history entry one GET at a time is what made
-``cas gc`` cost several requests per name. :meth:`refs.RefStore.state` lists ``refs/``
+``cas gc`` cost several requests per name. :meth:`cas.refs.RefStore.state` lists ``refs/``
 and ``logs/`` with each file's version token (S3 ETag, GCS generation, Azure ETag: the
 token a read returns, which changes whenever the file does) and reads only the files
 that the newest snapshot does not hold at that version. A snapshot is never the truth:
@@ -32,10 +32,10 @@ from typing import Any, Final
 import msgpack
 import zstandard
 
-from refs.files import Files
-from refs.ids import decode_ref
-from refs.log import PRUNED, LogEntry, decode_entry, entry_path, parse_entry_basename
-from refs.names import is_valid_ref_name
+from cas.refs.files import Files
+from cas.refs.ids import decode_ref
+from cas.refs.log import PRUNED, LogEntry, decode_entry, entry_path, parse_entry_basename
+from cas.refs.names import is_valid_ref_name
 
 MAGIC: Final = b"CASREFS1\n"
 FOLDER: Final = ".refs"
@@ -58,11 +58,11 @@ class RefState:
     pruned: frozenset[str] = frozenset()
 
     def items(self) -> builtins.list[tuple[str, str]]:
-        """Sorted ``(name, id)`` of every ref, as :meth:`refs.RefStore.items`."""
+        """Sorted ``(name, id)`` of every ref, as :meth:`cas.refs.RefStore.items`."""
         return sorted((name, rid) for name, (rid, _) in self.refs.items())
 
     def prunable(self, older_than: float) -> builtins.list[str]:
-        """Names :meth:`refs.RefStore.prune_log` has work for: an entry other than the
+        """Names :meth:`cas.refs.RefStore.prune_log` has work for: an entry other than the
         newest written before ``older_than``, or a history that lost its first entry
         and lacks the ``~pruned`` marker (pruned before markers were written)."""
         first: dict[str, tuple[int, LogEntry]] = {}

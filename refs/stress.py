@@ -1,6 +1,6 @@
 """Adversity for RefStore tests: processes that hammer it, kill -9, lost answers.
 
-Kept apart from ``refs.testing`` so that spawned children import only refs and
+Kept apart from ``cas.refs.testing`` so that spawned children import only refs and
 fsspec. A backend's test passes a *picklable* factory (a module-level function, or
 ``functools.partial`` of one) that builds a ``RefStore`` on the shared root:
 :func:`local_refstore`, or :func:`service_refstore` for S3, GCS and Azure Blob.
@@ -25,10 +25,10 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from refs.conditional import Conditional
-from refs.errors import RefConflict
-from refs.local import LocalConditional
-from refs.store import RefStore
+from cas.refs.conditional import Conditional
+from cas.refs.errors import RefConflict
+from cas.refs.local import LocalConditional
+from cas.refs.store import RefStore
 
 Factory = Callable[[], RefStore]
 
@@ -54,7 +54,7 @@ def service_refstore(
     """A RefStore on S3 (``"s3"``), GCS (``"gs"``) or Azure Blob (``"az"``) with the
     service's conditional requests, on a filesystem of its own (picklable through
     ``functools.partial``: what a spawned process needs)."""
-    from refs.cloud import conditional_for
+    from cas.refs.cloud import conditional_for
 
     if protocol in ("gs", "gcs"):
         # The core class, whatever GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT said at import.

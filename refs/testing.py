@@ -12,7 +12,7 @@
 Each call of ``make_refstore`` must return a store on the *same* root, fresh for the
 test; the root's parent folder must hold nothing else (the suite lists it to check
 that no name escapes). Tests needing several processes are not here (they need a
-picklable factory): see ``refs.stress`` and ``tests/test_refs_local.py``.
+picklable factory): see ``cas.refs.stress`` and ``tests/test_refs_local.py``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from refs.errors import (
+from cas.refs.errors import (
     InvalidId,
     InvalidRefName,
     NameConflict,
@@ -37,12 +37,12 @@ from refs.errors import (
     RefLocked,
     RefNotFound,
 )
-from refs.ids import ANY
-from refs.log import LogEntry, encode_entry, entry_path
-from refs.names import is_valid_ref_name
-from refs.owner import hostname
-from refs.store import RefStore
-from refs.stress import Faulty, counter_id, counter_of, increment
+from cas.refs.ids import ANY
+from cas.refs.log import LogEntry, encode_entry, entry_path
+from cas.refs.names import is_valid_ref_name
+from cas.refs.owner import hostname
+from cas.refs.store import RefStore
+from cas.refs.stress import Faulty, counter_id, counter_of, increment
 
 MakeRefStore = Callable[..., RefStore]
 
@@ -493,7 +493,7 @@ class RefStoreTests:
             rs.read("main")
 
     def test_owner_of_this_process_is_alive(self) -> None:
-        from refs.owner import describe_owner
+        from cas.refs.owner import describe_owner
 
         assert describe_owner(os.getpid(), hostname()) == (f"{os.getpid()}@{hostname()}", True)
         assert describe_owner(1, "another-host")[1] is None

@@ -1,4 +1,4 @@
-"""What a :class:`refs.RefStore` answers from history, and the upkeep checkers do: the
+"""What a :class:`cas.refs.RefStore` answers from history, and the upkeep checkers do: the
 history of a name (``log``, ``at``, ``at_time``, ``log_names``), an update claimed and
 not published (``unpublished``), a damaged ref file put back (``restore``) and old
 history pruned (``prune_log``). The update protocol that writes history is in
@@ -12,13 +12,13 @@ import time
 
 from fsspec import AbstractFileSystem
 
-from refs.conditional import Conditional
-from refs.errors import RefError, RefNotFound
-from refs.history import History, Stored
-from refs.ids import decode_ref, encode_ref
-from refs.log import LogEntry, pruned_path
-from refs.names import ref_path
-from refs.owner import Verdict, describe, remove_command
+from cas.refs.conditional import Conditional
+from cas.refs.errors import RefError, RefNotFound
+from cas.refs.history import History, Stored
+from cas.refs.ids import decode_ref, encode_ref
+from cas.refs.log import LogEntry, pruned_path
+from cas.refs.names import ref_path
+from cas.refs.owner import Verdict, describe, remove_command
 
 # Settling rounds of one `unpublished` call: one settles a dead writer's update; a
 # second may meet a name-tree revert or a withdrawn claim in a pruned slot.
@@ -26,7 +26,7 @@ _SETTLE_ROUNDS = 3
 
 
 class HistoryMixin:
-    """History queries and upkeep; :class:`refs.RefStore` provides the state."""
+    """History queries and upkeep; :class:`cas.refs.RefStore` provides the state."""
 
     fs: AbstractFileSystem
     root: str

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-import catalog
-from catalog import Catalog, CatalogError, InvalidInput, QueryError
-from catalog.testing import make_record, rid
+from cas import catalog
+from cas.catalog import Catalog, CatalogError, InvalidInput, QueryError
+from cas.catalog.testing import make_record, rid
 
 
 @pytest.fixture

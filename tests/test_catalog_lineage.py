@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from catalog import Catalog
-from catalog.testing import make_record, rid
+from cas.catalog import Catalog
+from cas.catalog.testing import make_record, rid
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-import catalog.catalog
-import catalog.engine
-from catalog import Catalog
-from catalog.testing import make_record, rid
+import cas.catalog.catalog
+import cas.catalog.engine
+from cas.catalog import Catalog
+from cas.catalog.testing import make_record, rid
 
 TINY = 1 << 18  # 256 KiB: a few hundred records at most
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def test_map_full_error_is_retried_after_growth(
 ) -> None:
     """With the ahead-of-time growth disabled, the write must hit MapFullError, grow
     the map and run the whole transaction again."""
-    monkeypatch.setattr(catalog.engine, "_make_room", lambda shared, need: None)
+    monkeypatch.setattr(cas.catalog.engine, "_make_room", lambda shared, need: None)
     with Catalog(tmp_path / "c", map_size=TINY) as cat:
         assert cat.put_many(make_record(i, metadata=PAD) for i in range(2000)) == 2000
         for i in range(2000, 2300):
@@ -58,7 +58,7 @@ def test_map_full_error_is_retried_after_growth(
 
 
 def test_rebuild_in_several_transactions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(catalog.catalog, "REBUILD_BATCH", 7)
+    monkeypatch.setattr(cas.catalog.catalog, "REBUILD_BATCH", 7)
     records = [make_record(i, parents=[i - 1] if i else []) for i in range(50)]
     events = [{"op": "put", "record": r} for r in records]
     with Catalog(tmp_path / "a", map_size=TINY) as a, Catalog(tmp_path / "b") as b:
@@ -71,8 +71,8 @@ def test_rebuild_in_several_transactions(tmp_path: Path, monkeypatch: pytest.Mon
 WRITER = textwrap.dedent(
     """
     import sys
-    from catalog import Catalog
-    from catalog.testing import make_record
+    from cas.catalog import Catalog
+    from cas.catalog.testing import make_record
     path, base, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     pad = {"note": "padding " * 60}
     with Catalog(path, map_size=1 << 18) as cat:
@@ -90,7 +90,7 @@ WRITER = textwrap.dedent(
 READER = textwrap.dedent(
     """
     import os, sys, time
-    from catalog import Catalog
+    from cas.catalog import Catalog
     path, stop, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
     reads, last = 0, 0
     with Catalog(path, readonly=True) as cat:
@@ -156,11 +156,11 @@ def test_second_writer_waits_for_the_first(tmp_path: Path) -> None:
         textwrap.dedent(
             """
             import sys, time
-            from catalog import Catalog
-            from catalog.testing import make_record
+            from cas.catalog import Catalog
+            from cas.catalog.testing import make_record
             with Catalog(sys.argv[1]) as cat:
                 def slow(w):
-                    w.put(__import__("catalog.record").record.normalize(make_record(2)))
+                    w.put(__import__("cas.catalog.record").catalog.record.normalize(make_record(2)))
                     print("locked", flush=True)
                     time.sleep(1.5)
                 cat._write(slow, 1)

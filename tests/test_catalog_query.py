@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from catalog import Catalog, QueryError, parse_query
-from catalog.record import word_keys, words
-from catalog.testing import make_record, rid
+from cas.catalog import Catalog, QueryError, parse_query
+from cas.catalog.record import word_keys, words
+from cas.catalog.testing import make_record, rid
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,9 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from catalog import Catalog
-from catalog.record import words
-from catalog.testing import NAMES, TAG_KEYS, TAG_VALUES, Model, events, pool_record, rid
+from cas.catalog import Catalog
+from cas.catalog.record import words
+from cas.catalog.testing import NAMES, TAG_KEYS, TAG_VALUES, Model, events, pool_record, rid
 
 # two tag events with one stamp on one key: the larger value must win in any order
 TIE = [

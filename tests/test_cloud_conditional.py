@@ -14,11 +14,11 @@ from typing import Any
 import fsspec
 import pytest
 
+from cas.refs.cloud import AzureConditional, GCSConditional, S3Conditional, conditional_for
+from cas.refs.conditional import Conditional
+from cas.refs.errors import RefError
 from cas.testing.races import increment, increment_on_server
 from cas.testing.servers import Server
-from refs.cloud import AzureConditional, GCSConditional, S3Conditional, conditional_for
-from refs.conditional import Conditional
-from refs.errors import RefError
 
 CLASSES: dict[str, Callable[[Any], Conditional]] = {
     "s3": S3Conditional,

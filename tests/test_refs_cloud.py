@@ -4,7 +4,7 @@ servers: compare-and-swap by the services' conditional requests (refs/cloud.py).
 Each test gets a fresh bucket: the suite lists the root's parent to check that no
 name escapes the root, so the parent must hold nothing else.
 
-Azure: refs lists blobs with the SDK itself (``refs.services.azure``), not with
+Azure: refs lists blobs with the SDK itself (``cas.refs.services.azure``), not with
 adlfs, which has two gaps pinned below as regression tests: ``find("c/refs/a")``
 answers the blob ``c/refs/a`` itself when there is one, not ``c/refs/a/b`` below it
 (the name-tree check missed a child created concurrently), and ``find`` of a folder
@@ -26,15 +26,15 @@ import fsspec
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
+from cas.refs import Conditional, LogEntry, NameConflict, RefError, RefStore, packed
+from cas.refs.cloud import conditional_for
+from cas.refs.files import Files
+from cas.refs.history import History
+from cas.refs.log import pruned_path
+from cas.refs.packed import RefState
+from cas.refs.stress import counter_of, increment
+from cas.refs.testing import A, B, C, D, MakeRefStore, RefStoreTests, assert_chain
 from cas.testing.servers import Server
-from refs import Conditional, LogEntry, NameConflict, RefError, RefStore, packed
-from refs.cloud import conditional_for
-from refs.files import Files
-from refs.history import History
-from refs.log import pruned_path
-from refs.packed import RefState
-from refs.stress import counter_of, increment
-from refs.testing import A, B, C, D, MakeRefStore, RefStoreTests, assert_chain
 
 pytestmark = pytest.mark.slow  # about two minutes for the three servers
 

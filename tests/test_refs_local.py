@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from refs import LocalConditional, NameConflict, RefLocked, RefStore
-from refs.files import Files, LocalFiles, files_for
-from refs.stress import (
+from cas.refs import LocalConditional, NameConflict, RefLocked, RefStore
+from cas.refs.files import Files, LocalFiles, files_for
+from cas.refs.stress import (
     counter_id,
     counter_of,
     kill_between_claim_and_publish,
@@ -26,7 +26,7 @@ from refs.stress import (
     local_refstore,
     run_increments,
 )
-from refs.testing import A, B, C, MakeRefStore, RefStoreTests, assert_chain
+from cas.refs.testing import A, B, C, MakeRefStore, RefStoreTests, assert_chain
 
 
 class TestLocalRefStore(RefStoreTests):

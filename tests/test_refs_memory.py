@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import fsspec
 import pytest
 
-from refs import ProcessLocalConditional, RefStore
-from refs.testing import MakeRefStore, RefStoreTests
+from cas.refs import ProcessLocalConditional, RefStore
+from cas.refs.testing import MakeRefStore, RefStoreTests
 
 
 class TestMemoryRefStore(RefStoreTests):

@@ -13,10 +13,10 @@ from fsspec.implementations.dirfs import DirFileSystem
 from hypothesis import given
 from hypothesis import strategies as st
 
-import refs
-from refs import ANY, InvalidRefName, RefError, RefStore, check_ref_name
-from refs.names import FORBIDDEN_CHARACTERS, is_valid_ref_name
-from refs.testing import BAD_NAMES, valid_names
+from cas import refs
+from cas.refs import ANY, InvalidRefName, RefError, RefStore, check_ref_name
+from cas.refs.names import FORBIDDEN_CHARACTERS, is_valid_ref_name
+from cas.refs.testing import BAD_NAMES, valid_names
 
 PACKAGE = Path(refs.__file__).parent
 
@@ -52,8 +52,10 @@ def test_error_tree() -> None:
     assert issubclass(refs.RefLocked, RefError) and issubclass(refs.RefConflict, RefError)
 
 
-def test_refs_imports_neither_cas_nor_catalog() -> None:
-    for module in PACKAGE.glob("*.py"):
+def test_refs_imports_only_itself_and_cas_errors() -> None:
+    """cas.refs stands alone (its stress children import nothing else): no module of it
+    imports another part of cas, and importing it loads no store, catalog or fsspec."""
+    for module in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(module.read_text())):
             names = []
             if isinstance(node, ast.Import):
@@ -61,9 +63,27 @@ def test_refs_imports_neither_cas_nor_catalog() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             for name in names:
-                assert name.split(".")[0] not in ("cas", "catalog"), (module.name, name)
-    code = "import refs, refs.stress, sys; assert not {'cas', 'catalog'} & set(sys.modules)"
+                if name.split(".")[0] == "cas":
+                    assert name.startswith("cas.refs"), (module.name, name)
+    code = (
+        "import cas.refs, cas.refs.stress, sys; "
+        "loaded = {m.split('.')[1] for m in sys.modules if m.startswith('cas.')}; "
+        "assert loaded <= {'refs', 'errors'}, loaded"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_refs_and_catalog_are_not_top_level_import_names(tmp_path: Path) -> None:
+    """A user's own folders named refs/ and catalog/ shadow nothing of cas."""
+    for own in ("refs", "catalog"):
+        (tmp_path / own).mkdir()
+        (tmp_path / own / "__init__.py").write_text("MINE = True\n")
+    code = (
+        "import cas, refs, catalog; assert refs.MINE and catalog.MINE; "
+        "s = cas.open_store('store'); aid = s.save(b'x', 'a/b'); "
+        "assert s.load('a/b') == b'x' and s.catalog.search('a') "
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
 
 
 def test_other_filesystems_need_a_conditional() -> None:
@@ -124,7 +144,7 @@ def test_name_checks_are_remembered_only_for_valid_names() -> None:
 @given(st.from_regex(r"[A-Za-z0-9_.\-/]{1,220}", fullmatch=True) | valid_names)
 def test_the_fast_path_accepts_only_what_every_rule_accepts(name: str) -> None:
     """check_ref_name's one-regex shortcut for plain names agrees with the full rules."""
-    from refs.names import _PLAIN, MAX_COMPONENT_BYTES, _check_name
+    from cas.refs.names import _PLAIN, MAX_COMPONENT_BYTES, _check_name
 
     if len(name) <= MAX_COMPONENT_BYTES and _PLAIN.fullmatch(name) and ".lock" not in name:
         _check_name(name)  # raises if the shortcut let through a name a rule refuses

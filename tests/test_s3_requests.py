@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 import cas
+from cas.refs import RefStore
+from cas.refs.cloud import conditional_for
+from cas.refs.testing import A, B
 from cas.testing.servers import Server, s3_calls
-from refs import RefStore
-from refs.cloud import conditional_for
-from refs.testing import A, B
 
 pytestmark = pytest.mark.slow
 

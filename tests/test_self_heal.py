@@ -35,11 +35,10 @@ from fsspec.implementations.local import LocalFileSystem
 import cas
 from cas.admin import fsck
 from cas.cli.main import main as cas_main
-from cas.testing.servers import Server
-from refs import Conditional, RefLocked, RefStore
-from refs.log import LogEntry, encode_entry, entry_path
-from refs.owner import boot_id, hostname, owner_fields, pid_namespace, process_start
-from refs.stress import (
+from cas.refs import Conditional, RefLocked, RefStore
+from cas.refs.log import LogEntry, encode_entry, entry_path
+from cas.refs.owner import boot_id, hostname, owner_fields, pid_namespace, process_start
+from cas.refs.stress import (
     counter_of,
     increment,
     kill_at_random,
@@ -49,7 +48,8 @@ from refs.stress import (
     local_refstore,
     service_refstore,
 )
-from refs.testing import A, B, C, D, assert_chain
+from cas.refs.testing import A, B, C, D, assert_chain
+from cas.testing.servers import Server
 
 NAME = "models/fraud"
 #: A writer that waits for a lock timeout instead of settling fails the test: the
@@ -469,7 +469,7 @@ def test_a_claim_this_process_gave_up_is_settled_at_once(any_root: Root) -> None
 _STALLED_SAVE = """
 import json, sys, time
 import cas
-from refs.stress import _StallOnPublish
+from cas.refs.stress import _StallOnPublish
 
 class Ready:
     def set(self):

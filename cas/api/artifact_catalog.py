@@ -15,13 +15,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-import catalog as _catalog
+from cas import catalog as _catalog
+from cas.catalog.record import utf8
 from cas.errors import InvalidInput, QueryError, shown
 from cas.objects.ids import ObjectId, parse_id
 from cas.repo.names import check_name
 from cas.repo.records import check_new_record, check_tags, make_record
 from cas.repo.repository import Repository
-from catalog.record import utf8
 
 
 @dataclass(frozen=True, slots=True)

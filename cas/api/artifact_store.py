@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import refs as _refs
+from cas import refs as _refs
 from cas.api.artifact_catalog import ArtifactCatalog
 from cas.api.materializers import LoadContext, materializer_for, materializer_named
 from cas.errors import (

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import catalog as _catalog
+from cas import catalog as _catalog
 from cas.admin import fsck, gc, transfer
 from cas.cli.common import EXIT_OK, EXIT_PROBLEMS, Add
 from cas.cli.output import Output, duration, human_size, progress, short, show_duration

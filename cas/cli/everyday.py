@@ -21,8 +21,8 @@ from cas.errors import CasError, ObjectNotFound, RefConflict
 from cas.objects.ids import is_id
 from cas.objects.kinds import MODE_EXEC, MODE_LINK
 from cas.objects.trees import checkout, find_entry
+from cas.refs import ANY
 from cas.repo.names import check_name
-from refs import ANY
 
 #: Files at least this big (and every folder) show progress while ``put`` stores them.
 PUT_PROGRESS_MIN: Final = 32 << 20

@@ -15,8 +15,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-import catalog as _catalog
 from cas import __version__
+from cas import catalog as _catalog
 from cas.cli import admin, everyday
 from cas.cli.common import DEFAULT_ROOT, EXIT_ERROR, EXIT_OK, Command
 from cas.cli.output import Output

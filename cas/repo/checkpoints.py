@@ -12,7 +12,7 @@ file, so a reader verifies what it read before it trusts any of it. ``.checkpoin
 can never be a ref's name (no ref component starts with a dot).
 
 The file: ``CASCKPT1``, then one zstd frame of msgpack values: a header map
-(``format``, ``upto``, counts) and the items of :meth:`catalog.Catalog.export`
+(``format``, ``upto``, counts) and the items of :meth:`cas.catalog.Catalog.export`
 (tombstones, tag stamps, records). The catalog's state is a join of its events (records
 are added once, deletes are tombstones, tags are last-writer-wins per key by stamp), so
 a checkpoint applied to any catalog, then every journal entry it may not cover, gives
@@ -36,11 +36,11 @@ import blake3
 import msgpack
 import zstandard
 
+from cas.catalog import Catalog, InvalidInput
+from cas.catalog.catalog import item_event
 from cas.errors import IntegrityError
 from cas.repo.journal import parse_stamp, shifted
 from cas.storage import Storage
-from catalog import Catalog, InvalidInput
-from catalog.catalog import item_event
 
 CHECKPOINTS: Final = "logs/.checkpoints"
 MAGIC: Final = b"CASCKPT1"

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import catalog as _catalog
+from cas import catalog as _catalog
 from cas.errors import CasError
 from cas.repo.repository import Repository
 

@@ -23,7 +23,8 @@ from typing import Any, Final
 
 import msgpack
 
-import catalog as _catalog
+from cas import catalog as _catalog
+from cas.catalog.record import check_event
 from cas.errors import CasError, IntegrityError, ObjectNotFound
 from cas.objects.space import ObjectSpace
 from cas.repo import checkpoints, segments
@@ -31,7 +32,6 @@ from cas.repo.journal import Journal, parse_stamp, shifted
 from cas.repo.records import check_record
 from cas.storage import TEMP_PREFIX
 from cas.storage.cache import remote_cache
-from catalog.record import check_event
 
 #: Entries this much older than the newest seen are listed again on sync, so writers on
 #: other machines with slower clocks, or object-store listings that lag, still get in.

@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-import refs as _refs
+from cas import refs as _refs
 from cas.errors import (
     IntegrityError,
     InvalidRefName,
@@ -18,8 +18,8 @@ from cas.errors import (
     RefLocked,
     shown,
 )
+from cas.refs.packed import RefState
 from cas.storage import Storage
-from refs.packed import RefState
 
 
 @contextlib.contextmanager

@@ -33,11 +33,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from cas.catalog.errors import InvalidInput as CatalogInvalid
+from cas.catalog.record import MAX_NAME_BYTES, MAX_PARENTS, check_tag_key, normalize, utf8
 from cas.errors import FormatError, IntegrityError, InvalidInput, shown
 from cas.objects.kinds import pack
 from cas.repo.names import check_name
-from catalog.errors import InvalidInput as CatalogInvalid
-from catalog.record import MAX_NAME_BYTES, MAX_PARENTS, check_tag_key, normalize, utf8
 
 RECORD_FORMAT: Final = 1
 

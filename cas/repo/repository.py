@@ -17,18 +17,18 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
-import catalog as _catalog
+from cas import catalog as _catalog
 from cas.errors import InvalidInput, ObjectNotFound, RefConflict
 from cas.objects.ids import ObjectId, is_id, parse_id
 from cas.objects.kinds import pack, unpack
 from cas.objects.space import ObjectSpace
+from cas.refs import ANY
 from cas.repo.journal import Journal
 from cas.repo.local_catalog import LocalCatalog, index_dir, rebuild
 from cas.repo.names import Names, check_name
 from cas.repo.records import FIELDS, check_record, make_record
 from cas.repo.segments import Pending
 from cas.storage import Storage, open_storage
-from refs import ANY
 
 T = TypeVar("T")
 

@@ -11,10 +11,10 @@ from typing import Any, Final
 
 import fsspec
 
+from cas.refs.services import mtime_of
 from cas.storage.base import TEMP_PREFIX, Stat, Storage
 from cas.storage.local import LocalStorage
 from cas.storage.remote import FsspecStorage
-from refs.services import mtime_of
 
 __all__ = [
     "TEMP_PREFIX", "FsspecStorage", "LocalStorage", "Stat", "Storage", "mtime_of", "open_storage",

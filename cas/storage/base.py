@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Final
 import fsspec
 
 if TYPE_CHECKING:
-    from refs import Conditional
+    from cas.refs import Conditional
 
 #: Writers name their temporary files with this prefix, in the folder of the final name;
 #: listings of objects skip them and gc removes old ones.

@@ -16,10 +16,10 @@ from typing import Any, Final
 
 from fsspec.implementations.local import LocalFileSystem
 
-import refs
+from cas import refs
 from cas.errors import ReadOnlyStore
+from cas.refs.files import read_file
 from cas.storage.base import TEMP_PREFIX, Stat, Storage
-from refs.files import read_file
 
 #: Write-once files (packs) kept open for range reads, per storage.
 OPEN_FILES: Final = 64

@@ -10,10 +10,9 @@ from typing import Any, Final
 import fsspec
 import fsspec.implementations.memory
 
-import refs
+from cas import refs
 from cas.errors import BackendError
-from cas.storage.base import Stat, Storage
-from refs.services import (
+from cas.refs.services import (
     ObjectService,
     backend_failures,
     diagnose,
@@ -21,7 +20,8 @@ from refs.services import (
     service_for,
     version_of,
 )
-from refs.services.base import split_root
+from cas.refs.services.base import split_root
+from cas.storage.base import Stat, Storage
 
 
 def _is_conflict(exc: BaseException) -> bool:

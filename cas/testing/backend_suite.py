@@ -41,13 +41,13 @@ from typing import Any
 import pytest
 
 import cas
-import refs as _refs
+from cas import refs as _refs
 from cas.api.artifact_store import ArtifactStore
 from cas.objects import space as objectspace
 from cas.objects.ids import ObjectId, blob_id
 from cas.objects.space import object_path
-from refs.stress import counter_id, counter_of, increment, run_increments
-from refs.testing import assert_chain
+from cas.refs.stress import counter_id, counter_of, increment, run_increments
+from cas.refs.testing import assert_chain
 
 MIB = 1 << 20
 

@@ -14,7 +14,7 @@ real artifacts). :class:`Fuzzer` runs one call against a store and checks it:
   inside, a catalog error, a refs error);
 - a refused call, and any read, changes no file under the root (every file's bytes, or
   for object stores its listing with sizes and version tokens) and nothing in the
-  catalog (:meth:`catalog.Catalog.dump`);
+  catalog (:meth:`cas.catalog.Catalog.dump`);
 - an accepted write returns an id that loads, and ``get_metadata`` reads it.
 
 :meth:`Fuzzer.finish` reopens the store (a new catalog for remote roots), reads every

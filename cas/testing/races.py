@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from refs.cloud import conditional_for
-from refs.conditional import Conditional
+from cas.refs.cloud import conditional_for
+from cas.refs.conditional import Conditional
 
 
 def increment(cond: Conditional, path: str, times: int) -> int:

@@ -59,7 +59,7 @@ azure     reads: ``FileNotFoundError``;    ``azure.core.exceptions.         ``az
 
 Also pinned: ``exists()`` raises when the network is down (all three), and answers
 False for a key in a missing bucket; adlfs ``find()`` of a missing container answers
-``[]`` where s3fs and gcsfs raise ``FileNotFoundError``. ``refs.cloud`` turns all of
+``[]`` where s3fs and gcsfs raise ``FileNotFoundError``. ``cas.refs.cloud`` turns all of
 these into builtin ``OSError`` subclasses.
 """
 

@@ -37,7 +37,7 @@ from typing import ClassVar, Final
 
 import pytest
 
-import refs
+from cas import refs
 from cas.errors import BackendError
 from cas.storage import TEMP_PREFIX, Stat, Storage
 

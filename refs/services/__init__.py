@@ -1,5 +1,5 @@
 """One adapter per object service, shared by refs (compare-and-swap, listings) and
-cas (objects): see :mod:`refs.services.base`.
+cas (objects): see :mod:`cas.refs.services.base`.
 
 :func:`service_for` picks the adapter of a filesystem by its class; no client library
 is imported here that the caller has not loaded already.
@@ -11,7 +11,7 @@ import sys
 
 import fsspec
 
-from refs.services.base import (
+from cas.refs.services.base import (
     ObjectService,
     Service,
     backend_failures,
@@ -36,9 +36,9 @@ __all__ = [
 def service_for(fs: fsspec.AbstractFileSystem) -> Service:
     """The :class:`Service` of a filesystem: S3, GCS and Azure Blob by their own
     requests; any other fsspec filesystem through fsspec's calls."""
-    kinds = [("s3fs", "S3FileSystem", "refs.services.s3", "S3Service"),
-             ("gcsfs.core", "GCSFileSystem", "refs.services.gcs", "GCSService"),
-             ("adlfs", "AzureBlobFileSystem", "refs.services.azure", "AzureService")]  # fmt: skip
+    kinds = [("s3fs", "S3FileSystem", "cas.refs.services.s3", "S3Service"),
+             ("gcsfs.core", "GCSFileSystem", "cas.refs.services.gcs", "GCSService"),
+             ("adlfs", "AzureBlobFileSystem", "cas.refs.services.azure", "AzureService")]  # fmt: skip
     for module, name, adapter, cls in kinds:
         loaded = sys.modules.get(module)
         if loaded is not None and isinstance(fs, getattr(loaded, name)):

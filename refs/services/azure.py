@@ -8,7 +8,7 @@ from typing import Any
 
 from fsspec.asyn import sync
 
-from refs.services.base import (
+from cas.refs.services.base import (
     PAGE,
     Detail,
     ObjectService,

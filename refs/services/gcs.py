@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from fsspec.asyn import sync
 
-from refs.services.base import (
+from cas.refs.services.base import (
     PAGE,
     Detail,
     ObjectService,

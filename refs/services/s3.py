@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from refs.services.base import (
+from cas.refs.services.base import (
     PAGE,
     Detail,
     ObjectService,
