@@ -16,6 +16,13 @@ load times of the first version (best of ``rounds``).
 for Parquet would give (cas chunks the store's content with one set of parameters today).
 Targets (issue 19): insert growth <= 10% (48% before), block edit <= 3% (12% before),
 save and load within 1.3x of before. The scattered edit has no target: it is reported.
+
+Then the series of issue 35, each version saved over the last under one name: a frame
+of ``rows`` rows (sequential ids, rounded amounts, a string of 4 values, a random
+float), v2 = 1% of rows inserted in the middle, v3 = v2 with those rows dropped again
+and 100 random floats edited (at random rows; and, in a second store, in one block).
+Targets: v2 adds <= 10% of v1, v3 <= 3%. Beside the materializer's Parquet: pyarrow's
+defaults, and the same content-defined pages cut with the store's own chunks.
 """
 
 from __future__ import annotations
@@ -73,6 +80,35 @@ def versions(df: Any, seed: int = 11) -> dict[str, Any]:
     return {"insert 1% rows": insert, "edit 100 values": block, "edit 100 scattered": scatter}
 
 
+def series_frame(rows: int, seed: int = 7, first_id: int = 0) -> Any:
+    """Issue 35's frame: an id, a rounded amount, a string of 4 values, a random float."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "id": np.arange(rows, dtype=np.int64) + first_id,
+        "amount": np.round(rng.gamma(2.0, 40.0, rows), 2),
+        "side": np.array(["buy", "sell", "hold", "swap"])[rng.integers(0, 4, rows)],
+        "value": rng.random(rows),
+    })  # fmt: skip
+
+
+def series(df: Any, seed: int = 11) -> tuple[Any, Any, Any]:
+    """(v2, v3 with scattered edits, v3 with a block of edits) of issue 35's series."""
+    import pandas as pd
+
+    n, added = len(df), 1 << 40
+    extra = series_frame(max(1, n // 100), seed=99, first_id=added)
+    v2 = pd.concat([df.iloc[: n // 2], extra, df.iloc[n // 2 :]], ignore_index=True)
+    v3 = v2[v2["id"] < added].reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    scattered, block = v3.copy(), v3.copy()
+    scattered.loc[rng.choice(n, min(n, 100), replace=False), "value"] = rng.random(min(n, 100))
+    start = n // 3
+    block.loc[start : start + 99, "value"] = rng.random(len(block.loc[start : start + 99]))
+    return v2, scattered, block
+
+
 def store_bytes(root: Path) -> int:
     """Bytes of every object and pack (what a copy of the store holds)."""
     total = 0
@@ -104,6 +140,57 @@ def _plain(df: Any) -> bytes:
     buf = io.BytesIO()
     df.to_parquet(buf, engine="pyarrow", index=True)  # what the materializer wrote before
     return buf.getvalue()
+
+
+def _pages(df: Any) -> bytes:
+    """The materializer's Parquet, saved as bytes: cut with the store's own chunks."""
+    from cas.api.materializers import parquet_options
+
+    nbytes = int(df.memory_usage(index=True, deep=False).sum())
+    buf = io.BytesIO()
+    df.to_parquet(buf, engine="pyarrow", index=True, **parquet_options(len(df), nbytes))
+    return buf.getvalue()
+
+
+#: How each benchmarked writer turns a frame into what is saved (None: the frame).
+WRITERS: dict[str, Callable[[Any], bytes] | None] = {
+    "pyarrow defaults": _plain,
+    "CDC pages, store chunks": _pages,
+    "CDC pages, Parquet chunks": None,
+}
+
+
+def _series(cas: Any, work: Path, df: Any, rounds: int, cas_avg: int) -> dict[str, Any]:
+    """Issue 35's series under each writer: growth of v2 and v3, first save and load."""
+    import pandas as pd
+
+    v2, scattered, block = series(df)
+    out: dict[str, Any] = {}
+    for writer, encode in WRITERS.items():
+        m: dict[str, Any] = {"save": float("inf"), "load": float("inf")}
+        for rnd in range(rounds):
+            for label, v3 in (("v3 scattered", scattered), ("v3 block", block)):
+                if rnd and label == "v3 block":
+                    continue  # sizes are the same every round; times come from round 1+
+                root = fresh(work / "series")
+                with _open(cas, root, cas_avg) as store:
+                    put = (lambda v, s=store: s.save(v, "data/ticks")) if encode is None \
+                        else (lambda v, s=store, e=encode: s.save(e(v), "data/ticks"))  # fmt: skip
+                    m["save"] = min(m["save"], _timed(lambda p=put: p(df)))
+
+                    def get(s: Any = store, raw: bool = encode is not None) -> Any:
+                        value = s.load("data/ticks")
+                        return pd.read_parquet(io.BytesIO(value)) if raw else value
+
+                    m["load"] = min(m["load"], _timed(get))
+                    m["base"] = store_bytes(root)
+                    put(v2)
+                    m["v2"] = store_bytes(root) - m["base"]
+                    before = store_bytes(root)
+                    put(v3)
+                    m[label] = store_bytes(root) - before
+        out[writer] = m
+    return out
 
 
 def _measure(cas: Any, work: Path, df: Any, news: dict[str, Any], cdc: bool, rounds: int,
@@ -169,7 +256,34 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         rounds = max(1, args.rounds)
         plain = _measure(cas, work, df, news, False, rounds, args.cas_avg)
         cdc = _measure(cas, work, df, news, True, rounds, args.cas_avg)
-    return _report(plain, cdc, list(news))
+        figures = _report(plain, cdc, list(news))
+        del df, news
+        figures["series"] = _report_series(_series(cas, work, series_frame(args.rows), rounds,
+                                                   args.cas_avg))  # fmt: skip
+    return figures
+
+
+def _report_series(by: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    labels = ["v2", "v3 scattered", "v3 block"]
+    rows = []
+    for writer, m in by.items():
+        cells = [writer, f"{m['base'] / 1e6:.1f} MB"]
+        cells += [f"+{m[k] / 1e6:.2f} MB ({m[k] / m['base']:.1%})" for k in labels]
+        rows.append([*cells, f"{m['save']:.2f} s", f"{m['load']:.2f} s"])
+    now, plain = by["CDC pages, Parquet chunks"], by["pyarrow defaults"]
+    growth = {k: now[k] / now["base"] for k in labels}
+    times = {"save": now["save"] / plain["save"], "load": now["load"] / plain["load"]}
+    marks = {
+        "v2 (1% rows inserted) <= 10%": growth["v2"] <= TARGET_INSERT,
+        "v3 (dropped again, 100 values edited) <= 3%": growth["v3 scattered"] <= TARGET_EDIT,
+    }
+    notes = [f"{k}: {mark(ok)}" for k, ok in marks.items()]
+    notes += [f"save {times['save']:.2f}x, load {times['load']:.2f}x of pyarrow defaults"]
+    print(table(
+        "issue 35: versions saved over the last (v3 after v2: its growth, not v1's)",
+        ["Parquet", "stored v1", *labels, "save v1", "load v1"], rows, notes,
+    ))  # fmt: skip
+    return {"by": by, "growth": growth, "times": times, "pass": marks}
 
 
 def _report(plain: dict[str, Any], cdc: dict[str, Any], labels: list[str]) -> dict[str, Any]:

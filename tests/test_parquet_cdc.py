@@ -146,3 +146,46 @@ def test_loading_is_unchanged_and_old_artifacts_still_load(
             ))  # fmt: skip
         pd.testing.assert_frame_equal(store.load("old/frame"), small)
         assert store.load("old/table").equals(table)
+
+
+def ticks(rows: int, seed: int = 7, first_id: int = 0) -> pd.DataFrame:
+    """Issue 35's frame: an id, a rounded amount, a string of 4 values, a random float."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "id": np.arange(rows, dtype=np.int64) + first_id,
+        "amount": np.round(rng.gamma(2.0, 40.0, rows), 2),
+        "side": np.array(["buy", "sell", "hold", "swap"])[rng.integers(0, 4, rows)],
+        "value": rng.random(rows),
+    })  # fmt: skip
+
+
+def test_versions_saved_over_the_last_share_their_bytes(tmp_path: Path, fresh_cache: None) -> None:
+    """Rows inserted, then dropped again with 100 random floats edited: each version
+    adds a small part of the first (cut with the store's own chunks, about a quarter each
+    at 200,000 rows: bench/bench_parquet.py)."""
+    rows = 400_000
+    v1 = ticks(rows)
+    v2 = pd.concat(
+        [v1.iloc[: rows // 2], ticks(rows // 100, 99, 1 << 40), v1.iloc[rows // 2 :]],
+        ignore_index=True,
+    )
+    v3 = v2[v2["id"] < 1 << 40].reset_index(drop=True)
+    rng = np.random.default_rng(11)
+    v3.loc[rng.choice(rows, 100, replace=False), "value"] = rng.random(100)
+    root = tmp_path / "store"
+    with cas.open_store(str(root), fsync=False) as store:
+        store.save(v1, "data/ticks")
+        first = store_bytes(root)
+        store.save(v2, "data/ticks")
+        second = store_bytes(root)
+        store.save(v3, "data/ticks")
+        added = (second - first) / first, (store_bytes(root) - second) / first
+        pd.testing.assert_frame_equal(store.load("data/ticks"), v3)
+        blob = store.space.get(store.get_metadata("data/ticks")["content_id"])
+    assert added[0] <= 0.10, f"rows inserted: +{added[0]:.1%}"
+    assert added[1] <= 0.05, f"rows dropped, 100 values edited: +{added[1]:.1%}"
+    # An ordinary Parquet file: pyarrow alone reads it, and pandas from the bytes.
+    assert (
+        pq.read_table(io.BytesIO(blob)).column("value").to_numpy().tolist() == v3["value"].tolist()
+    )
+    pd.testing.assert_frame_equal(pd.read_parquet(io.BytesIO(blob)), v3)

@@ -33,7 +33,7 @@ from cas.errors import CasError, IntegrityError, ObjectNotFound
 from cas.objects import chunk_reads, chunk_writes, codec, delta, delta_bases, loose, marker, packs
 from cas.objects.batch import Batches, Held, Pending
 from cas.objects.chunk_writes import CREATE_AFTER
-from cas.objects.chunking import Reader, cut, cut_buffer, read_up_to
+from cas.objects.chunking import ChunkParams, Reader, cut, cut_buffer, read_up_to
 from cas.objects.ids import ObjectId, blob_id, kind_id, parse_id, verify
 from cas.objects.kinds import ChunkList, pack, unpack
 from cas.objects.loose import OBJECTS, object_path
@@ -225,25 +225,30 @@ class ObjectSpace:
             return self._put_whole(head)
         return self._put_chunked(head, data)
 
-    def put_buffer(self, data: Any) -> ObjectId:
+    def put_buffer(self, data: Any, chunking: ChunkParams | None = None) -> ObjectId:
         """Store content held in memory (bytes, bytearray, memoryview, or any buffer
         such as a contiguous numpy array). Hashed first on every core, so content
         stored already costs one hash and one lookup; new content is cut into slices of
-        the buffer itself (no copy of the payload on the way)."""
+        the buffer itself (no copy of the payload on the way).
+
+        ``chunking``: how to cut this content instead of the store's parameters, for a
+        kind of content whose versions share more in smaller chunks (Parquet). It
+        decides which chunks are shared, never the id, and reads need nothing of it."""
+        params = chunking if chunking is not None else self.params
         view = memoryview(data)
         if not view.c_contiguous:
             raise CasError(
                 "cannot store a non-contiguous buffer: copy it first (numpy: np.ascontiguousarray)"
             )
         view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
-        if len(view) <= self.params.threshold:
+        if len(view) <= params.threshold:
             oid = blob_id(view)
             self._store(oid, "blob", view, batched=self.in_batch())
             return oid
         oid = blob_id(view)
         if self._freshen(oid):
             return oid
-        return self._put_chunked_from(cut_buffer(view, self.params), expect=oid, hashed=True)
+        return self._put_chunked_from(cut_buffer(view, params), expect=oid, hashed=True)
 
     def put_file(self, path: str | os.PathLike[str]) -> ObjectId:
         """Store a local file. Hashes it first (all cores) so existing content costs one
