@@ -328,6 +328,15 @@ for p in sorted(pathlib.Path(folder).glob("part-*")):
     else:
         fs.get_file(f"{prefix}/{p.name}", str(p) + ".got")
 """
+#: The ``cas`` command itself (its entry point, malloc bound included), then its peak RSS.
+_CLI = """
+import atexit, sys
+from cas.cli.main import run
+atexit.register(lambda: print(next(int(l.split()[1]) * 1024 for l in open("/proc/self/status")
+                                   if l.startswith("VmHWM:"))))
+sys.argv = ["cas", *sys.argv[1:]]
+run()
+"""
 MEMORY_BOUND = 128 * MIB  # peak RSS above an idle process: bounded, whatever the size
 
 
@@ -354,7 +363,15 @@ def _large_memory(srv: Any, work: Path, files: list[Path], whole: Path) -> dict[
         "s3fs put_file loop": run([sys.executable, "-c", s3fs_child, "put", f"{bucket}/raw", str(parts), options]),
         "s3fs get_file loop": run([sys.executable, "-c", s3fs_child, "get", f"{bucket}/raw", str(parts), options]),
     }  # fmt: skip
+    cli_env = {**os.environ, **srv.env}
+    cli = {
+        "cas put (the command)": run([sys.executable, "-c", _CLI, "--root", root, "put", str(whole), "--name", "cli/whole"], env=cli_env),
+        "cas get (the command)": run([sys.executable, "-c", _CLI, "--root", root, "get", "cli/whole", "-o", str(got) + ".cli"], env=cli_env),
+    }  # fmt: skip
     rss = {k: int(d.stdout.split()[-1]) if d.ok else 0 for k, d in runs.items()}
+    rss.update({k: int(d.stdout.split()[-1]) if d.ok else 0 for k, d in cli.items()})
+    runs.update(cli)
+    Path(str(got) + ".cli").unlink(missing_ok=True)
     shutil.rmtree(got, ignore_errors=True)
     shutil.rmtree(parts)
     idle = rss["idle (import cas, open the store)"]
@@ -363,8 +380,8 @@ def _large_memory(srv: Any, work: Path, files: list[Path], whole: Path) -> dict[
         rows.append([label, f"{rss[label] / MIB:,.0f} MiB" if d.ok else d.why[:60],
                      f"{(rss[label] - idle) / MIB:+,.0f} MiB" if d.ok and idle and label != "idle (import cas, open the store)" else "",
                      f"{d.seconds:,.1f}" if d.ok else ""])  # fmt: skip
-    for key in ("cas save", "cas load"):
-        marks[f"large {key.split()[1]} memory"] = (
+    for key in ("cas save", "cas load", "cas put (the command)", "cas get (the command)"):
+        marks[f"large {key.split()[1]}{' (command)' if 'command' in key else ''} memory"] = (
             runs[key].ok and idle > 0 and rss[key] - idle < MEMORY_BOUND
         )
     size = whole.stat().st_size

@@ -17,7 +17,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Final
+from typing import Any, Final
 
 from cas.objects import packs
 from cas.objects.ids import ObjectId
@@ -32,10 +32,12 @@ PACK_FROM: Final = 16
 #: one pack of them is read back with a few range requests, not one GET a chunk).
 PACK_BYTES_FROM: Final = 4 << 20
 
-#: Full packs written at once in the background (on an object store, where each upload
-#: waits on the network, twice as many); a batch holds at most this many more packs'
-#: worth of objects in memory than the one it is filling.
-WRITING: Final = 2
+#: Full packs written at once in the background, while the next one fills; a batch
+#: holds at most this many more packs' worth of objects in memory than the one it is
+#: filling. On an object store an upload holds its pack twice (its bytes, and the HTTP
+#: client's copy of them): four at once made a 200 MiB save on S3 peak at +318 MiB over
+#: an idle process, and one at a time puts as fast as s3fs does (docs/performance.md).
+WRITING: Final = 1
 
 
 class Pending:
@@ -63,10 +65,11 @@ class Pending:
         self.lock = threading.RLock()
         self._objects: dict[ObjectId, bytes] = {}
         self._bytes = 0
-        self._sealed: list[dict[ObjectId, bytes]] = []  # full packs being written
+        # Full packs being written: their objects, or (once a pack's bytes are built)
+        # views of its bytes, so that a pack in flight is held once, not twice.
+        self._sealed: list[dict[ObjectId, Any]] = []  # bytes, or memoryview of a pack
         self._writes: deque[Future[None]] = deque()
         self._pool: ThreadPoolExecutor | None = None
-        self._writing = WRITING if storage.local_dir is not None else 2 * WRITING
 
     def get(self, oid: ObjectId) -> bytes | None:
         with self.lock:
@@ -76,7 +79,7 @@ class Pending:
                     held = sealed.get(oid)
                     if held is not None:
                         break
-            return held
+            return held if held is None or isinstance(held, bytes) else bytes(held)
 
     def __contains__(self, oid: object) -> bool:
         with self.lock:
@@ -105,17 +108,17 @@ class Pending:
             sealed, self._objects, self._bytes = self._objects, {}, 0
             self._sealed.append(sealed)
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._writing, thread_name_prefix="cas-pack")
+                self._pool = ThreadPoolExecutor(WRITING, thread_name_prefix="cas-pack")
             after = self._writes[-1] if self._writes else None
             self._writes.append(self._pool.submit(self._write_sealed, sealed, after))
-            oldest = self._writes.popleft() if len(self._writes) > self._writing else None
+            oldest = self._writes.popleft() if len(self._writes) > WRITING else None
         if oldest is not None:  # bounded memory: wait for the oldest upload
             oldest.result()
         return True
 
-    def _write_sealed(self, sealed: dict[ObjectId, bytes], after: Future[None] | None) -> None:
+    def _write_sealed(self, sealed: dict[ObjectId, Any], after: Future[None] | None) -> None:
         try:
-            self._write(list(sealed.items()), full=True, after=after)
+            self._write(list(sealed.items()), full=True, after=after, hold=sealed)
         finally:
             with self.lock:
                 self._sealed.remove(sealed)
@@ -163,10 +166,12 @@ class Pending:
         *,
         full: bool = False,
         after: Future[None] | None = None,
+        hold: dict[ObjectId, Any] | None = None,
     ) -> None:
         """Write objects unsynced: as one pack if there are enough of them (a full
         pack's worth, :data:`PACK_FROM` objects, or :data:`PACK_BYTES_FROM` bytes), else
-        loose. The caller keeps them readable from memory until this returns."""
+        loose. The caller keeps them readable from memory until this returns (``hold``:
+        where it does so, read from the pack's bytes once they are built)."""
         with self.lock:
             unchecked = [oid for oid, _ in objects if oid in self._unchecked]
             self._unchecked.difference_update(unchecked)
@@ -187,7 +192,15 @@ class Pending:
             objects.sort(key=lambda o: places[o[0]])  # as they were asked for
             self.before_pack()
             pack_id, parts, index = packs.build(objects)
-            self.storage.write_atomic(packs.pack_path(pack_id), b"".join(parts), durable=False)
+            data = b"".join(parts)
+            if hold is not None:  # the objects are read from the pack's bytes from now on
+                view = memoryview(data)
+                with self.lock:
+                    for oid, at, length in packs.scan(data):
+                        hold[oid] = view[at : at + length]
+                del parts
+                objects.clear()
+            self.storage.write_atomic(packs.pack_path(pack_id), data, durable=False)
             if after is not None:
                 after.result()  # the pack filled before this one is committed first
             self.storage.write_atomic(packs.index_path(pack_id), index, durable=False)

@@ -23,7 +23,7 @@ READ_SPAN: Final = 8 << 20
 #: so a stream's memory stays a few chunks.
 LOCAL_READ_SPAN: Final = 2 << 20
 #: Bytes of ranges read ahead at once on an object store (a window of ranges).
-READ_AHEAD: Final = 64 << 20
+READ_AHEAD: Final = 32 << 20
 
 #: (header, payload) of a stored form: decoded, and verified or not as the caller asks.
 Decode = Callable[[ObjectId, bytes], tuple[codec.Header, bytes]]
