@@ -557,7 +557,14 @@ class ObjectSpace:
         # not be hashed on its own too: one hash of the whole, on every core. Only if it
         # fails are the chunks checked one by one, to name the bad one.
         listing = ChunkList.parse(oid, payload)
-        data = b"".join(self._chunks(listing, ObjectId(oid), verify=False))
+        # Each chunk is copied into one growing buffer as it arrives and let go (a join
+        # holds every chunk until the end: twice the content in memory, every page of
+        # it faulted in twice); the buffer becomes the bytes returned without a copy.
+        out = io.BytesIO()
+        for chunk in self._chunks(listing, ObjectId(oid), verify=False):
+            out.write(chunk)
+        data = out.getvalue()
+        del out
         got = blob_id(data)
         if got != oid:
             for cid, size in listing.chunks:
