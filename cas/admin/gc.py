@@ -48,6 +48,7 @@ from cas.admin.marking import (
     unmarked,
 )  # fmt: skip
 from cas.admin.repack import pack_loose, repack
+from cas.admin.window import repack_window
 from cas.errors import IntegrityError
 from cas.objects import multipack
 from cas.objects.digests import Condemned, Digests
@@ -378,6 +379,11 @@ class GcResult:
     temp_removed: int
     log_entries_pruned: int
     packed: int = 0  # old loose objects moved into packs
+    #: ``aggressive``: objects written again with bases chosen anew, and the bytes
+    #: of their stored forms before and after.
+    repacked: int = 0
+    repacked_from: int = 0
+    repacked_to: int = 0
 
 
 def _current_ages(
@@ -427,9 +433,15 @@ def _sweep(
 
 
 def execute(
-    target: Repository | HasRepository, gc_plan: GcPlan, *, progress: Progress | None = None
+    target: Repository | HasRepository,
+    gc_plan: GcPlan,
+    *,
+    progress: Progress | None = None,
+    aggressive: bool = False,
 ) -> GcResult:
-    """Delete what the plan names, sparing anything that became live since."""
+    """Delete what the plan names, sparing anything that became live since. With
+    ``aggressive`` (``cas gc --pack --aggressive``), then rewrite every pack with delta
+    bases chosen again over a window of similar objects (:mod:`cas.admin.window`)."""
     repo = repository(target)
     step = progress or (lambda what, n: None)
     # Roots that appeared since planning (a ref moved, a save registered a record):
@@ -468,5 +480,9 @@ def execute(
     packed = pack_loose(repo, gc_plan.to_pack)
     if packed:
         step("packed loose objects", packed)
+    done = repack_window(repo, progress=progress) if aggressive else None
     _index_packs(repo, gc_plan.grace)
-    return GcResult(deleted, freed, spared, temp_removed, pruned, packed)
+    return GcResult(
+        deleted, freed, spared, temp_removed, pruned, packed,
+        *((done.objects, done.bytes_before, done.bytes_after) if done else ()),
+    )  # fmt: skip

@@ -22,7 +22,7 @@ def cmd_gc(args: argparse.Namespace, out: Output) -> int:
         try:
             plan = gc.plan(
                 repo, grace=args.grace, retention=args.retention, progress=lambda w, n: bar(w, n),
-                pack_loose_from=gc.PACK_LOOSE_FROM if args.pack else None,
+                pack_loose_from=1 if args.aggressive else gc.PACK_LOOSE_FROM if args.pack else None,
             )  # fmt: skip
         except gc.GcRefused as exc:
             return _refused(out, str(exc))
@@ -32,7 +32,11 @@ def cmd_gc(args: argparse.Namespace, out: Output) -> int:
                 out,
                 f"gc deletes nothing: a root could not be read ({exc}); run gc again once it can",
             )
-        result = None if args.dry_run else gc.execute(repo, plan, progress=lambda w, n: bar(w, n))
+        result = (
+            None
+            if args.dry_run
+            else gc.execute(repo, plan, progress=lambda w, n: bar(w, n), aggressive=args.aggressive)
+        )
     summary = plan.summary()
     doc: dict[str, Any] = {
         "dry_run": args.dry_run,
@@ -43,7 +47,8 @@ def cmd_gc(args: argparse.Namespace, out: Output) -> int:
     doc["result"] = None if result is None else {
         "deleted": result.deleted, "bytes_freed": result.bytes_freed, "spared": result.spared,
         "temp_removed": result.temp_removed, "log_entries_pruned": result.log_entries_pruned,
-        "packed": result.packed,
+        "packed": result.packed, "repacked": result.repacked,
+        "repacked_from": result.repacked_from, "repacked_to": result.repacked_to,
     }  # fmt: skip
     out.document(doc)
     if plan.missing:
@@ -79,6 +84,11 @@ def cmd_gc(args: argparse.Namespace, out: Output) -> int:
         out.line(f"spared {result.spared} objects that became live during gc")
     if result.packed:
         out.line(f"packed {result.packed} old loose objects")
+    if result.repacked:
+        out.line(
+            f"repacked {result.repacked} objects: {human_size(result.repacked_from)} -> "
+            f"{human_size(result.repacked_to)}"
+        )
     return EXIT_OK
 
 
@@ -211,6 +221,10 @@ def add_commands(add: Add) -> None:
     p.add_argument("--pack", action="store_true",
                    help=f"also move the loose objects that live into packs (from "
                    f"{gc.PACK_LOOSE_FROM:,} of them), as git gc packs loose objects")  # fmt: skip
+    p.add_argument("--aggressive", action="store_true",
+                   help="with --pack (implied): pack every loose object that lives, then "
+                   "rewrite every pack with delta bases chosen again over a window of "
+                   "similar objects across the store, as git gc --aggressive")  # fmt: skip
     p.add_argument(
         "--grace", type=duration, default=gc.DEFAULT_GRACE, metavar="DURATION",
         help="spare unreachable objects younger than this (default 1d; 0, 90s, 30m, 12h, 2w)",

@@ -112,11 +112,14 @@ def usable(base: Base, payload_size: int) -> bool:
     )
 
 
-def encode(kind: str, payload: bytes | memoryview, base: Base) -> bytes:
-    """The delta stored form of ``payload`` against ``base`` (header, base id, frame)."""
+def encode(kind: str, payload: bytes | memoryview, base: Base, level: int | None = None) -> bytes:
+    """The delta stored form of ``payload`` against ``base`` (header, base id, frame);
+    ``level``: the zstd level (default :data:`LEVEL`, or :data:`LARGE_LEVEL` for large
+    base and payload)."""
     size = len(payload)
     window = max(10, (len(base.payload) + size - 1).bit_length())
-    level = LEVEL if window <= LARGE_WINDOW else LARGE_LEVEL
+    if level is None:
+        level = LEVEL if window <= LARGE_WINDOW else LARGE_LEVEL
     params = zstandard.ZstdCompressionParameters.from_level(
         level, source_size=size, window_log=min(window, 27), write_content_size=1,
         write_dict_id=0, write_checksum=0,
@@ -169,22 +172,28 @@ def resolve(oid: ObjectId, header: codec.Header, stored: bytes, read: Read) -> b
     """The payload of a delta: its chain read down to its plain end, then decoded up.
     Not verified here (the caller checks the top against its id; :func:`culprit` names
     the bad level when that fails). A missing base raises ``ObjectNotFound`` from
-    ``read``; a chain that does not descend by one each level is an IntegrityError."""
+    ``read``; a chain longer than :data:`codec.MAX_CHAIN` levels (a cycle, say) or a
+    base above :data:`MAX_BASE` is an IntegrityError.
+
+    The levels are counted, not taken from the headers' depths: a delta written against
+    a base that ``cas gc --aggressive`` re-encoded meanwhile names the base's old depth
+    (the repack writes depths that agree; a writer beside it may not)."""
     chain: list[tuple[ObjectId, codec.Header, bytes | None]] = [(oid, header, stored)]
     held = len(stored)
-    below, depth = header.base, header.depth
+    below = header.base
     while below is not None:
         raw = _read_base(read, below, oid)
         head = codec.read_header(below, raw)
-        if head.depth != depth - 1 or head.raw_size > MAX_BASE:
+        if len(chain) > codec.MAX_CHAIN or head.raw_size > MAX_BASE:
             raise IntegrityError(
                 oid,
-                f"object {oid} is a delta whose chain is malformed at {below} (depth "
-                f"{head.depth} below {depth}); run 'cas fsck' to list affected artifacts",
+                f"object {oid} is a delta whose chain is malformed at {below} (more than "
+                f"{codec.MAX_CHAIN} levels, or a base too large); run 'cas fsck' to list "
+                "affected artifacts",
             )
         held += len(raw)
         chain.append((below, head, raw if held <= HOLD else None))
-        below, depth = head.base, head.depth
+        below = head.base
     payload: bytes | None = None
     for level_id, head, kept in reversed(chain):
         again = kept if kept is not None else _read_base(read, level_id, oid)
@@ -262,7 +271,8 @@ class Sketches:
     #: Blobs above this are not sketched (large files are chunks, with bases of their own).
     MAX_SIZE: Final = 1 << 20
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int | None = None) -> None:
+        self._keep = self.KEEP if keep is None else keep  # more: a repack's whole store
         self._recent: deque[tuple[ObjectId, frozenset[int]]] = deque()
         self._having: dict[int, list[ObjectId]] = {}  # line hash -> recent blobs with it
 
@@ -290,7 +300,7 @@ class Sketches:
         self._recent.append((oid, sketch))
         for h in sketch:
             self._having.setdefault(h, []).append(oid)
-        if len(self._recent) > self.KEEP:
+        if len(self._recent) > self._keep:
             old, gone = self._recent.popleft()
             for h in gone:
                 having = self._having[h]
