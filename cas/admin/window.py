@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from cas.errors import CasError
+from cas.errors import CasError, IntegrityError
 from cas.objects import codec, delta, packs
 from cas.objects.ids import ObjectId
 from cas.objects.kinds import MODE_DIR, unpack
@@ -97,9 +97,11 @@ def repack_window(
     _name_blobs(repo, entries)
     fixed = _fixed(entries)
     writer = _Writer(repo)
-    for oid in sorted(fixed, key=lambda o: (entries[o].where.pack, entries[o].where.offset)):
-        e = entries[oid]
-        writer.add(oid, pack_set.read(e.where), e.head.base is not None)
+    for pack_id in old:  # kept byte for byte: read in ranges, a pack at a time
+        kept = sorted((e for e in entries.values() if e.oid in fixed and e.where.pack == pack_id),
+                      key=lambda e: e.where.offset)  # fmt: skip
+        for e, stored in zip(kept, pack_set.read_many([e.where for e in kept]), strict=True):
+            writer.add(e.oid, stored, e.head.base is not None)
     depths = {oid: entries[oid].head.depth for oid in fixed}
     order = sorted(
         (e for e in entries.values() if e.oid not in fixed),
@@ -241,12 +243,18 @@ def _choose(
         (len(delta.encode(kind, payload, base, SCREEN_LEVEL)), n, base)
         for n, base in enumerate(candidates)
     )
-    best: tuple[bytes, ObjectId] | None = None
+    best: tuple[bytes, delta.Base] | None = None
     for _, _, base in screened[:FINALISTS]:
         stored = delta.encode(kind, payload, base, level)
         if _pays(plain, stored, base, size) and (best is None or len(stored) < len(best[0])):
-            best = (stored, base.id)
-    return best if best is not None else (plain, None)
+            best = (stored, base)
+    if best is None:
+        return plain, None
+    # The old copy goes once this one is committed: it must decode, before it is kept.
+    head = codec.read_header(e.oid, best[0])
+    if codec.decode_body(e.oid, head, best[0], best[1].payload) != payload:
+        raise IntegrityError(e.oid, f"object {e.oid}: its new delta does not decode back")
+    return best[0], best[1].id
 
 
 def _pays(plain: bytes, stored: bytes, base: delta.Base, size: int) -> bool:
