@@ -21,6 +21,8 @@ Measured, each version saved in turn:
   cas stored before), of restic
   (``restic backup`` of each version; repository size) and of git (a commit per
   version, then ``git gc --aggressive``; pack bytes).
+- **after ``cas gc --pack --aggressive``**: stored bytes of the sibling names' store once
+  every pack is rewritten with bases chosen again across the store, and its seconds.
 - **put**: seconds to save each new version (after the first), with deltas and
   without; **load**: seconds to load the newest version, with deltas and without.
 - the design's numbers: the chain cap (a source file edited ``--chain`` times under
