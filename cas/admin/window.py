@@ -6,10 +6,12 @@ previous version, a file like it in the same save). Once a store holds many vers
 under many names, better bases exist: the same file in any other version, wherever it
 was saved. Here every packed object small enough to be a base (whole files, folders'
 trees, the last chunks of large files: up to :data:`MAX_SIZE`) is taken in git's window
-order, by kind, then file name (from the folders' trees), then size, largest first; each
-tries the :data:`WINDOW` objects before it as bases (a quick compression each, at
-:data:`SCREEN_LEVEL`), then the best one and its plain form at :data:`LEVEL`, and keeps
-the smaller (a delta only if it saves :data:`cas.objects.delta.MIN_SAVING`). A base always
+order, by kind, then path (from the folders the records point at), then size, largest
+first; each tries as bases the :data:`WINDOW` objects before it, its base before and
+the file most like it by line sketch (a quick compression each, at
+:data:`SCREEN_LEVEL`), then the :data:`FINALISTS` best and its plain form at
+:data:`LEVEL`, and keeps the smallest (a delta only if it pays for its depth:
+:func:`_pays`). A base always
 comes earlier in that order, so no chain has a cycle, and chains keep the writer's caps
 (:func:`cas.objects.delta.max_depth`). Larger objects (chunks of large files) and what
 they are deltas against keep their stored form, byte for byte.
