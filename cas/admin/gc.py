@@ -23,14 +23,18 @@ per object condemned, not a Python object per object.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from array import array
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final
 
-from cas.admin import leaves
+from cas.admin import leaves, local_objects
+from cas.admin.local_objects import LocalObjects
 from cas.admin.marking import (
     HEAD,
     PROBE,
@@ -205,7 +209,7 @@ def _mark_young(
     batch: list[bytes] = []
     old_pos: array[int] = array("q")
     old_size: array[int] = array("q")
-    for pos, st in ages(repo.storage, listing, unmarked(marker.marked), pool):
+    for pos, st in ages(repo.storage, listing, unmarked(marker.marked), pool, marker.local):
         if st is None or marker.marked[pos]:
             continue  # gone since the listing, or reached from a young one meanwhile
         if now - st.mtime <= grace:
@@ -219,6 +223,18 @@ def _mark_young(
             old_size.append(st.size)
     marker.mark(batch, PROBE)
     return young, old_pos, old_size
+
+
+def _local_objects(
+    repo: Repository, listing: Listing | None
+) -> AbstractContextManager[LocalObjects | None]:
+    """A local root's fan-out folders, open for reads and deletes by name; None on an
+    object store, and for reads (``listing`` given) where packs hold objects too (the
+    object space then says where each object is read from)."""
+    root = repo.storage.local_dir
+    if root is None or not local_objects.supported() or (listing is not None and listing.packs):
+        return contextlib.nullcontext()
+    return LocalObjects(root)
 
 
 def plan(
@@ -249,11 +265,14 @@ def plan(
     refs, roots, kept = _roots(repo, now, retention)
     step("roots", len(roots | kept))
     threads = repo.storage.io_threads or _LOCAL_THREADS
-    with ThreadPoolExecutor(threads, thread_name_prefix="cas-gc") as pool:
+    with (
+        _local_objects(repo, listing) as local,
+        ThreadPoolExecutor(threads, thread_name_prefix="cas-gc") as pool,
+    ):
         # On an object store a record is had from the catalog (synced above), not by
         # a request; locally reading it is cheap and verifies it.
         records = repo.index.catalog.get if repo.storage.listing_stats else None
-        marker = Marker(repo, listed, pool, deltas=deltas, records=records)
+        marker = Marker(repo, listed, pool, deltas=deltas, records=records, local=local)
         leaves.load(repo.storage, listing, marker)  # what needs no read, at its version
         marker.mark(digests(roots), READ)
         marker.mark(digests(kept), READ, may_be_gone=True)
@@ -403,15 +422,45 @@ def _current_ages(
     return {i: now.get(object_path(doomed.oid(i))) for i in todo}
 
 
-def _sweep(
-    repo: Repository, gc_plan: GcPlan, fan: int, revived: set[bytes]
+def _sweep_local(
+    repo: Repository, local: LocalObjects, gc_plan: GcPlan, todo: list[int]
 ) -> tuple[int, int, int]:
+    """:func:`_sweep` on a local root: each object's age read, and the object removed,
+    by name under its fan-out folder's descriptor, one after the other."""
+    doomed = gc_plan.delete
+    deleted = freed = spared = 0
+    for i in todo:
+        oid = doomed.digests.oid(i)
+        # Its age re-read just before deleting: a writer that found the object
+        # present refreshed it, and it is in use.
+        st = local.stat(oid)
+        if st is None:
+            continue
+        if time.time() - st.mtime <= gc_plan.grace:
+            spared += 1
+            continue
+        try:
+            gone = local.unlink(oid)
+        except OSError:  # refused (a read-only store): the storage says it as it should
+            gone = repo.storage.delete(object_path(oid))
+        if gone:
+            deleted += 1
+            freed += doomed.sizes[i]
+    return deleted, freed, spared
+
+
+def _sweep(
+    repo: Repository, gc_plan: GcPlan, fan: int, revived: set[bytes],
+    local: LocalObjects | None = None,
+) -> tuple[int, int, int]:  # fmt: skip
     """Delete one fan-out folder's condemned objects that are still old and not reached
     again: (deleted, bytes freed, spared)."""
     doomed = gc_plan.delete
     todo = [i for i in doomed.digests.fan(fan) if doomed.digests.digest(i) not in revived]
     if not todo:
         return 0, 0, 0
+    if local is not None:
+        return _sweep_local(repo, local, gc_plan, todo)
     deleted = freed = spared = 0
     batch: list[str] = []
     # Ages re-read just before deleting: a writer that found an object present
@@ -461,8 +510,12 @@ def execute(
     # storage runs its own requests in parallel too: fewer folders at once there.)
     local = not repo.storage.io_threads
     threads = _LOCAL_THREADS if local else max(1, repo.storage.io_threads // 4)
-    with ThreadPoolExecutor(threads, thread_name_prefix="cas-gc-sweep") as pool:
-        for d, f, s in pool.map(lambda fan: _sweep(repo, gc_plan, fan, revived), range(256)):
+    with (
+        _local_objects(repo, None) as objects,
+        ThreadPoolExecutor(threads, thread_name_prefix="cas-gc-sweep") as pool,
+    ):
+        sweep = partial(_sweep, repo, gc_plan, revived=revived, local=objects)
+        for d, f, s in pool.map(sweep, range(256)):
             deleted, freed, spared = deleted + d, freed + f, spared + s
             if d:
                 step("deleted", deleted)

@@ -19,8 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from cas.admin.local_objects import LocalObjects
 from cas.errors import CasError, IntegrityError, ObjectNotFound
-from cas.objects import packs
+from cas.objects import codec, packs
 from cas.objects.digests import Digests
 from cas.objects.ids import ObjectId, is_id
 from cas.objects.kinds import BASE, CHUNK, FILE, RECORD, TREE, Reference, map_references, references
@@ -133,6 +134,33 @@ def _loose(
                     continue  # not an object's name
 
 
+def _loose_local(storage: Storage, temp: list[tuple[str, Stat | None]]) -> bytearray:
+    """:func:`_loose` of a local root, as one buffer of sorted digests: a fan-out
+    folder's names are decoded in one call, not one each (a million objects listed in
+    a fraction of the time)."""
+    buf = bytearray()
+    for fan in _FANS:
+        names = storage.listdir(f"{OBJECTS}/{fan}")
+        ids = [name for name in names if len(name) == 62 and name == name.lower()]
+        temp.extend((f"{OBJECTS}/{fan}/{n}", None) for n in names if n.startswith(TEMP_PREFIX))
+        try:  # fan + id, fan + id, ...
+            decoded = bytes.fromhex(fan + fan.join(ids)) if ids else b""
+        except ValueError:
+            decoded = b""
+        if len(decoded) != 32 * len(ids):  # not all hex (or blanks, which it skips)
+            decoded = b"".join(d for d in (_digest(fan, n) for n in ids) if d)
+        buf += decoded
+    return buf
+
+
+def _digest(fan: str, name: str) -> bytes:
+    try:
+        digest = bytes.fromhex(fan + name)
+    except ValueError:
+        return b""  # not an object's name
+    return digest if len(digest) == 32 else b""
+
+
 def _packed(pack_set: PackSet, number: int, pack_id: str) -> Iterator[tuple[bytes, int, int]]:
     for oid, where in pack_set.index(pack_id).entries():
         yield bytes.fromhex(oid), number, where.length
@@ -177,6 +205,12 @@ def list_objects(storage: Storage, pack_set: PackSet | None = None) -> Listing:
     with_stats = storage.listing_stats
     temp: list[tuple[str, Stat | None]] = []
     committed, pack_mtimes = _pack_files(storage, pack_set, temp) if pack_set else ([], [])
+    if not committed and not with_stats and storage.local_dir is not None:
+        loose = _loose_local(storage, temp)
+        n = len(loose) // 32
+        return Listing(
+            Digests(loose), None, temp, array("i", [_LOOSE]) * n, array("q", bytes(8 * n))
+        )
     sources: list[Iterator[tuple[bytes, int, Any]]] = [_loose(storage, temp)]
     sources += [_packed(pack_set, k, p) for k, p in enumerate(committed) if pack_set]
     versions: array[int] = array("Q")
@@ -290,9 +324,12 @@ class Marker:
 
     def __init__(
         self, repo: Repository, listed: Digests, pool: ThreadPoolExecutor, *, deltas: bool = False,
-        records: Records | None = None,
+        records: Records | None = None, local: LocalObjects | None = None,
     ) -> None:  # fmt: skip
         self.repo = repo
+        #: A local root's fan-out folders, open (only where no pack holds objects: a
+        #: header is then read from the loose file, as the object space would).
+        self.local = local
         self.deltas = deltas  # the store may hold deltas: chunks are read for a base
         self.records = records  # records known without a read (the catalog's)
         #: Per listed object: 1 if it points at nothing at its listed version (a blob
@@ -362,10 +399,30 @@ class Marker:
         """Known to point at nothing at its listed version: no read needed."""
         return bool(self.leaf[self.listed.find(digest)])
 
+    def _head_local(self, digest: bytes, how: int) -> tuple[list[bytes], list[Pending]] | None:
+        """:func:`children` of a header read (``PROBE``, ``HEAD``) from a loose file by its
+        fan-out folder's descriptor; None where it takes more (the file is absent, or a
+        probe finds a chunk list, a tree or a record: read whole by :func:`children`)."""
+        oid = digest.hex()
+        stored = self.local.head(oid) if self.local is not None else None
+        if stored is None:
+            return None
+        try:
+            header = codec.read_header(oid, stored)
+        except IntegrityError as exc:
+            raise GcRefused(f"gc deletes nothing: {exc}. {REPAIR}") from exc
+        if how != HEAD and header.kind != "blob":
+            return None
+        return [], ([] if header.base is None else [(bytes.fromhex(header.base), HEAD)])
+
     def _read(self, todo: list[Pending]) -> list[tuple[list[bytes], list[Pending]] | None]:
         """Each object's references, read in parallel slices."""
 
         def one(d: bytes, h: int) -> tuple[list[bytes], list[Pending]] | None:
+            if h != READ and self.local is not None:
+                found = self._head_local(d, h)
+                if found is not None:
+                    return found
             return children(self.repo, d, h, deltas=self.deltas, records=self.records)
 
         size = self.slice
@@ -383,10 +440,12 @@ def digests(ids: Iterable[str]) -> list[bytes]:
 
 
 def ages(
-    storage: Storage, listing: Listing, positions: Iterator[int], pool: ThreadPoolExecutor
-) -> Iterator[tuple[int, Stat | None]]:
+    storage: Storage, listing: Listing, positions: Iterator[int], pool: ThreadPoolExecutor,
+    local: LocalObjects | None = None,
+) -> Iterator[tuple[int, Stat | None]]:  # fmt: skip
     """Size and age of listed objects: from the listing, or (locally) one stat each,
-    a round at a time in parallel (an inode not in the cache waits on the disk)."""
+    a round at a time in parallel (an inode not in the cache waits on the disk);
+    ``local``: by the fan-out folder's descriptor."""
     if listing.stats is not None:
         sizes, mtimes = listing.stats
         for pos in positions:
@@ -396,6 +455,8 @@ def ages(
     def one(pos: int) -> Stat | None:
         if listing.packed(pos):
             return Stat(listing.packed_size[pos], listing.pack_mtimes[listing.pack_of[pos]])
+        if local is not None:
+            return local.stat(listing.digests.oid(pos))
         return storage.stat(object_path(listing.digests.oid(pos)))
 
     def stat(part: list[int]) -> list[Stat | None]:
