@@ -55,7 +55,7 @@ lint: $(STAMP)
 
 ## make torture: the long reliability suite
 torture: $(STAMP) node_modules/.installed
-	CAS_TORTURE=full $(PY) -m pytest -q tests/test_torture*.py
+	CAS_TORTURE=full $(PY) -m pytest -q -n 0 tests/test_torture*.py
 
 clean:
 	rm -rf $(VENV) node_modules demo-store .pytest_cache .hypothesis
