@@ -229,6 +229,30 @@ def test_a_flowyml_yaml_stack_with_type_cas_runs_a_pipeline_on_cas(
     assert cas.open_store(url).load(outputs("yamlfile", run_id)["summarize"])["seed"] == "y"
 
 
+def test_a_top_level_artifact_store_line_is_named_when_flowyml_is_imported(
+    tmp_path: Path,
+) -> None:
+    """FlowyML reads no top-level ``artifact_store:``; a user who writes one with
+    ``type: cas`` is told so the moment FlowyML is imported (FlowyML loads cas's
+    component then), from a folder below the file as well, and the stack form is quiet."""
+    store = tmp_path / "store"
+    (tmp_path / "flowyml.yaml").write_text(
+        f"artifact_store: {{ type: cas, root: {json.dumps(str(store))} }}\n"
+    )
+    (tmp_path / "project").mkdir()
+    for folder in (tmp_path, tmp_path / "project"):
+        out = subprocess.run([sys.executable, "-c", "import flowyml"], cwd=folder,
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        assert "does not read" in out.stderr and "stacks:" in out.stderr, out.stderr
+        assert str(tmp_path / "flowyml.yaml") in out.stderr
+    (tmp_path / "flowyml.yaml").write_text(
+        f"stacks:\n  cas:\n    artifact_store: {{ type: cas, root: {json.dumps(str(store))} }}\n"
+    )
+    out = subprocess.run([sys.executable, "-c", "import flowyml"], cwd=tmp_path,
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert "does not read" not in out.stderr, out.stderr
+
+
 def test_an_output_cas_cannot_store_is_logged_and_not_stored(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -284,3 +284,41 @@ def _unwrap(obj: Any) -> tuple[Any, dict[str, Any]]:
         "tags": tags or None,
         "metadata": {"flowyml_asset": identity},
     }
+
+
+def misplaced_store(start: str | os.PathLike[str] | None = None) -> str | None:
+    """What to tell a user whose ``flowyml.yaml`` (in ``start``, default the working
+    folder, or a folder above it, as FlowyML looks for it) sets a top-level
+    ``artifact_store:`` of ``type: cas``, which FlowyML does not read; else None."""
+    import yaml
+
+    folder = os.path.abspath(os.fspath(start) if start is not None else os.getcwd())
+    while True:
+        path = os.path.join(folder, "flowyml.yaml")
+        if os.path.isfile(path):
+            break
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # FlowyML reports its own file's errors
+    store = config.get("artifact_store") if isinstance(config, dict) else None
+    if not isinstance(store, dict) or store.get("type") != "cas":
+        return None
+    return (
+        f"{path} sets a top-level 'artifact_store:' of type cas, which FlowyML does not "
+        "read: pipeline runs use FlowyML's local store and nothing reaches cas. Put it in "
+        "a stack instead (docs/integrations.md):\n"
+        "stacks:\n  cas:\n    artifact_store: {type: cas, root: ...}"
+    )
+
+
+# FlowyML imports this module when it is imported itself (its registry loads every
+# installed stack component), so this is the moment a run's configuration is read.
+_misplaced = misplaced_store()
+if _misplaced is not None:
+    logger.warning("cas: %s", _misplaced)
