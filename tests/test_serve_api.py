@@ -367,8 +367,8 @@ _VALUES = st.one_of(_PATH_PARTS, st.text(max_size=40), st.integers(-5, 10**12).m
 
 
 def _encode(piece: str) -> str:
-    if "%" in piece and piece.isascii():
-        return piece  # already percent-encoded on purpose
+    if "%" in piece and all(33 <= ord(c) < 127 for c in piece):
+        return piece  # percent-encoded on purpose (spaces and controls: no client sends them)
     return urllib.parse.quote(piece, safe="/:@!$&'()*+,;=~.")
 
 
