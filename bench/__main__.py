@@ -5,7 +5,8 @@ public API at its limits, issue 17), folders (many small files, put/get/push bes
 and restic, issue 16), catalog, s3 (large data and small artifacts on moto), serve
 (``cas serve`` content), parquet, gc, fresh (a fresh machine's first commands on a large
 bucket, and incremental sync), writers (many writer processes on one bucket: distinct
-names, and one hot name). With no names every benchmark runs in turn. Each prints its own table, with the limits
+names, and one hot name), checkpoints (a model's checkpoints under names of their own,
+beside zstd, byte-grouped zstd and restic, issue 35). With no names every benchmark runs in turn. Each prints its own table, with the limits
 it measured in the same run and PASS/FAIL against its targets; this runner ends with a
 one-line summary per benchmark. ``CAS_BENCH_FULL=1`` runs the catalog at its full
 1,000,000 records (default 200,000, to keep ``make bench`` around ten minutes); gc
@@ -58,6 +59,8 @@ def _args(name: str, quick: bool) -> list[str]:
         return ["--rows", "300000", "--rounds", "1"] if quick else []
     if name == "delta":
         return ["--rounds", "1", "--chain", "6"] if quick else []
+    if name == "checkpoints":
+        return ["--hidden", "512", "--checkpoints", "4", "--rounds", "1"] if quick else []
     if name == "fresh":
         if quick:
             return ["--artifacts", "3000"]
@@ -72,7 +75,7 @@ def _args(name: str, quick: bool) -> list[str]:
 
 BENCHMARKS = (
     "objects", "artifacts", "saves", "folders", "catalog", "s3", "serve", "parquet", "fsspec",
-    "delta", "gc", "fresh", "writers",
+    "delta", "checkpoints", "gc", "fresh", "writers",
 )  # fmt: skip
 
 
