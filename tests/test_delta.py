@@ -442,3 +442,35 @@ def test_versions_named_apart_in_one_batch_build_on_each_other(
     assert _same_folder(releases[1], store.load("pkg/1.1", dest=tmp_path / "o1"))
     assert _same_folder(releases[2], store.load(tuned, dest=tmp_path / "o2"))
     assert fsck.check(store).ok
+
+
+def test_a_file_whose_chunks_keep_no_delta_stops_trying_and_a_kept_one_resumes() -> None:
+    """Content that changes everywhere (a model's weights after a training step) tries
+    its chunks' bases only until GIVE_UP_AFTER in a row kept nothing, then one chunk in
+    PROBE_EVERY; a delta kept again makes every chunk try."""
+    old = [(ObjectId(f"{i:064x}"), 1000) for i in range(64)]
+    aligner = delta.Aligner(old)
+    for _ in range(delta.GIVE_UP_AFTER):
+        assert aligner.worth_trying()
+        aligner.missed()
+    tried = [aligner.worth_trying() for _ in range(4 * delta.PROBE_EVERY)]
+    assert sum(tried) == 4 and tried[delta.PROBE_EVERY - 1]
+    aligner.matched(0, 1000, old[0][0])
+    assert all(aligner.worth_trying() for _ in range(delta.GIVE_UP_AFTER))
+
+
+def test_a_series_of_float_weights_is_stored_as_well_without_the_tries(tmp_path: Path) -> None:
+    """A new version whose every float moved keeps no delta, so giving up on them loses
+    nothing: it stores what zstd of the version alone stores."""
+    import numpy as np
+    rng = np.random.default_rng(3)
+    weights = rng.standard_normal(1 << 20).astype(np.float32)  # 4 MiB: a few chunks
+    store = cas.open_store(str(tmp_path / "s"), fsync=False)
+    store.save(weights.tobytes(), "ckpt/1")
+    moved = (weights + rng.standard_normal(weights.size).astype(np.float32) * 1e-3).tobytes()
+    before = sum(p.stat().st_size for p in (tmp_path / "s" / "objects").rglob("*") if p.is_file())
+    store.save(moved, "ckpt/2")
+    after = sum(p.stat().st_size for p in (tmp_path / "s" / "objects").rglob("*") if p.is_file())
+    assert store.load("ckpt/2") == moved
+    plain = len(codec.encode("blob", moved, codec.DEFAULT_LEVEL))
+    assert after - before <= plain * 1.02 + 4096, (after - before, plain)

@@ -107,10 +107,12 @@ def _put_chunk(
 ) -> tuple[ObjectId, int]:
     oid = blob_id(data, threads=False)
     bases: tuple[ObjectId, ...] = ()
-    if aligner is not None and not aligner.shared(at, oid):
+    if aligner is not None and not aligner.shared(at, oid) and aligner.worth_trying():
         bases = aligner.candidates(at, len(data))
     new, used = store(oid, data, create_first=run.likely_new(), bases=bases, order=order)
     if aligner is not None and used is not None:
         aligner.matched(at, len(data), used)
+    elif aligner is not None and bases:
+        aligner.missed()
     run.saw(new=new)
     return oid, len(data)

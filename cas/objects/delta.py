@@ -312,6 +312,12 @@ class Sketches:
 # -- base selection for chunked content ---------------------------------------------------
 
 
+#: New chunks in a row whose bases kept no delta, after which a file's chunks mostly
+#: stop trying theirs (:meth:`Aligner.worth_trying`); one in this many still does.
+GIVE_UP_AFTER: Final = 8
+PROBE_EVERY: Final = 8
+
+
 class Aligner:
     """Picks, for each new chunk of a large file, the chunk of the previous version at
     the same place: the old chunk holding the new chunk's middle byte, shifted by how
@@ -331,6 +337,8 @@ class Aligner:
         self._end = at
         self._at = {c: s for c, s in zip(self._ids, self._starts, strict=True)}
         self._shift: list[tuple[int, int]] = []  # (new offset, old - new) where shared
+        self._misses = 0  # chunks in a row whose bases gave no delta worth keeping
+        self._skipped = 0  # chunks not tried since the last one that was
 
     def shared(self, offset: int, oid: ObjectId) -> bool:
         """Note a new chunk at ``offset``; True if the previous version has it too."""
@@ -340,9 +348,28 @@ class Aligner:
         self._shift.append((offset, old - offset))
         return True
 
+    def worth_trying(self) -> bool:
+        """Whether the next new chunk should try its bases. After :data:`GIVE_UP_AFTER`
+        chunks in a row whose tries kept no delta (content that changes everywhere, as
+        a model's weights after a training step: each try is a compression for
+        nothing, 1.7x the save's time), one chunk in :data:`PROBE_EVERY` still tries, and
+        a delta kept brings every chunk back."""
+        if self._misses < GIVE_UP_AFTER:
+            return True
+        self._skipped += 1
+        if self._skipped >= PROBE_EVERY:
+            self._skipped = 0
+            return True
+        return False
+
+    def missed(self) -> None:
+        """Note that a new chunk tried its bases and kept no delta."""
+        self._misses += 1
+
     def matched(self, offset: int, size: int, old: ObjectId) -> None:
         """Note that the new chunk at ``offset`` was stored as a delta on ``old``: their
         middles are the same place of the content."""
+        self._misses = 0
         start = self._at.get(old)
         if start is not None:
             i = self._ids.index(old)
