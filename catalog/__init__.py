@@ -8,22 +8,22 @@ caller keeps. See ``docs/catalog.md``.
 
 ::
 
-    from cas.catalog import Catalog
+    from . import Catalog
     with Catalog(".cas/index") as cat:
         cat.put(record)
         cat.tag(record["id"], {"stage": "production"}, stamp)
         cat.search("stage:production fraud", limit=10)
 """
 
-from cas.catalog.catalog import Catalog
-from cas.catalog.errors import (
+from .catalog import Catalog
+from .errors import (
     CatalogDamaged,
     CatalogError,
     FormatMismatch,
     InvalidInput,
     QueryError,
 )
-from cas.catalog.query import Query, parse_query
+from .query import Query, parse_query
 
 __all__ = [
     "Catalog",

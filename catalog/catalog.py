@@ -19,14 +19,14 @@ from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from cas.catalog import keys
-from cas.catalog.dump import dump as _dump
-from cas.catalog.engine import Engine
-from cas.catalog.errors import CatalogError, InvalidInput
-from cas.catalog.index import Writer
-from cas.catalog.lineage import children_of, label, parents_of, render, walk
-from cas.catalog.query import Query, parse_query
-from cas.catalog.record import (
+from . import keys
+from .dump import dump as _dump
+from .engine import Engine
+from .errors import CatalogError, InvalidInput
+from .index import Writer
+from .lineage import children_of, label, parents_of, render, walk
+from .query import Query, parse_query
+from .record import (
     Entry,
     check_event,
     check_id,
@@ -34,11 +34,11 @@ from cas.catalog.record import (
     check_tag_values,
     normalize,
 )
-from cas.catalog.record import unpack as _unpack
-from cas.catalog.scan import AllStream, PrefixStream, Stream, TermStream, intersect
+from .record import unpack as _unpack
+from .scan import AllStream, PrefixStream, Stream, TermStream, intersect
 
 if TYPE_CHECKING:
-    from cas.catalog.engine import Txn
+    from .engine import Txn
 
 T = TypeVar("T")
 Record = dict[str, Any]

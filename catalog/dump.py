@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cas.catalog import keys
-from cas.catalog.record import unpack
+from . import keys
+from .record import unpack
 
 if TYPE_CHECKING:
-    from cas.catalog.engine import Txn
+    from .engine import Txn
 
 
 def dump(txn: Txn, dbs: dict[bytes, Any]) -> dict[str, Any]:

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import lmdb
 
-from cas.catalog import keys
-from cas.catalog.errors import CatalogDamaged, CatalogError, FormatMismatch
+from . import keys
+from .errors import CatalogDamaged, CatalogError, FormatMismatch
 
 T = TypeVar("T")
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cas.catalog import keys
-from cas.catalog.record import Entry, IndexEntry, index_entries, pack, unpack
+from . import keys
+from .record import Entry, IndexEntry, index_entries, pack, unpack
 
 if TYPE_CHECKING:
-    from cas.catalog.engine import Txn
+    from .engine import Txn
 
 
 def _rank(stamp: str, value: str | None) -> tuple[str, bool, str]:

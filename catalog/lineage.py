@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from cas.catalog.engine import Txn
+    from .engine import Txn
 
 Step = Callable[[bytes], list[bytes]]
 Edge = tuple[bytes, bytes]  # (parent, child), raw ids

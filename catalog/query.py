@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cas.catalog.errors import QueryError
-from cas.catalog.record import words
+from .errors import QueryError
+from .record import words
 
 _SPACE = " \t\r\n\f\v"
 

@@ -13,8 +13,8 @@ from typing import Any, TypeGuard
 
 import msgpack
 
-from cas.catalog import keys
-from cas.catalog.errors import InvalidInput
+from . import keys
+from .errors import InvalidInput
 
 REQUIRED = ("id", "name", "artifact_type", "content_id", "size", "created_at")
 DEFAULTS: dict[str, Any] = {

@@ -17,7 +17,7 @@ import heapq
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from cas.catalog.engine import Txn
+    from .engine import Txn
 
 
 class Stream(Protocol):

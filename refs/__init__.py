@@ -13,8 +13,8 @@ True
 See docs/refs.md for the name rules, the history format and each backend's guarantee.
 """
 
-from cas.refs.conditional import Conditional
-from cas.refs.errors import (
+from .conditional import Conditional
+from .errors import (
     InvalidId,
     InvalidRefName,
     NameConflict,
@@ -23,12 +23,12 @@ from cas.refs.errors import (
     RefLocked,
     RefNotFound,
 )
-from cas.refs.ids import ANY, check_id
-from cas.refs.local import LocalConditional
-from cas.refs.log import LogEntry
-from cas.refs.memory import ProcessLocalConditional
-from cas.refs.names import check_ref_name
-from cas.refs.store import RefStore
+from .ids import ANY, check_id
+from .local import LocalConditional
+from .log import LogEntry
+from .memory import ProcessLocalConditional
+from .names import check_ref_name
+from .store import RefStore
 
 __all__ = [
     "ANY",

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from cas.refs.conditional import Conditional
-from cas.refs.errors import RefError
-from cas.refs.services import ObjectService, service_for
-from cas.refs.services.azure import AzureService as AzureConditional
-from cas.refs.services.gcs import GCSService as GCSConditional
-from cas.refs.services.s3 import S3Service as S3Conditional
+from .conditional import Conditional
+from .errors import RefError
+from .services import ObjectService, service_for
+from .services.azure import AzureService as AzureConditional
+from .services.gcs import GCSService as GCSConditional
+from .services.s3 import S3Service as S3Conditional
 
 __all__ = ["AzureConditional", "GCSConditional", "S3Conditional", "conditional_for"]
 

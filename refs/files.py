@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
-from cas.refs.services.base import ObjectService
+from .services.base import ObjectService
 
 T = TypeVar("T")
 

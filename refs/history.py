@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cas.refs.files import Files
-from cas.refs.log import LogEntry, decode_entry, entry_path, parse_entry_basename
-from cas.refs.names import is_valid_ref_name, log_dir
+from .files import Files
+from .log import LogEntry, decode_entry, entry_path, parse_entry_basename
+from .names import is_valid_ref_name, log_dir
 
 # How far past the last known newest entry to search by reading (2**_GALLOP
 # entries) before listing the whole history instead.

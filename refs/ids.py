@@ -9,7 +9,7 @@ import enum
 import re
 from typing import Literal, TypeAlias
 
-from cas.refs.errors import InvalidId, RefError
+from .errors import InvalidId, RefError
 
 _ID = re.compile(r"[0-9a-f]{64}")
 

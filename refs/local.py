@@ -37,10 +37,10 @@ import time
 from collections.abc import Iterator
 from typing import Any, Final
 
-from cas.refs.conditional import Conditional
-from cas.refs.errors import RefLocked
-from cas.refs.files import read_file, read_file_stat
-from cas.refs.owner import DEFAULT_LEASE, Verdict, describe, judge, owner_json, remove_command
+from .conditional import Conditional
+from .errors import RefLocked
+from .files import read_file, read_file_stat
+from .owner import DEFAULT_LEASE, Verdict, describe, judge, owner_json, remove_command
 
 try:
     import fcntl

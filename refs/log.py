@@ -35,9 +35,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cas.refs.errors import RefError
-from cas.refs.ids import check_id
-from cas.refs.names import log_dir
+from .errors import RefError
+from .ids import check_id
+from .names import log_dir
 
 _ENTRY = re.compile(r"~([0-9]{12,})")
 

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from fsspec import AbstractFileSystem
 
-from cas.refs.conditional import Conditional
+from .conditional import Conditional
 
 # One lock for every instance: two RefStores on memory:// share the same files.
 _LOCK = threading.RLock()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import re
 
-from cas.refs.errors import InvalidRefName
+from .errors import InvalidRefName
 
 #: Characters git forbids anywhere in a name (besides controls and DEL).
 FORBIDDEN_CHARACTERS = frozenset(" ~^:?*[\\")

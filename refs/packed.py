@@ -32,10 +32,10 @@ from typing import Any, Final
 import msgpack
 import zstandard
 
-from cas.refs.files import Files
-from cas.refs.ids import decode_ref
-from cas.refs.log import PRUNED, LogEntry, decode_entry, entry_path, parse_entry_basename
-from cas.refs.names import is_valid_ref_name
+from .files import Files
+from .ids import decode_ref
+from .log import PRUNED, LogEntry, decode_entry, entry_path, parse_entry_basename
+from .names import is_valid_ref_name
 
 MAGIC: Final = b"CASREFS1\n"
 FOLDER: Final = ".refs"

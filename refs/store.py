@@ -151,17 +151,17 @@ from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
-from cas.refs import packed
-from cas.refs.conditional import Conditional
-from cas.refs.errors import NameConflict, RefConflict, RefError, RefLocked, RefNotFound
-from cas.refs.files import LocalFiles, ServiceFiles, files_for
-from cas.refs.history import History, Stored
-from cas.refs.ids import ANY, Expected, check_id, decode_ref, encode_ref
-from cas.refs.local import LocalConditional
-from cas.refs.log import LogEntry, encode_entry, entry_path, pruned_path
-from cas.refs.memory import ProcessLocalConditional
-from cas.refs.names import check_ref_name, check_ref_prefix, is_valid_ref_name, parents, ref_path
-from cas.refs.owner import (
+from . import packed
+from .conditional import Conditional
+from .errors import NameConflict, RefConflict, RefError, RefLocked, RefNotFound
+from .files import LocalFiles, ServiceFiles, files_for
+from .history import History, Stored
+from .ids import ANY, Expected, check_id, decode_ref, encode_ref
+from .local import LocalConditional
+from .log import LogEntry, encode_entry, entry_path, pruned_path
+from .memory import ProcessLocalConditional
+from .names import check_ref_name, check_ref_prefix, is_valid_ref_name, parents, ref_path
+from .owner import (
     DEFAULT_LEASE,
     Verdict,
     default_identity,
@@ -170,8 +170,8 @@ from cas.refs.owner import (
     owner_fields,
     remove_command,
 )
-from cas.refs.packed import RefState
-from cas.refs.upkeep import HistoryMixin
+from .packed import RefState
+from .upkeep import HistoryMixin
 
 # Backoff while another writer's update is in flight: first and longest sleep.
 _FIRST_WAIT = 0.0005

@@ -25,10 +25,10 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from cas.refs.conditional import Conditional
-from cas.refs.errors import RefConflict
-from cas.refs.local import LocalConditional
-from cas.refs.store import RefStore
+from .conditional import Conditional
+from .errors import RefConflict
+from .local import LocalConditional
+from .store import RefStore
 
 Factory = Callable[[], RefStore]
 
@@ -54,7 +54,7 @@ def service_refstore(
     """A RefStore on S3 (``"s3"``), GCS (``"gs"``) or Azure Blob (``"az"``) with the
     service's conditional requests, on a filesystem of its own (picklable through
     ``functools.partial``: what a spawned process needs)."""
-    from cas.refs.cloud import conditional_for
+    from .cloud import conditional_for
 
     if protocol in ("gs", "gcs"):
         # The core class, whatever GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT said at import.

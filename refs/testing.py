@@ -28,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cas.refs.errors import (
+from .errors import (
     InvalidId,
     InvalidRefName,
     NameConflict,
@@ -37,12 +37,12 @@ from cas.refs.errors import (
     RefLocked,
     RefNotFound,
 )
-from cas.refs.ids import ANY
-from cas.refs.log import LogEntry, encode_entry, entry_path
-from cas.refs.names import is_valid_ref_name
-from cas.refs.owner import hostname
-from cas.refs.store import RefStore
-from cas.refs.stress import Faulty, counter_id, counter_of, increment
+from .ids import ANY
+from .log import LogEntry, encode_entry, entry_path
+from .names import is_valid_ref_name
+from .owner import hostname
+from .store import RefStore
+from .stress import Faulty, counter_id, counter_of, increment
 
 MakeRefStore = Callable[..., RefStore]
 
@@ -499,7 +499,7 @@ class RefStoreTests:
             rs.read("main")
 
     def test_owner_of_this_process_is_alive(self) -> None:
-        from cas.refs.owner import describe_owner
+        from .owner import describe_owner
 
         assert describe_owner(os.getpid(), hostname()) == (f"{os.getpid()}@{hostname()}", True)
         assert describe_owner(1, "another-host")[1] is None

@@ -12,13 +12,13 @@ import time
 
 from fsspec import AbstractFileSystem
 
-from cas.refs.conditional import Conditional
-from cas.refs.errors import RefError, RefNotFound
-from cas.refs.history import History, Stored
-from cas.refs.ids import decode_ref, encode_ref
-from cas.refs.log import LogEntry, pruned_path
-from cas.refs.names import ref_path
-from cas.refs.owner import Verdict, describe, remove_command
+from .conditional import Conditional
+from .errors import RefError, RefNotFound
+from .history import History, Stored
+from .ids import decode_ref, encode_ref
+from .log import LogEntry, pruned_path
+from .names import ref_path
+from .owner import Verdict, describe, remove_command
 
 # Settling rounds of one `unpublished` call: one settles a dead writer's update; a
 # second may meet a name-tree revert or a withdrawn claim in a pruned slot.

@@ -11,7 +11,7 @@ import sys
 
 import fsspec
 
-from cas.refs.services.base import (
+from .base import (
     ObjectService,
     Service,
     backend_failures,
@@ -36,14 +36,14 @@ __all__ = [
 def service_for(fs: fsspec.AbstractFileSystem) -> Service:
     """The :class:`Service` of a filesystem: S3, GCS and Azure Blob by their own
     requests; any other fsspec filesystem through fsspec's calls."""
-    kinds = [("s3fs", "S3FileSystem", "cas.refs.services.s3", "S3Service"),
-             ("gcsfs.core", "GCSFileSystem", "cas.refs.services.gcs", "GCSService"),
-             ("adlfs", "AzureBlobFileSystem", "cas.refs.services.azure", "AzureService")]  # fmt: skip
+    kinds = [("s3fs", "S3FileSystem", ".s3", "S3Service"),
+             ("gcsfs.core", "GCSFileSystem", ".gcs", "GCSService"),
+             ("adlfs", "AzureBlobFileSystem", ".azure", "AzureService")]  # fmt: skip
     for module, name, adapter, cls in kinds:
         loaded = sys.modules.get(module)
         if loaded is not None and isinstance(fs, getattr(loaded, name)):
             import importlib
 
-            service: Service = getattr(importlib.import_module(adapter), cls)(fs)
+            service: Service = getattr(importlib.import_module(adapter, __name__), cls)(fs)
             return service
     return Service(fs)

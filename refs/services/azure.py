@@ -8,7 +8,7 @@ from typing import Any
 
 from fsspec.asyn import sync
 
-from cas.refs.services.base import (
+from .base import (
     PAGE,
     Detail,
     ObjectService,

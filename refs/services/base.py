@@ -80,7 +80,7 @@ from typing import Any, Final, TypeVar
 import fsspec
 from fsspec.asyn import sync
 
-from cas.refs.conditional import Conditional
+from ..conditional import Conditional
 
 T = TypeVar("T")
 

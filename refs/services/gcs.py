@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from fsspec.asyn import sync
 
-from cas.refs.services.base import (
+from .base import (
     PAGE,
     Detail,
     ObjectService,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from cas.refs.services.base import (
+from .base import (
     PAGE,
     Detail,
     ObjectService,
