@@ -88,10 +88,10 @@ class ObjectSpace:
         self.pending = Held()  # the objects every open batch holds, readable at once
         self._batches = Batches(self.pending, self._new_batch)  # each thread's open batch
         self._hints = delta_bases.Hints()  # each thread's previous version, for bases
-        self.inflight = 2 * max(2, os.cpu_count() or 2)
+        self.cpu_inflight = 2 * max(2, os.cpu_count() or 2)  # chunks on the CPU pool
         io_threads = storage.io_threads  # object stores: chunk requests in parallel
         self._pool = io_pool(io_threads) if io_threads else None
-        self.inflight = max(self.inflight, io_threads)
+        self.inflight = max(self.cpu_inflight, io_threads)
 
     def _chunk_pool(self) -> ThreadPoolExecutor:
         return self._pool or worker_pool()
@@ -435,7 +435,7 @@ class ObjectSpace:
             pieces,
             functools.partial(self._store_chunk, batched),
             pool=worker_pool() if cpu_only else self._chunk_pool(),
-            inflight=2 * max(2, os.cpu_count() or 2) if cpu_only else self.inflight,
+            inflight=self.cpu_inflight if cpu_only else self.inflight,
             ticket=self.pending.ticket,
             previous=delta_bases.previous_chunks(self, previous) if previous is not None else None,
             expect=expect,
@@ -564,7 +564,6 @@ class ObjectSpace:
         for chunk in self._chunks(listing, ObjectId(oid), verify=False):
             out.write(chunk)
         data = out.getvalue()
-        del out
         got = blob_id(data)
         if got != oid:
             for cid, size in listing.chunks:
