@@ -53,6 +53,9 @@ Event = Mapping[str, Any]
 BYTES_PER_RECORD = 4096
 #: events per transaction during ``rebuild``
 REBUILD_BATCH = 100_000
+#: records a prefix-only ``list`` looks at, newest first, before it merges the
+#: postings of every name under the prefix (which costs one read per name)
+PREFIX_WALK = 256
 
 
 class Catalog:
@@ -242,6 +245,10 @@ class Catalog:
             if name is not None:
                 streams.append(TermStream(txn, self._db(keys.NAME), keys.term(name)))
             if prefix:
+                if not streams:  # the newest under a folder are often the newest of all
+                    found = self._newest_under(txn, prefix, limit, PREFIX_WALK)
+                    if found is not None:
+                        return found
                 streams.append(PrefixStream(txn, self._db(keys.NAME), prefix.encode()))
             if not streams:
                 streams.append(AllStream(txn, self._db(keys.TIME)))
@@ -463,6 +470,36 @@ class Catalog:
                 raise CatalogError(f"catalog {self.path} is inconsistent; rebuild it")
             out.append(_record(raw))
         return out
+
+    def _newest_under(self, txn: Txn, prefix: str, limit: int, budget: int) -> Records | None:
+        """The ``limit`` newest records whose name starts with ``prefix``, found among
+        the ``budget`` newest records of all, or None when these hold fewer (the
+        caller then merges the names' postings, whose cost grows with the names under
+        the prefix: a save into a folder of 10,000 names asking for its 16 newest
+        siblings read all 10,000)."""
+        if not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be a non-negative int, got {limit!r}")
+        out: Records = []
+        if limit == 0:
+            return out
+        raw_prefix = prefix.encode()
+        records = self._db(keys.RECORDS)
+        cur = txn.cursor(db=self._db(keys.TIME))
+        found = cur.first()
+        for _ in range(budget):
+            if not found:
+                return out  # every record looked at
+            raw = txn.get(cur.key()[8:], db=records)
+            if raw is None:
+                raise CatalogError(f"catalog {self.path} is inconsistent; rebuild it")
+            if raw_prefix in raw:  # cheap before decoding: the name holds the prefix
+                record = _record(raw)
+                if str(record.get("name") or "").startswith(prefix):
+                    out.append(record)
+                    if len(out) >= limit:
+                        return out
+            found = cur.next()
+        return out if not found else None
 
     def _walk(self, txn: Txn, id_raw: bytes, *, up: bool, depth: int | None) -> Walk:
         if up:

@@ -259,3 +259,25 @@ def test_ids_with_prefix(tmp_path: Path) -> None:
         by_first = sorted(r["id"] for r in records if r["id"][0] == some[0])
         assert cat.ids_with_prefix(some[0], limit=1000) == by_first  # odd length too
         assert cat.ids_with_prefix("zz") == [] and cat.ids_with_prefix("") == []
+
+
+def test_list_by_prefix_is_the_same_whether_the_folder_is_recent_or_old(cat: Catalog) -> None:
+    """A prefix-only listing first looks at the newest records of all (a save asks for
+    its folder's newest siblings, and these are usually the newest of all), else it
+    merges every name's postings: both give the same records in the same order."""
+    names = [f"old/{i}" for i in range(400)] + [f"new/{i}" for i in range(200)]
+    recs = [make_record(i, name) for i, name in enumerate(names)]
+    # Names that hold the prefix's bytes elsewhere, or in their metadata, are not under it.
+    recs += [make_record(600, "renew/x"), make_record(601, "zzz", metadata={"p": "new/"})]
+    recs += [make_record(602, "new"), make_record(603, "new/deep/er")]
+    cat.put_many(recs)
+    by_time = sorted(recs, key=lambda r: (r["created_at"], r["id"]), reverse=True)
+
+    def want(prefix: str, limit: int) -> list[str]:
+        return [r["id"] for r in by_time if r["name"].startswith(prefix)][:limit]
+
+    for prefix in ("new/", "old/", "new", "old/1", "nothing/"):
+        for limit in (0, 1, 16, 150, 1000):
+            got = [r["id"] for r in cat.list(prefix=prefix, limit=limit)]
+            assert got == want(prefix, limit), (prefix, limit)
+    assert rid(601) not in [r["id"] for r in cat.list(prefix="new/", limit=1000)]
