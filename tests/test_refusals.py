@@ -63,6 +63,14 @@ def test_a_name_below_a_name_is_refused_before_anything_is_written(
         store.repo.reindex()
         assert [a.name for a in store.catalog.list()] == ["df/p"]
         assert fsck.check(store).ok
+    # A process that knows nothing of the root (on a bucket its read of the name and
+    # the check of the names around it go together) refuses alike.
+    with cas.open_store(url, **options) as other:
+        for value, name in ((b"4", "df/p/r"), (b"5", "df")):
+            with pytest.raises(RefConflict):
+                other.save(value, name, tags={"stage": "prod"})
+        assert other.repo.journal.stamps() == entries
+        assert other.list_artifacts() == ["df/p"]
 
 
 def test_a_save_that_loses_the_name_to_a_racing_writer_is_withdrawn(

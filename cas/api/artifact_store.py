@@ -26,6 +26,7 @@ from cas.errors import (
     InvalidInput,
     IsAFolder,
     ObjectNotFound,
+    RefConflict,
 )
 from cas.objects.ids import ObjectId, is_id
 from cas.objects.kinds import MODE_FILE, MODE_LINK
@@ -142,17 +143,19 @@ class ArtifactStore:
     def record(self, rid: str, *, tags: bool = True) -> dict[str, Any]:
         return self.repo.record(rid, tags=tags)
 
-    def commit(self, record: dict[str, Any], *, current: Any = UNREAD) -> ObjectId:
+    def commit(
+        self, record: dict[str, Any], *, current: Any = UNREAD, checked: bool = False
+    ) -> ObjectId:
         """Commit a record under ``name_prefix + record["name"]`` (inside :meth:`batch`,
         its name is published when the batch ends). ``current``: what the name held,
-        when the caller has just read it."""
+        when the caller has just read it (``checked``: with a check as a new name)."""
         full = {**record, "name": self.name_prefix + record["name"]}
         deferred: list[tuple[ObjectId, dict[str, Any]]] | None = getattr(
             self._batches, "items", None
         )
         if deferred is None:
-            return self.repo.commit(full, current=current)
-        rid, new = self.repo.prepare(full, current=current)
+            return self.repo.commit(full, current=current, checked=checked)
+        rid, new = self.repo.prepare(full, current=current, checked=checked)
         if new:
             deferred.append((rid, full))
         return rid
@@ -222,10 +225,13 @@ class ArtifactStore:
         # only: if it does not read, the new version is stored without them).
         previous: str | None = None
         current: Any = UNREAD
+        checked = False  # the read checked it as a new name too
         try:
-            current = self.repo.names.read(self.name_prefix + path)
+            current, checked = self.repo.read_for_save(self.name_prefix + path)
             if current is not None:
                 previous = self.repo.record(current, tags=False).get("content_id")
+        except RefConflict:
+            raise  # a new name refused by a name above or below it: nothing written
         except CasError:
             previous = None
         if previous is None and current is not UNREAD:  # a first version: its kin's
@@ -242,7 +248,7 @@ class ArtifactStore:
                 materializer.name, stored, parents, metadata, tags,
                 (source_project, source_pipeline, source_run_id, source_step),
             )  # fmt: skip
-            return str(self.commit(record, current=current))
+            return str(self.commit(record, current=current, checked=checked))
 
     def _record(
         self,

@@ -8,6 +8,7 @@ plain form. Candidates are read back through the object space (:class:`Objects`)
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
@@ -23,6 +24,8 @@ class Objects(Protocol):
     """What choosing a base reads: the object space."""
 
     def read_entry(self, oid: str) -> tuple[codec.Header, bytes]: ...
+
+    def recent_base(self, oid: ObjectId, kind: str) -> delta.Base | None: ...
 
     def head(self, oid: str) -> codec.Header: ...
 
@@ -139,9 +142,56 @@ def encode_on(
     return (plain if plain is not None else codec.encode(kind, payload, level)), None
 
 
+#: Bytes of small objects an object-store space keeps after writing them (:class:`Recent`).
+RECENT_BYTES = 8 << 20
+
+
+class Recent:
+    """Small objects (whole blobs and trees up to :data:`SMALL_BLOB`) this process
+    wrote, as delta bases: the next version of a small artifact saved by the same
+    process (a metric file each epoch, a sibling ``ckpt/epoch-2``) takes its base from
+    memory, not from a read of the bucket (a round trip). Their ids were computed from
+    these very payloads, so they need no verifying; a delta still refreshes its base in
+    the store before it is written against it, which fails for a base gc took. Bounded
+    by :data:`RECENT_BYTES`, the oldest dropped first."""
+
+    def __init__(self, limit: int = RECENT_BYTES) -> None:
+        self.limit = limit
+        self._items: collections.OrderedDict[ObjectId, tuple[str, delta.Base]] = (
+            collections.OrderedDict()
+        )
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def add(self, oid: ObjectId, kind: str, payload: bytes | memoryview, stored: bytes) -> None:
+        if kind not in ("blob", "tree") or len(payload) > SMALL_BLOB:
+            return
+        try:
+            depth = codec.read_header(oid, stored).depth
+        except CasError:
+            return
+        base = delta.Base(oid, bytes(payload), depth)
+        with self._lock:
+            if oid in self._items:
+                return
+            self._items[oid] = (kind, base)
+            self._bytes += len(base.payload)
+            while self._bytes > self.limit and self._items:
+                _, (_, old) = self._items.popitem(last=False)
+                self._bytes -= len(old.payload)
+
+    def get(self, oid: ObjectId, kind: str) -> delta.Base | None:
+        with self._lock:
+            found = self._items.get(oid)
+        return found[1] if found is not None and found[0] == kind else None
+
+
 def find_base(objects: Objects, bid: ObjectId, kind: str) -> delta.Base | None:
     """A verified base of ``kind``, or None if it is absent or does not read (a
     damaged base is not built on: the object is stored plain)."""
+    recent = objects.recent_base(bid, kind)
+    if recent is not None:
+        return recent
     try:
         header, payload = objects.read_entry(bid)
     except CasError:

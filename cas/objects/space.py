@@ -88,6 +88,8 @@ class ObjectSpace:
         self.pending = Held()  # the objects every open batch holds, readable at once
         self._batches = Batches(self.pending, self._new_batch)  # each thread's open batch
         self._hints = delta_bases.Hints()  # each thread's previous version, for bases
+        # On an object store, small objects just written stay at hand as delta bases.
+        self._recent = delta_bases.Recent() if storage.local_dir is None else None
         self.cpu_inflight = 2 * max(2, os.cpu_count() or 2)  # chunks on the CPU pool
         io_threads = storage.io_threads  # object stores: chunk requests in parallel
         self._pool = io_pool(io_threads) if io_threads else None
@@ -213,6 +215,17 @@ class ObjectSpace:
         )  # fmt: skip
         return stored
 
+    def recent_base(self, oid: ObjectId, kind: str) -> delta.Base | None:
+        """A small object of ``kind`` this space wrote a moment ago, as a delta base
+        (:class:`cas.objects.delta_bases.Recent`), or None: read it."""
+        return self._recent.get(oid, kind) if self._recent is not None else None
+
+    def _remember(
+        self, oid: ObjectId, kind: str, payload: bytes | memoryview, stored: bytes
+    ) -> None:
+        if self._recent is not None:
+            self._recent.add(oid, kind, payload, stored)
+
     # -- writing ----------------------------------------------------------------------
 
     def put(self, data: bytes | bytearray | memoryview | BinaryIO | Reader) -> ObjectId:
@@ -333,6 +346,7 @@ class ObjectSpace:
                 if oid in self.pending or self._freshen_packed(oid):
                     return False
                 encoded = self._encode(oid, kind, payload, bases)
+                self._remember(oid, kind, payload, encoded)
                 return held.add(oid, encoded, unchecked=True, order=order)
             if self._freshen(oid):
                 return False
@@ -348,7 +362,9 @@ class ObjectSpace:
             return True
         if self._freshen(oid):
             return False
-        self.storage.write_atomic(path, self._encode(oid, kind, payload, bases))
+        encoded = self._encode(oid, kind, payload, bases)
+        self.storage.write_atomic(path, encoded)
+        self._remember(oid, kind, payload, encoded)
         return True
 
     def _freshen(self, oid: ObjectId) -> bool:

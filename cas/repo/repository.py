@@ -149,6 +149,26 @@ class Repository:
             )
         return parse_id(rid_text), name
 
+    def read_for_save(self, name: str) -> tuple[str | None, bool]:
+        """(what ``name`` holds now or None, whether it was checked as a new name), for
+        a save about to build on it. On an object store a name this machine does not
+        know is also checked as a new name (a parent or child of it that is a name
+        refuses it: :class:`RefConflict`) beside that read, in the same round trip;
+        given ``checked=True``, :meth:`prepare` does not check it again: a save of a
+        new name waits for one round trip fewer. A name that exists after all cost the
+        check's requests (a listing, the parents not seen as folders) for nothing."""
+        if self.storage.local_dir is not None or self.known_name([name]) is not None:
+            return self.names.read(name), False
+        with ThreadPoolExecutor(1, thread_name_prefix="cas-check") as pool:
+            check = pool.submit(self.names.check_new, name)
+            current = self.names.read(name)
+            try:
+                check.result()
+            except RefConflict:
+                if current is None:
+                    raise
+        return current, current is None
+
     def _is_record(self, rid: ObjectId) -> bool:
         """True if ``rid`` is an artifact this root holds (a 64-hex text may also be a
         name: then False and it is looked up as one). On an object store whose catalog
@@ -209,6 +229,7 @@ class Repository:
         record: dict[str, Any],
         *,
         current: Any = UNREAD,
+        checked: bool = False,
         expected: Any = ANY,
         message: str | None = None,
     ) -> ObjectId:
@@ -218,7 +239,7 @@ class Repository:
         name must hold (None: no name) for it to move, else :class:`RefConflict` and
         the record is withdrawn; ``message``: its history entry (default ``save TYPE``)."""
         with self.space.batch():  # the record is synced with the journal entry, once
-            rid, new = self.prepare(record, current=current)
+            rid, new = self.prepare(record, current=current, checked=checked)
             if new:
                 self.publish([(rid, record)], expected={record["name"]: expected}, message=message)
         return rid
@@ -261,18 +282,21 @@ class Repository:
         copy = make_record(**keep, name=name)
         return self.commit(copy, current=current, expected=current, message=f"set from {rid[:12]}")
 
-    def prepare(self, record: dict[str, Any], *, current: Any = UNREAD) -> tuple[ObjectId, bool]:
+    def prepare(
+        self, record: dict[str, Any], *, current: Any = UNREAD, checked: bool = False
+    ) -> tuple[ObjectId, bool]:
         """The first half of a commit: (record id, True) with the record object written
         (held, inside a batch), or (the id the name holds, False) if it holds this
         very version already. ``current``: the name's value if the caller just read it
-        (:data:`UNREAD`: read it here)."""
+        (:data:`UNREAD`: read it here); ``checked``: that read checked it as a new name
+        (:meth:`read_for_save`)."""
         if current is UNREAD:
             current = self.names.read(record["name"])
         if current is not None:
             previous = self._previous(current)
             if previous is not None and same_version(previous, record):
                 return ObjectId(current), False
-        else:
+        elif not checked:
             # A new name that a name above or below refuses is refused now, before the
             # record and its journal entry are written: nothing of it is ever visible.
             self.names.check_new(record["name"])
