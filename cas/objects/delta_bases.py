@@ -148,12 +148,13 @@ RECENT_BYTES = 8 << 20
 
 class Recent:
     """Small objects (whole blobs and trees up to :data:`SMALL_BLOB`) this process
-    wrote, as delta bases: the next version of a small artifact saved by the same
-    process (a metric file each epoch, a sibling ``ckpt/epoch-2``) takes its base from
-    memory, not from a read of the bucket (a round trip). Their ids were computed from
-    these very payloads, so they need no verifying; a delta still refreshes its base in
-    the store before it is written against it, which fails for a base gc took. Bounded
-    by :data:`RECENT_BYTES`, the oldest dropped first."""
+    wrote or read, as delta bases: the next version of a small artifact saved by the
+    same process (a metric file each epoch, a sibling ``ckpt/epoch-2``, a config loaded,
+    changed and saved again) takes its base from memory, not from a read of the bucket
+    (a round trip). Their ids were computed from these very payloads, or verified when
+    read; a delta still refreshes its base in the store before it is written against
+    it, which fails for a base gc took. Bounded by :data:`RECENT_BYTES`, the oldest
+    dropped first."""
 
     def __init__(self, limit: int = RECENT_BYTES) -> None:
         self.limit = limit
@@ -163,12 +164,8 @@ class Recent:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def add(self, oid: ObjectId, kind: str, payload: bytes | memoryview, stored: bytes) -> None:
+    def add(self, oid: ObjectId, kind: str, payload: bytes | memoryview, depth: int) -> None:
         if kind not in ("blob", "tree") or len(payload) > SMALL_BLOB:
-            return
-        try:
-            depth = codec.read_header(oid, stored).depth
-        except CasError:
             return
         base = delta.Base(oid, bytes(payload), depth)
         with self._lock:

@@ -223,8 +223,9 @@ class ObjectSpace:
     def _remember(
         self, oid: ObjectId, kind: str, payload: bytes | memoryview, stored: bytes
     ) -> None:
-        if self._recent is not None:
-            self._recent.add(oid, kind, payload, stored)
+        if self._recent is not None and len(payload) <= delta_bases.SMALL_BLOB:
+            with contextlib.suppress(CasError):
+                self._recent.add(oid, kind, payload, codec.read_header(oid, stored).depth)
 
     # -- writing ----------------------------------------------------------------------
 
@@ -513,7 +514,10 @@ class ObjectSpace:
         """(header, payload) of one object, verified as :meth:`read_object`; a delta is
         decoded through its chain of bases (``header.base`` names the first)."""
         oid = parse_id(oid)
-        return self._checked(oid, self._read_stored(oid))
+        header, payload = self._checked(oid, self._read_stored(oid))
+        if self._recent is not None:  # verified: a delta base for what is saved next
+            self._recent.add(oid, header.kind, payload, header.depth)
+        return header, payload
 
     def _decode(self, oid: ObjectId, stored: bytes) -> tuple[codec.Header, bytes]:
         """(header, payload) of a stored form, a delta decoded through its bases;
