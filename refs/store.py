@@ -143,7 +143,6 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -309,9 +308,6 @@ class RefStore(HistoryMixin):
         # os calls on a local disk, the service's requests on S3, GCS and Azure, else fsspec
         self._files = files_for(fs, conditional)
         self._log = History(self._files, self.root)
-        # Called with a dead writer's claimed entry before it is rolled forward: the
-        # caller's own work that writer did beside its claim (see ``set``'s ``extra``).
-        self.before_roll_forward: Callable[[Stored], None] | None = None
         protocol = fs.protocol
         self._protocol = protocol if isinstance(protocol, str) else protocol[0]
 
@@ -363,14 +359,7 @@ class RefStore(HistoryMixin):
     # -- compare-and-swap --------------------------------------------------------
 
     def set(
-        self,
-        name: str,
-        new_id: str,
-        *,
-        expected: Expected = ANY,
-        message: str = "",
-        extra: Mapping[str, str] | None = None,
-        before_publish: Callable[[], object] | None = None,
+        self, name: str, new_id: str, *, expected: Expected = ANY, message: str = ""
     ) -> str | None:
         """Point ``name`` at ``new_id`` if it holds ``expected``; return what it held.
 
@@ -378,17 +367,9 @@ class RefStore(HistoryMixin):
         ``ANY`` (whatever it holds: still one serialized update with history).
         Raises :class:`RefConflict` carrying the actual value, :class:`NameConflict`
         if a parent or child name is a ref, :class:`RefLocked` if stuck.
-
-        ``extra``: more fields for the history entry (never the entry's own).
-        ``before_publish``: called once the update is claimed and before the ref is
-        written: work of the caller's that must be done before the update is visible
-        goes on beside the claim; if it raises, the claim is taken back and the error
-        raised. A writer that dies in between leaves a claim that the next writer rolls
-        forward: it calls :attr:`before_roll_forward` with it first, which can redo that
-        work from ``extra``.
         """
         check_id(new_id)
-        return self._update(name, new_id, expected, message, extra, before_publish)
+        return self._update(name, new_id, expected, message)
 
     def delete(self, name: str, *, expected: Expected = ANY, message: str = "") -> str:
         """Delete ref ``name`` if it holds ``expected``; return the id it held.
@@ -399,15 +380,7 @@ class RefStore(HistoryMixin):
         assert old is not None  # _update raises RefNotFound instead
         return old
 
-    def _update(
-        self,
-        name: str,
-        new: str | None,
-        expected: Expected,
-        message: str,
-        extra: Mapping[str, str] | None = None,
-        before_publish: Callable[[], object] | None = None,
-    ) -> str | None:
+    def _update(self, name: str, new: str | None, expected: Expected, message: str) -> str | None:
         path = ref_path(self.root, name)
         if expected is not ANY and expected is not None:
             check_id(expected)
@@ -473,8 +446,7 @@ class RefStore(HistoryMixin):
             claim = entry_path(self.root, name, seq)
             entry = LogEntry(value, new, time.time(), self.identity, message)
             owner = owner_fields(self.lease)
-            fields = {**(extra or {}), **owner}
-            data = encode_entry(entry, pid=owner["pid"], host=owner["host"], owner=fields)
+            data = encode_entry(entry, pid=owner["pid"], host=owner["host"], owner=owner)
             token = (owner["pid"], claim)
             with _IN_FLIGHT_LOCK:
                 _IN_FLIGHT[token] += 1
@@ -502,14 +474,6 @@ class RefStore(HistoryMixin):
                     if stale >= _MAX_STALE:
                         raise self._unlisted(name, claim)
                     continue
-                if before_publish is not None:
-                    try:
-                        before_publish()
-                    except BaseException:
-                        with contextlib.suppress(OSError, RefError):
-                            self._withdraw(claim, data)
-                        self._heads.pop(name, None)
-                        raise
                 self._publish(name, seq, claim, data, entry, current, claimed_at)
             finally:
                 with _IN_FLIGHT_LOCK:
@@ -720,8 +684,6 @@ class RefStore(HistoryMixin):
             # it went: look again (after the usual wait) rather than guess.
             self._heads.pop(name, None)
             return False
-        if self.before_roll_forward is not None:
-            self.before_roll_forward(head)  # what its writer did beside its claim
         try:
             done = self._write_ref(path, head.entry.new, current)
         except _TREE_ERRORS:

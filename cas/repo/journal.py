@@ -88,13 +88,8 @@ class Journal:
         """Write one event (durably, unless the caller syncs the storage after); return
         its stamp."""
         stamp = new_stamp(event["op"], event["id"])
-        self.write(stamp, event, durable=durable)
-        return stamp
-
-    def write(self, stamp: str, event: dict[str, Any], *, durable: bool = True) -> None:
-        """Write the entry ``stamp`` (:func:`new_stamp`) holding ``event``; writing it
-        again writes the same bytes."""
         self.storage.write_atomic(self.path(stamp), seal(event), durable=durable)
+        return stamp
 
     def path(self, stamp: str) -> str:
         return f"{JOURNAL}/{stamp_day(stamp)}/{stamp}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from cas import refs as _refs
@@ -18,7 +18,6 @@ from cas.errors import (
     RefLocked,
     shown,
 )
-from cas.refs.history import Stored
 from cas.refs.packed import RefState
 from cas.storage import Storage
 
@@ -71,7 +70,6 @@ class Names:
             return self
         if self._unsynced is None:
             self._unsynced = Names(self._storage, fsync=False)
-            self._unsynced.store.before_roll_forward = self.store.before_roll_forward
         return self._unsynced
 
     @property
@@ -91,28 +89,10 @@ class Names:
             return self.store.items(prefix)
 
     def set(
-        self,
-        name: str,
-        new_id: str,
-        *,
-        expected: Any = _refs.ANY,
-        message: str = "",
-        extra: dict[str, str] | None = None,
-        before_publish: Callable[[], object] | None = None,
+        self, name: str, new_id: str, *, expected: Any = _refs.ANY, message: str = ""
     ) -> str | None:
-        """Compare-and-swap (see :meth:`cas.refs.RefStore.set`, ``extra`` and
-        ``before_publish`` included)."""
         with ref_errors():
-            return self.store.set(
-                name, new_id, expected=expected, message=message, extra=extra,
-                before_publish=before_publish,
-            )  # fmt: skip
-
-    def before_roll_forward(self, hook: Callable[[Stored], None]) -> None:
-        """Call ``hook`` with a dead writer's claimed entry before rolling it forward."""
-        self.store.before_roll_forward = hook
-        if self._unsynced is not None:
-            self._unsynced.before_roll_forward(hook)
+            return self.store.set(name, new_id, expected=expected, message=message)
 
     def check_new(self, name: str) -> None:
         """``RefConflict`` now if a new ``name`` cannot be created (a parent or child of

@@ -14,7 +14,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from cas import catalog as _catalog
@@ -23,8 +23,7 @@ from cas.objects.ids import ObjectId, is_id, parse_id
 from cas.objects.kinds import pack, unpack
 from cas.objects.space import ObjectSpace
 from cas.refs import ANY
-from cas.refs.history import Stored
-from cas.repo.journal import Journal, new_stamp, parse_stamp
+from cas.repo.journal import Journal
 from cas.repo.local_catalog import LocalCatalog, index_dir, rebuild
 from cas.repo.names import Names, check_name
 from cas.repo.records import FIELDS, check_record, make_record
@@ -60,7 +59,6 @@ class Repository:
         self.space = ObjectSpace(self.storage, create=create)
         self.names = Names(self.storage, fsync=fsync)
         self.journal = Journal(self.storage)
-        self.names.before_roll_forward(self._journal_claimed)
         self._index: LocalCatalog | None = None
         self._unsynced: LocalCatalog | None = None  # opened for a hint, not caught up yet
         self._saved: dict[str, dict[str, Any]] = {}  # records as saved, read from objects
@@ -323,39 +321,19 @@ class Repository:
         expected: dict[str, Any] | None = None,
         message: str | None = None,
     ) -> None:
-        """The second half: the objects written, then the journal entries and the names
-        moved (in order); only then the catalog updated. A crash before a name moves
-        leaves journal entries the next open replays and objects gc collects; none is
-        ever half-visible. ``expected``: what a name must hold before its first move
-        (as :meth:`commit` takes it).
-
-        On a local root the entries are made durable by one sync before any name moves.
-        On an object store (where each write is durable when answered) each entry is
-        written beside its name's claim, the serialization point of the name's update,
-        and the name is published only once both are there: one round trip fewer. The
-        claim carries the entry's stamp, so a writer that rolls forward the claim of one
-        killed in between writes the entry first (:meth:`_journal_claimed`)."""
+        """The second half: the objects written and the journal entries, made durable
+        by one sync; only then the names moved (in order) and the catalog updated.
+        A crash before the names move leaves journal entries the next open replays
+        and objects gc collects; none is ever half-visible. ``expected``: what a name
+        must hold before its first move (as :meth:`commit` takes it)."""
         if not items:
             return
         self.space.flush(durable=False)
-        beside = self.storage.local_dir is None
-        pool: ThreadPoolExecutor | None = None
-        writes: dict[ObjectId, Future[None]] = {}
-        if beside:
-            stamps = [new_stamp("put", rid) for rid, _ in items]
-            pool = ThreadPoolExecutor(
-                min(max(1, self.storage.io_threads), len(items)), thread_name_prefix="cas-journal"
-            )
-            for stamp, (rid, _) in zip(stamps, items, strict=True):
-                event = {"op": "put", "id": rid}
-                writes[rid] = pool.submit(self.journal.write, stamp, event, durable=False)
-        else:
-            stamps = self._in_parallel(
-                lambda item: self.journal.append({"op": "put", "id": item[0]}, durable=False),
-                items,
-            )
-            self.storage.sync()
-        stamp_of = {rid: stamp for stamp, (rid, _) in zip(stamps, items, strict=True)}
+        stamps = self._in_parallel(
+            lambda item: self.journal.append({"op": "put", "id": item[0]}, durable=False),
+            items,
+        )
+        self.storage.sync()
         # The names, unsynced, then one sync: a name is durable when the call returns,
         # and never reaches anything that is not (the sync above came first). Distinct
         # names move independently (in parallel on an object store); the saves of one
@@ -366,59 +344,29 @@ class Repository:
             by_name.setdefault(record["name"], []).append((rid, record))
 
         refused: dict[ObjectId, RefConflict] = {}
-        failed: dict[ObjectId, BaseException] = {}
 
         def move(versions: list[tuple[ObjectId, dict[str, Any]]]) -> None:
             for i, (rid, record) in enumerate(versions):
                 must = (expected or {}).get(record["name"], ANY) if i == 0 else ANY
                 try:
-                    names.set(
-                        record["name"], rid, expected=must,
-                        message=message or f"save {record['artifact_type']}",
-                        extra={"journal": stamp_of[rid]} if beside else None,
-                        before_publish=writes[rid].result if beside else None,
-                    )  # fmt: skip
+                    names.set(record["name"], rid, expected=must,
+                              message=message or f"save {record['artifact_type']}")  # fmt: skip
                 except RefConflict as exc:  # a name created meanwhile in its way
                     refused.update((later, exc) for later, _ in versions[i:])
                     return
-                except BaseException as exc:  # noqa: BLE001 - raised below, after the rest
-                    # Not withdrawn: an error whose outcome is unknown may have left a
-                    # claim that the next writer rolls forward, journal entry and all.
-                    failed.update((later, exc) for later, _ in versions[i:])
-                    return
 
-        try:
-            self._in_parallel(move, list(by_name.values()))
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)  # every entry written or failed before withdrawing
+        self._in_parallel(move, list(by_name.values()))
         if names is not self.names:
             self.storage.sync(force=True)  # the refs wrote their files themselves
-        if refused or failed:
+        if refused:
             kept = [
-                (s, item)
-                for s, item in zip(stamps, items, strict=True)
-                if item[0] not in refused and item[0] not in failed
+                (s, item) for s, item in zip(stamps, items, strict=True) if item[0] not in refused
             ]
             stamps, items = [s for s, _ in kept], [item for _, item in kept]
             self._withdraw(list(refused))
         self._index_published(stamps, items)
-        if failed:
-            raise next(iter(failed.values()))
         if refused:
             raise next(iter(refused.values()))
-
-    def _journal_claimed(self, head: Stored) -> None:
-        """Before a dead writer's claim is rolled forward: the journal entry it wrote
-        beside the claim (object stores, :meth:`publish`), written again from the stamp
-        the claim carries, so the catalogs of every machine learn the record the name
-        then holds. Claims without one (local roots, older writers) need nothing."""
-        stamp = head.record.get("journal")
-        if head.entry.new is None or not isinstance(stamp, str):
-            return
-        if parse_stamp(stamp) != ("put", head.entry.new):
-            return  # not an entry of this update: written by something else
-        self.journal.write(stamp, {"op": "put", "id": head.entry.new})
 
     def _withdraw(self, rids: list[ObjectId]) -> None:
         """Records whose names could not move (the check before writing passed, then a
