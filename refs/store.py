@@ -414,6 +414,12 @@ class RefStore(HistoryMixin):
                     pending, guess = None, False
                     continue
                 if patience.exhausted((pending.data, current)):
+                    if self._log.exists(name, pending.seq + 1):
+                        # Not in flight: published, and the ref moved on and back to
+                        # its old value since (a name created, then deleted): the
+                        # newest entry is further on. Look for it.
+                        pending, guess = None, False
+                        continue
                     raise self._stuck(name, pending, value)
                 continue
             elif guess and (value is None if known is None else known.entry.new == value):

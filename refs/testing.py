@@ -421,6 +421,21 @@ class RefStoreTests:
         for name in ("a", "a/b"):
             assert_chain(rs.log(name))
 
+    def test_a_name_created_and_deleted_elsewhere_is_not_an_update_in_flight(
+        self, make_refstore: MakeRefStore
+    ) -> None:
+        """Another store created ``main`` and deleted it (entries 1 and 2). A store that
+        never saw the name loses its claim of entry 1, whose ``old`` (nothing) is what
+        the ref holds again: entry 1 looks in flight, but entry 2 follows it. However
+        short its patience, the store finds entry 2 and updates after it, where it
+        raised ``RefLocked`` naming entry 1 as never published."""
+        other = make_refstore()
+        other.set("main", A, expected=None)
+        other.delete("main", expected=A)
+        rs = make_refstore(lock_timeout=0.001)
+        assert rs.set("main", B, expected=None) is None
+        assert [(e.old, e.new) for e in rs.log("main")] == [(None, B), (A, None), (None, A)]
+
     def test_unpublished_update_is_reported_not_broken(self, make_refstore: MakeRefStore) -> None:
         """A writer died after writing its history entry and before writing the ref."""
         rs = make_refstore(lock_timeout=0.3)
