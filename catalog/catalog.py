@@ -460,8 +460,7 @@ class Catalog:
         return streams or [AllStream(txn, self._db(keys.TIME))]
 
     def _fetch(self, txn: Txn, streams: Streams, limit: int) -> Records:
-        if not isinstance(limit, int) or limit < 0:
-            raise ValueError(f"limit must be a non-negative int, got {limit!r}")
+        _check_limit(limit)
         db = self._db(keys.RECORDS)
         out: Records = []
         for post in intersect(streams, limit):
@@ -477,8 +476,7 @@ class Catalog:
         caller then merges the names' postings, whose cost grows with the names under
         the prefix: a save into a folder of 10,000 names asking for its 16 newest
         siblings read all 10,000)."""
-        if not isinstance(limit, int) or limit < 0:
-            raise ValueError(f"limit must be a non-negative int, got {limit!r}")
+        _check_limit(limit)
         out: Records = []
         if limit == 0:
             return out
@@ -531,6 +529,11 @@ def item_event(item: Any) -> dict[str, Any]:
         if item[0] == "p" and len(item) == 2 and isinstance(item[1], bytes):
             return {"op": "put", "record": _unpack(item[1])}
     raise InvalidInput(f"not a catalog export item: {item!r:.80}")
+
+
+def _check_limit(limit: object) -> None:
+    if not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"limit must be a non-negative int, got {limit!r}")
 
 
 def _record(raw: bytes) -> Record:

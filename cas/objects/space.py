@@ -88,7 +88,7 @@ class ObjectSpace:
         self.pending = Held()  # the objects every open batch holds, readable at once
         self._batches = Batches(self.pending, self._new_batch)  # each thread's open batch
         self._hints = delta_bases.Hints()  # each thread's previous version, for bases
-        # On an object store, small objects just written stay at hand as delta bases.
+        # On an object store, small objects just written or read stay at hand as bases.
         self._recent = delta_bases.Recent() if storage.local_dir is None else None
         self.cpu_inflight = 2 * max(2, os.cpu_count() or 2)  # chunks on the CPU pool
         io_threads = storage.io_threads  # object stores: chunk requests in parallel
@@ -216,16 +216,16 @@ class ObjectSpace:
         return stored
 
     def recent_base(self, oid: ObjectId, kind: str) -> delta.Base | None:
-        """A small object of ``kind`` this space wrote a moment ago, as a delta base
-        (:class:`cas.objects.delta_bases.Recent`), or None: read it."""
+        """A small object of ``kind`` this space wrote or read a moment ago, as a delta
+        base (:class:`cas.objects.delta_bases.Recent`), or None: read it."""
         return self._recent.get(oid, kind) if self._recent is not None else None
 
     def _remember(
         self, oid: ObjectId, kind: str, payload: bytes | memoryview, stored: bytes
     ) -> None:
-        if self._recent is not None and len(payload) <= delta_bases.SMALL_BLOB:
-            with contextlib.suppress(CasError):
-                self._recent.add(oid, kind, payload, codec.read_header(oid, stored).depth)
+        """Keep an object just encoded as ``stored`` (its own header gives its depth)."""
+        if self._recent is not None:
+            self._recent.add(oid, kind, payload, codec.read_header(oid, stored).depth)
 
     # -- writing ----------------------------------------------------------------------
 
