@@ -21,7 +21,7 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 import cas
-from cas.objects import space as objectspace
+from cas.objects import writer as objectwriter
 from cas.objects.space import object_path
 from cas.storage import FsspecStorage
 from cas.testing.backend_suite import Backend, BackendTests, CrossProcessTests
@@ -202,7 +202,7 @@ def test_freshen_is_a_server_side_copy(
     def no_transfer(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("freshen moved the object's bytes through the client")
 
-    monkeypatch.setattr(objectspace, "FRESHEN_AFTER", 0.0)
+    monkeypatch.setattr(objectwriter, "FRESHEN_AFTER", 0.0)
     monkeypatch.setattr(store.storage.fs, "cat_file", no_transfer)
     monkeypatch.setattr(store.storage.fs, "pipe_file", no_transfer)
     assert store.space.put(data) == oid

@@ -193,13 +193,13 @@ def test_a_new_version_of_large_content_uploads_only_its_new_chunks(
 def test_a_record_is_created_without_a_check_and_an_old_one_is_freshened(
     store: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cas.objects import space as objectspace
+    from cas.objects import writer as objectwriter
 
     value = {"name": "r", "created_at": "2026-11-23T00:00:00.000000Z"}
     with s3_calls(_by_kind) as counts:
         oid = store.space.put_value("record", value)
     assert counts == {"PutObject": 1}, counts  # If-None-Match: *, no HEAD first
-    monkeypatch.setattr(objectspace, "FRESHEN_AFTER", 0.0)  # every object counts as old
+    monkeypatch.setattr(objectwriter, "FRESHEN_AFTER", 0.0)  # every object counts as old
     with s3_calls(_by_kind) as counts:
         assert store.space.put_value("record", value) == oid
     # The conditional PUT finds it (412), a HEAD reads its age, a server-side copy

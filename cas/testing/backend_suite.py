@@ -43,7 +43,7 @@ import pytest
 import cas
 from cas import refs as _refs
 from cas.api.artifact_store import ArtifactStore
-from cas.objects import space as objectspace
+from cas.objects import writer as objectwriter
 from cas.objects.ids import ObjectId, blob_id
 from cas.objects.space import object_path
 from cas.refs.stress import counter_id, counter_of, increment, run_increments
@@ -294,7 +294,7 @@ class BackendTests:
         before = store.storage.stat(object_path(oid))
         assert before is not None
         time.sleep(1.1)  # object stores keep whole seconds
-        monkeypatch.setattr(objectspace, "FRESHEN_AFTER", 0.0)  # "old": any age
+        monkeypatch.setattr(objectwriter, "FRESHEN_AFTER", 0.0)  # "old": any age
         assert store.space.put(data) == oid
         after = store.storage.stat(object_path(oid))
         assert after is not None and after.mtime > before.mtime
