@@ -106,6 +106,44 @@ def test_a_new_version_of_small_content_reads_the_previous_once(
     assert base_reads(held) == [], seen
 
 
+def test_a_first_save_beside_an_unrelated_sibling_reads_only_its_start(store: Any) -> None:
+    """A new name builds on the newest other name in its folder (its kin); on a bucket
+    the kin's content (1 MiB here) is first read only as far as PROBE_BYTES, with its
+    kind: new data shares nothing with it, so the rest is never read. Content that does
+    share bytes with its kin reads it whole and is stored as a delta."""
+    import os
+
+    from cas.objects.delta_bases import PROBE_BYTES
+
+    store.save(os.urandom(1 << 20), "shards/a")
+    ranges: list[tuple[str, str]] = []
+
+    def count(op: str, params: dict[str, Any]) -> str:
+        if op == "GetObject" and ("/objects/" in params["Key"] or "/packs/" in params["Key"]):
+            ranges.append((params["Key"], params.get("Range", "")))
+        return op
+
+    second = os.urandom(1 << 20)
+    with s3_calls(count):
+        unrelated = store.save(second, "shards/b")
+    assert len(ranges) == 1, ranges  # the start of shards/a's content, and no more
+    key, span = ranges[0]
+    low, high = (int(x) for x in span.removeprefix("bytes=").split("-"))
+    assert high - low < PROBE_BYTES, ranges
+    assert store.space.head(store.record(unrelated)["content_id"]).base is None
+
+    edited = bytearray(second)  # shards/b, the newest in the folder, edited
+    edited[500_000:500_100] = os.urandom(100)
+    ranges.clear()
+    with s3_calls(count):
+        related = store.save(bytes(edited), "shards/c")
+    content = store.record(related)["content_id"]
+    assert len(ranges) == 2, ranges  # its start, then all of it
+    header = store.space.head(content)
+    assert header.base is not None, "stored as a delta against its kin"
+    assert store.load("shards/c") == bytes(edited)
+
+
 def test_ref_move_by_a_store_that_never_saw_the_name(store: Any, s3_server: Server) -> None:
     store.save(b"fraud v1", "models/fraud")
     with cas.open_store(store.url, **s3_server.storage_options) as other:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import threading
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Final, Protocol
+
+import zstandard
 
 from cas.errors import CasError
 from cas.objects import codec, delta
@@ -29,7 +32,12 @@ class Objects(Protocol):
 
     def head(self, oid: str) -> codec.Header: ...
 
+    def read_prefix(self, oid: str, n: int) -> bytes: ...
+
     def mark_deltas(self) -> None: ...
+
+    @property
+    def slow_reads(self) -> bool: ...
 
 
 class Hints:
@@ -87,9 +95,12 @@ def encode(
     against the first of ``bases`` that saves at least :data:`delta.MIN_SAVING` of the
     plain form (with none given, a whole blob or a tree tries this thread's previous
     version, then a blob put just before that is like it); else the plain form."""
+    starts: dict[ObjectId, bytes] = {}
     if not bases and kind in ("blob", "tree"):
-        hinted = hinted_base(objects, hints.previous(), kind, len(payload))
+        hinted, start = hinted_base(objects, hints.previous(), kind, len(payload))
         bases = (hinted,) if hinted is not None else ()
+        if hinted is not None and start is not None:
+            starts[hinted] = start
     # A blob with no base at its path: the most similar one put before in this save.
     sketches = hints.sketches()
     sketch = None
@@ -97,7 +108,9 @@ def encode(
         sketch = sketches.sketch(payload)
         like = sketches.like(sketch) if sketch is not None else None
         bases = (like,) if like is not None else ()
-    stored, used = encode_on(objects, oid, kind, payload, bases, level=level, freshen=freshen)
+    stored, used = encode_on(
+        objects, oid, kind, payload, bases, level=level, freshen=freshen, starts=starts
+    )
     if sketches is not None and sketch is not None:
         sketches.add(oid, sketch)
     return stored, used
@@ -112,15 +125,25 @@ def encode_on(
     *,
     level: int,
     freshen: Callable[[ObjectId], bool],
+    starts: dict[ObjectId, bytes] | None = None,
 ) -> tuple[bytes, ObjectId | None]:
     """:func:`encode` with the candidate bases chosen; ``freshen`` refreshes the base
-    a delta is written against (False: it is gone, try the next)."""
+    a delta is written against (False: it is gone, try the next). ``starts``: the
+    first bytes of a candidate's stored form, read already (:func:`hinted_base`): one
+    whose start shares nothing with the payload is not read whole."""
     size = len(payload)
     bases = tuple(b for b in bases if b != oid)
     if not bases or not delta.MIN_SIZE <= size <= delta.MAX_BASE:
         return codec.encode(kind, payload, level), None
     plain: bytes | None = None
     for bid in bases:
+        start = (starts or {}).get(bid)
+        if (
+            start is not None
+            and objects.recent_base(bid, kind) is None
+            and not start_resembles(bid, start, payload)
+        ):
+            continue  # unrelated content: not worth a read of the whole base
         found = find_base(objects, bid, kind)
         if found is not None and found.depth >= delta.max_depth(size):
             found = find_base(objects, chain_root(objects, found.id), kind)  # a new branch
@@ -214,22 +237,74 @@ SMALL_BLOB = 256 << 10
 
 def hinted_base(
     objects: Objects, previous: ObjectId | None, kind: str, size: int
-) -> ObjectId | None:
+) -> tuple[ObjectId | None, bytes | None]:
+    """The base a whole blob or tree tries first, given the previous version's content
+    id, and the start of that base's stored form when it was read to choose it (on an
+    object store: see :data:`PROBE_BYTES`), else None."""
     if previous is None or kind == "tree":
-        return previous
+        return previous, None
     if size <= SMALL_BLOB:
         # Small content had a small previous version, most likely one blob: it is tried
         # as the base at once (one read, where asking its kind first is a second request
         # on a bucket); if it was a chunk list, find_base refuses it by kind.
-        return previous
-    chunks = previous_chunks(objects, previous)
-    return delta.Aligner(chunks).candidates(0, size)[0] if chunks else None
+        return previous, None
+    start = None
+    header = None
+    if objects.slow_reads and objects.recent_base(previous, "blob") is None:
+        # The read that asks the previous version's kind brings the start of its body
+        # in the same request (its header alone before).
+        try:
+            start = objects.read_prefix(previous, PROBE_BYTES)
+            header = codec.read_header(previous, start)
+        except CasError:
+            return None, None
+        if header.kind == "blob":
+            return previous, start
+    chunks = previous_chunks(objects, previous, header)
+    return (delta.Aligner(chunks).candidates(0, size)[0] if chunks else None), None
 
 
-def previous_chunks(objects: Objects, previous: ObjectId) -> list[tuple[ObjectId, int]] | None:
-    """The previous version of a blob as chunks: its chunk list, or itself alone."""
+#: On an object store, the previous version of a whole blob above :data:`SMALL_BLOB`
+#: is first read this far (one range read, which also gives its kind): when no sample
+#: of its start occurs in the new content (new data saved beside an unrelated sibling,
+#: a 4 MiB shard after another), the rest of it is not read; when some does, it is
+#: read whole and tried as before. Saving 4 MiB files of random data under new names
+#: in one folder, each read its sibling whole (4 MiB and a request) for nothing.
+PROBE_BYTES: Final = 64 << 10
+#: What a start decodes to at most, and the least it takes to judge (a shorter start
+#: of a compressed body: the base is read whole).
+_PROBE_OUT: Final = 256 << 10
+_PROBE_MIN: Final = 4 << 10
+
+
+def start_resembles(bid: ObjectId, start: bytes, payload: bytes | memoryview) -> bool:
+    """False only when the decoded start of base ``bid``'s stored form (``start``)
+    clearly shares no bytes with ``payload``: a delta, or a start too short or that
+    does not decode, says True (read the base and try, as without a start)."""
     try:
-        header = objects.head(previous)
+        header = codec.read_header(bid, start)
+        if header.base is not None:
+            return True  # a delta: its bytes need its own base
+        body = memoryview(start)[header.body_offset :]
+        if header.flags & codec.FLAG_ZSTD:
+            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body))
+            head = reader.read(_PROBE_OUT)
+        else:
+            head = bytes(body)
+    except (CasError, zstandard.ZstdError):
+        return True
+    if len(head) < _PROBE_MIN:
+        return True
+    return delta.shares_samples(head, payload)
+
+
+def previous_chunks(
+    objects: Objects, previous: ObjectId, header: codec.Header | None = None
+) -> list[tuple[ObjectId, int]] | None:
+    """The previous version of a blob as chunks: its chunk list, or itself alone
+    (``header``: its header, when read already)."""
+    try:
+        header = header if header is not None else objects.head(previous)
         if header.kind == "blob":
             return [(previous, header.raw_size)]
         if header.kind == "chunks":

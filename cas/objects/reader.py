@@ -50,6 +50,11 @@ class ObjectReader:
     def url(self) -> str:
         return self.storage.url
 
+    @property
+    def slow_reads(self) -> bool:
+        """True where every read is a request (an object store), not a local file read."""
+        return self.storage.io_threads > 0
+
     def recent_base(self, oid: ObjectId, kind: str) -> delta.Base | None:
         """A small object of ``kind`` this space wrote or read a moment ago, as a delta
         base (:class:`cas.objects.delta_bases.Recent`), or None: read it."""
@@ -139,8 +144,12 @@ class ObjectReader:
 
     def read_head(self, oid: str) -> bytes:
         """The first bytes of an object's stored form: its header (and a delta's base)."""
+        return self.read_prefix(oid, codec.HEAD_SIZE)
+
+    def read_prefix(self, oid: str, n: int) -> bytes:
+        """The first ``n`` bytes of an object's stored form (all of it if shorter): its
+        header and the start of its body, unverified, in one range read."""
         oid = parse_id(oid)
-        n = codec.HEAD_SIZE
         held = self.pending.get(oid)
         if held is not None:
             return held[:n]
