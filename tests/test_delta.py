@@ -189,6 +189,48 @@ def test_unrelated_content_is_stored_plain(store: cas.ArtifactStore) -> None:
     assert store.space.head(content).base is None
 
 
+def test_dense_content_reads_a_base_whole_only_if_its_start_shares_bytes(
+    store: cas.ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Content that hardly compresses (random data, media, float weights) first reads
+    the start of its candidate base: a new version sharing nothing with the previous one
+    does not read, decode and verify all of it; an edited one does, and is a delta."""
+    from cas.objects import delta_bases
+    from cas.objects.space import ObjectSpace
+
+    rng = random.Random(11)
+    first = rng.randbytes(1 << 20)  # above SMALL_BLOB, under the chunking threshold
+    second = rng.randbytes(1 << 20)
+    old = blake3.blake3(first).hexdigest()
+    store.save(first, "shard")
+    whole: list[str] = []
+    starts: list[tuple[str, int]] = []
+    read_entry, read_prefix = ObjectSpace.read_entry, ObjectSpace.read_prefix
+
+    def entry(self: ObjectSpace, oid: str) -> tuple[codec.Header, bytes]:
+        whole.append(oid)
+        return read_entry(self, oid)
+
+    def prefix(self: ObjectSpace, oid: str, n: int) -> bytes:
+        starts.append((oid, n))
+        return read_prefix(self, oid, n)
+
+    monkeypatch.setattr(ObjectSpace, "read_entry", entry)
+    monkeypatch.setattr(ObjectSpace, "read_prefix", prefix)
+    unrelated = store.save(second, "shard")
+    assert (old, delta_bases.PROBE_BYTES) in starts
+    assert old not in whole
+    assert store.space.head(store.get_metadata(unrelated)["content_id"]).base is None
+
+    edited = bytearray(second)
+    edited[600_000:600_064] = rng.randbytes(64)
+    whole.clear()
+    related = store.save(bytes(edited), "shard")
+    assert blake3.blake3(second).hexdigest() in whole
+    assert store.space.head(store.get_metadata(related)["content_id"]).base is not None
+    assert store.load("shard") == bytes(edited)
+
+
 def test_chains_stop_at_the_depth_cap_and_every_version_loads(store: cas.ArtifactStore) -> None:
     rng = random.Random(3)
     data = _text(rng, 30_000)
@@ -463,6 +505,7 @@ def test_a_series_of_float_weights_is_stored_as_well_without_the_tries(tmp_path:
     """A new version whose every float moved keeps no delta, so giving up on them loses
     nothing: it stores what zstd of the version alone stores."""
     import numpy as np
+
     rng = np.random.default_rng(3)
     weights = rng.standard_normal(1 << 20).astype(np.float32)  # 4 MiB: a few chunks
     store = cas.open_store(str(tmp_path / "s"), fsync=False)

@@ -169,18 +169,15 @@ def resembles(payload: bytes | memoryview, base: bytes) -> bool:
 
 
 def shares_samples(sample_from: bytes, payload: bytes | memoryview) -> bool:
-    """True if any of :data:`PROBE_SAMPLES` samples of SAMPLE bytes spread over
-    ``sample_from`` (the start of a candidate base) occurs verbatim in ``payload``."""
-    step = len(sample_from) // (PROBE_SAMPLES + 1)
+    """True if any of :data:`SAMPLES` samples of SAMPLE bytes spread over
+    ``sample_from`` (the start of a candidate base) occurs verbatim in ``payload``
+    (found wherever it moved to: content inserted before it, say)."""
+    step = len(sample_from) // (SAMPLES + 1)
     target = bytes(payload)
     return any(
         target.find(sample_from[i : i + SAMPLE]) >= 0
         for i in range(step, len(sample_from) - SAMPLE, max(step, 1))
     )
-
-
-#: :func:`shares_samples` looks for this many samples of the start of a base.
-PROBE_SAMPLES: Final = 16
 
 
 def resolve(oid: ObjectId, header: codec.Header, stored: bytes, read: Read) -> bytes:

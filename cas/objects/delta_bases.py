@@ -128,22 +128,21 @@ def encode_on(
     starts: dict[ObjectId, bytes] | None = None,
 ) -> tuple[bytes, ObjectId | None]:
     """:func:`encode` with the candidate bases chosen; ``freshen`` refreshes the base
-    a delta is written against (False: it is gone, try the next). ``starts``: the
-    first bytes of a candidate's stored form, read already (:func:`hinted_base`): one
-    whose start shares nothing with the payload is not read whole."""
+    a delta is written against (False: it is gone, try the next). A payload above
+    :data:`SMALL_BLOB` that hardly compresses (:data:`DENSE`) reads a candidate's start
+    first (``starts``: those read already, :func:`hinted_base`), and one whose start
+    shares nothing with the payload is not read whole (:func:`start_resembles`)."""
     size = len(payload)
     bases = tuple(b for b in bases if b != oid)
     if not bases or not delta.MIN_SIZE <= size <= delta.MAX_BASE:
         return codec.encode(kind, payload, level), None
     plain: bytes | None = None
+    dense = size > SMALL_BLOB and codec.estimate(payload, level) >= size * DENSE
     for bid in bases:
-        start = (starts or {}).get(bid)
-        if (
-            start is not None
-            and objects.recent_base(bid, kind) is None
-            and not start_resembles(bid, start, payload)
-        ):
-            continue  # unrelated content: not worth a read of the whole base
+        if dense and objects.recent_base(bid, kind) is None:
+            start = (starts or {}).get(bid) or _start_of(objects, bid)
+            if start is not None and not start_resembles(bid, start, payload):
+                continue  # unrelated content: not worth a read of the whole base
         found = find_base(objects, bid, kind)
         if found is not None and found.depth >= delta.max_depth(size):
             found = find_base(objects, chain_root(objects, found.id), kind)  # a new branch
@@ -264,17 +263,37 @@ def hinted_base(
     return (delta.Aligner(chunks).candidates(0, size)[0] if chunks else None), None
 
 
-#: On an object store, the previous version of a whole blob above :data:`SMALL_BLOB`
-#: is first read this far (one range read, which also gives its kind): when no sample
-#: of its start occurs in the new content (new data saved beside an unrelated sibling,
-#: a 4 MiB shard after another), the rest of it is not read; when some does, it is
-#: read whole and tried as before. Saving 4 MiB files of random data under new names
-#: in one folder, each read its sibling whole (4 MiB and a request) for nothing.
-PROBE_BYTES: Final = 64 << 10
+#: A candidate base of a dense payload above :data:`SMALL_BLOB` (a whole blob's previous
+#: version, the chunk at a new chunk's place) is first read this far: when no sample of
+#: what its start decodes to occurs in the new payload (new data saved beside an
+#: unrelated sibling, a 4 MiB shard after another, a model checkpoint whose every float
+#: moved), the rest of it is not read, decoded and verified; when some does, it is read
+#: whole and tried as before. On an object store the read that asks a whole blob's
+#: previous version its kind brings this start in the same request. Before: 4 MiB
+#: files of new data saved under new names in one folder each read their sibling
+#: whole (4 MiB and a request); each chunk of a new checkpoint read and verified the
+#: old chunk at its place (a save 1.6x one without deltas).
+#: Dense: zstd's estimate keeps this much of the payload or more (random data, media,
+#: float weights). Such content rarely shares bytes with a base its start does not
+#: show; compressible content (text, sources, tars) is often edited at its start and
+#: alike further on, so its candidates are always read whole (the start alone missed
+#: deltas of package tars).
+DENSE: Final = 0.9
+#: (At least one whole zstd block: 128 KiB decoded, stored in at most that and a few bytes.)
+PROBE_BYTES: Final = 160 << 10
 #: What a start decodes to at most, and the least it takes to judge (a shorter start
 #: of a compressed body: the base is read whole).
-_PROBE_OUT: Final = 256 << 10
+_PROBE_OUT: Final = 128 << 10
 _PROBE_MIN: Final = 4 << 10
+
+
+def _start_of(objects: Objects, bid: ObjectId) -> bytes | None:
+    """The first :data:`PROBE_BYTES` of a candidate base's stored form, or None if it
+    does not read (:func:`find_base` then says why, or finds it gone)."""
+    try:
+        return objects.read_prefix(bid, PROBE_BYTES)
+    except (CasError, OSError):
+        return None
 
 
 def start_resembles(bid: ObjectId, start: bytes, payload: bytes | memoryview) -> bool:
@@ -288,7 +307,9 @@ def start_resembles(bid: ObjectId, start: bytes, payload: bytes | memoryview) ->
         body = memoryview(start)[header.body_offset :]
         if header.flags & codec.FLAG_ZSTD:
             reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body))
-            head = reader.read(_PROBE_OUT)
+            head = b""
+            while len(head) < _PROBE_OUT and (more := reader.read(_PROBE_OUT - len(head))):
+                head += more  # whole blocks only: what the start holds of them
         else:
             head = bytes(body)
     except (CasError, zstandard.ZstdError):
