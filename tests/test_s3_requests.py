@@ -144,6 +144,47 @@ def test_a_first_save_beside_an_unrelated_sibling_reads_only_its_start(store: An
     assert store.load("shards/c") == bytes(edited)
 
 
+def test_a_folder_save_lists_the_fan_out_folders_side_by_side(
+    store: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of new files (a folder of 40) asks which are loose already by listing
+    their fan-out folders: each a request on a bucket, sent together, not one after
+    another (40 round trips: 2 s at 20 ms each way)."""
+    import os
+    import threading
+    import time
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"f{i:02d}.bin").write_bytes(os.urandom(2048))
+    listdir = store.storage.listdir
+    lock = threading.Lock()
+    now = {"in": 0, "most": 0, "calls": 0}
+
+    def counting(rel: str) -> Any:
+        if not rel.startswith("objects/"):
+            return listdir(rel)
+        with lock:
+            now["in"] += 1
+            now["calls"] += 1
+            now["most"] = max(now["most"], now["in"])
+        try:
+            time.sleep(0.02)  # a round trip's worth: lets the next request start meanwhile
+            return listdir(rel)
+        finally:
+            with lock:
+                now["in"] -= 1
+
+    monkeypatch.setattr(store.storage, "listdir", counting)
+    store.save(folder, "sets/forty")
+    assert now["calls"] >= 16, now  # many fan-out folders were asked
+    assert now["most"] >= 4, now  # ... at once
+    assert sorted(
+        p.name for p in store.load("sets/forty", dest=tmp_path / "out").iterdir()
+    ) == sorted(p.name for p in folder.iterdir())
+
+
 def test_ref_move_by_a_store_that_never_saw_the_name(store: Any, s3_server: Server) -> None:
     store.save(b"fraud v1", "models/fraud")
     with cas.open_store(store.url, **s3_server.storage_options) as other:

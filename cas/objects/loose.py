@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
 from cas.objects.ids import ObjectId, is_id
@@ -27,11 +28,20 @@ def listed(storage: Storage, wanted: set[ObjectId]) -> set[ObjectId]:
     by_dir: dict[str, set[str]] = {}
     for o in wanted:
         by_dir.setdefault(o[:2], set()).add(o[2:])
-    present: set[ObjectId] = set()
-    for fan, rests in by_dir.items():
+
+    def one(fan: str) -> set[ObjectId]:
         names = set(storage.listdir(f"{OBJECTS}/{fan}"))
-        present.update(ObjectId(fan + r) for r in rests & names)
-    return present
+        return {ObjectId(fan + r) for r in by_dir[fan] & names}
+
+    # On an object store each folder is a request: they go side by side (a save of a
+    # 40-file folder listed 40 folders one after another, 2 s at 20 ms each way).
+    threads = min(storage.io_threads, len(by_dir))
+    if threads <= 1:
+        found = [one(fan) for fan in by_dir]
+    else:
+        with ThreadPoolExecutor(threads, thread_name_prefix="cas-list") as pool:
+            found = list(pool.map(one, by_dir))
+    return set().union(*found)
 
 
 def iter_loose(storage: Storage) -> Iterator[tuple[ObjectId, Stat]]:
