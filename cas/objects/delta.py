@@ -168,18 +168,6 @@ def resembles(payload: bytes | memoryview, base: bytes) -> bool:
     return any(base.find(view[i : i + SAMPLE]) >= 0 for i in range(step, size - SAMPLE, step))
 
 
-def shares_samples(sample_from: bytes, payload: bytes | memoryview) -> bool:
-    """True if any of :data:`SAMPLES` samples of SAMPLE bytes spread over
-    ``sample_from`` (the start of a candidate base) occurs verbatim in ``payload``
-    (found wherever it moved to: content inserted before it, say)."""
-    step = len(sample_from) // (SAMPLES + 1)
-    target = bytes(payload)
-    return any(
-        target.find(sample_from[i : i + SAMPLE]) >= 0
-        for i in range(step, len(sample_from) - SAMPLE, max(step, 1))
-    )
-
-
 def resolve(oid: ObjectId, header: codec.Header, stored: bytes, read: Read) -> bytes:
     """The payload of a delta: its chain read down to its plain end, then decoded up.
     Not verified here (the caller checks the top against its id; :func:`culprit` names

@@ -263,6 +263,13 @@ def hinted_base(
     return (delta.Aligner(chunks).candidates(0, size)[0] if chunks else None), None
 
 
+#: Dense: zstd's estimate keeps this much of the payload or more (random data, media,
+#: float weights). Such content rarely shares bytes with a base its start does not
+#: show; compressible content (text, sources, tars) is often edited at its start and
+#: alike further on, so its candidates are always read whole (the start alone missed
+#: deltas of package tars).
+DENSE: Final = 0.9
+
 #: A candidate base of a dense payload above :data:`SMALL_BLOB` (a whole blob's previous
 #: version, the chunk at a new chunk's place) is first read this far: when no sample of
 #: what its start decodes to occurs in the new payload (new data saved beside an
@@ -272,19 +279,11 @@ def hinted_base(
 #: previous version its kind brings this start in the same request. Before: 4 MiB
 #: files of new data saved under new names in one folder each read their sibling
 #: whole (4 MiB and a request); each chunk of a new checkpoint read and verified the
-#: old chunk at its place (a save 1.6x one without deltas).
-#: Dense: zstd's estimate keeps this much of the payload or more (random data, media,
-#: float weights). Such content rarely shares bytes with a base its start does not
-#: show; compressible content (text, sources, tars) is often edited at its start and
-#: alike further on, so its candidates are always read whole (the start alone missed
-#: deltas of package tars).
-DENSE: Final = 0.9
-#: (At least one whole zstd block: 128 KiB decoded, stored in at most that and a few bytes.)
+#: old chunk at its place (a save 1.6x one without deltas). At least one whole zstd
+#: block: 128 KiB decoded, stored in at most that and a few bytes.
 PROBE_BYTES: Final = 160 << 10
-#: What a start decodes to at most, and the least it takes to judge (a shorter start
-#: of a compressed body: the base is read whole).
+#: What a start decodes to at most.
 _PROBE_OUT: Final = 128 << 10
-_PROBE_MIN: Final = 4 << 10
 
 
 def _start_of(objects: Objects, bid: ObjectId) -> bytes | None:
@@ -298,8 +297,9 @@ def _start_of(objects: Objects, bid: ObjectId) -> bytes | None:
 
 def start_resembles(bid: ObjectId, start: bytes, payload: bytes | memoryview) -> bool:
     """False only when the decoded start of base ``bid``'s stored form (``start``)
-    clearly shares no bytes with ``payload``: a delta, or a start too short or that
-    does not decode, says True (read the base and try, as without a start)."""
+    clearly shares no bytes with ``payload``: a delta, or a start that does not decode
+    or is too short to sample (:func:`cas.objects.delta.resembles`), says True (read the
+    base and try, as without a start)."""
     try:
         header = codec.read_header(bid, start)
         if header.base is not None:
@@ -314,9 +314,9 @@ def start_resembles(bid: ObjectId, start: bytes, payload: bytes | memoryview) ->
             head = bytes(body)
     except (CasError, zstandard.ZstdError):
         return True
-    if len(head) < _PROBE_MIN:
-        return True
-    return delta.shares_samples(head, payload)
+    # Samples of the start looked for in the payload, wherever they moved to (content
+    # inserted before them, say); a start too short to sample says True.
+    return delta.resembles(head, bytes(payload))
 
 
 def previous_chunks(
