@@ -61,6 +61,8 @@ from cas.admin import gc
 
 LEVEL = 3
 PAYS = 0.10  # a saving over what cas stores today worth a change of the codec
+#: A new version's save and load against the first's, stored plain (issue 35's target).
+SAME = 1.5
 IN, OUT, BATCH = 1024, 256, 128
 
 # -- the data --------------------------------------------------------------------------------
@@ -208,22 +210,24 @@ def store_series(root: Path, items: Sequence[Any], out: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         store.save(item, f"ckpt/step-{n}")
         saves.append(time.perf_counter() - t0)
-    newest = f"ckpt/step-{len(items)}"
-    loads = []
+    loads: dict[int, list[float]] = {1: [], len(items): []}
     for _ in range(3):
-        if isinstance(items[-1], Path):
-            fresh(out).mkdir(parents=True)
-            t0 = time.perf_counter()
-            got = store.load(newest, dest=out / items[-1].name)
-            loads.append(time.perf_counter() - t0)
-            same = Path(got).read_bytes() == items[-1].read_bytes()
-        else:
-            t0 = time.perf_counter()
-            got = store.load(newest)
-            loads.append(time.perf_counter() - t0)
-            same = np.array_equal(got, items[-1])
-        if not same:
-            raise AssertionError(f"{newest} did not load back the same")
+        for n in loads:  # the first (stored plain) and the newest
+            name, item = f"ckpt/step-{n}", items[n - 1]
+            if isinstance(item, Path):
+                fresh(out).mkdir(parents=True)
+                t0 = time.perf_counter()
+                got = store.load(name, dest=out / item.name)
+                loads[n].append(time.perf_counter() - t0)
+                same = Path(got).read_bytes() == item.read_bytes()
+            else:
+                t0 = time.perf_counter()
+                got = store.load(name)
+                loads[n].append(time.perf_counter() - t0)
+                same = np.array_equal(got, item)
+            if not same:
+                raise AssertionError(f"{name} did not load back the same")
+    newest = f"ckpt/step-{len(items)}"
     stored = _bytes_under(root / "objects", root / "packs")
     t0 = time.perf_counter()
     gc.execute(store, gc.plan(store, grace=0, pack_loose_from=1), aggressive=True)
@@ -233,8 +237,8 @@ def store_series(root: Path, items: Sequence[Any], out: Path) -> dict[str, Any]:
     if got is not None and Path(got).read_bytes() != items[-1].read_bytes():
         raise AssertionError(f"{newest} did not load back the same after the repack")
     store.close()
-    return {"bytes": stored, "repacked": repacked, "saves": saves, "load": min(loads),
-            "repack_s": repack_s}  # fmt: skip
+    return {"bytes": stored, "repacked": repacked, "saves": saves, "load": min(loads[len(items)]),
+            "load_first": min(loads[1]), "repack_s": repack_s}  # fmt: skip
 
 
 def restic_series(exe: str, repo: Path, files: Sequence[Path]) -> int | None:
@@ -352,12 +356,15 @@ def _report(
         first = min(r["saves"][0] for r in runs[kind])
         newest = min(r["saves"][-1] for r in runs[kind])
         load = min(r["load"] for r in runs[kind])
+        load_first = min(r["load_first"] for r in runs[kind])
         times.update({f"{kind}_save_first": first, f"{kind}_save_newest": newest,
-                      f"{kind}_load": load})  # fmt: skip
+                      f"{kind}_load": load, f"{kind}_load_first": load_first})  # fmt: skip
         timing_rows.append([f"{kind}: save step-1", f"{first:.3f}", f"{plain[write]:.3f}",
                             _x(first, plain[write])])  # fmt: skip
         timing_rows.append([f"{kind}: save the newest", f"{newest:.3f}", f"{plain[write]:.3f}",
                             _x(newest, plain[write])])  # fmt: skip
+        timing_rows.append([f"{kind}: load step-1", f"{load_first:.3f}", f"{plain[read]:.3f}",
+                            _x(load_first, plain[read])])  # fmt: skip
         timing_rows.append([f"{kind}: load the newest", f"{load:.3f}", f"{plain[read]:.3f}",
                             _x(load, plain[read])])  # fmt: skip
     timing_rows.append(["byte-grouped zstd -3 / zstd -3", f"{plain['grouped']:.3f}",
@@ -368,6 +375,12 @@ def _report(
         ["plain: write_bytes/read_bytes of the file, np.save/np.load of the array "
          "(no fsync; the store runs with fsync=False)"],
     ))  # fmt: skip
+    for kind in ("file", "array"):
+        save_x = times[f"{kind}_save_newest"] / times[f"{kind}_save_first"]
+        load_x = times[f"{kind}_load"] / times[f"{kind}_load_first"]
+        print(f"  {kind}: the newest against step-1 (stored plain): save {save_x:.2f}x "
+              f"({'PASS' if save_x <= SAME else 'FAIL'}), load {load_x:.2f}x "
+              f"({'PASS' if load_x <= SAME else 'FAIL'}); target <= {SAME}x (issue 35)")  # fmt: skip
     print(f"  gc --pack --aggressive took {file_['repack_s']:.1f} s (files), "
           f"{array['repack_s']:.1f} s (arrays)")  # fmt: skip
     labels = {"zstd_prefix": "a delta on the previous file (zstd prefix)",

@@ -501,13 +501,14 @@ def test_a_file_whose_chunks_keep_no_delta_stops_trying_and_a_kept_one_resumes()
     assert all(aligner.worth_trying() for _ in range(delta.GIVE_UP_AFTER))
 
 
-def test_a_series_of_float_weights_is_stored_as_well_without_the_tries(tmp_path: Path) -> None:
-    """A new version whose every float moved keeps no delta, so giving up on them loses
-    nothing: it stores what zstd of the version alone stores."""
+def test_a_series_of_float_weights_is_stored_as_xor_deltas(tmp_path: Path) -> None:
+    """A new version whose every float moved a little shares no byte run with the old
+    one (a zstd delta finds nothing), but its XOR with it does: it stores well under
+    what zstd of the version alone stores (format 4)."""
     import numpy as np
 
     rng = np.random.default_rng(3)
-    weights = rng.standard_normal(1 << 20).astype(np.float32)  # 4 MiB: a few chunks
+    weights = rng.standard_normal(1 << 20).astype(np.float32)  # 4 MiB: one whole blob
     store = cas.open_store(str(tmp_path / "s"), fsync=False)
     store.save(weights.tobytes(), "ckpt/1")
     moved = (weights + rng.standard_normal(weights.size).astype(np.float32) * 1e-3).tobytes()
@@ -516,4 +517,4 @@ def test_a_series_of_float_weights_is_stored_as_well_without_the_tries(tmp_path:
     after = sum(p.stat().st_size for p in (tmp_path / "s" / "objects").rglob("*") if p.is_file())
     assert store.load("ckpt/2") == moved
     plain = len(codec.encode("blob", moved, codec.DEFAULT_LEVEL))
-    assert after - before <= plain * 1.02 + 4096, (after - before, plain)
+    assert after - before <= plain * 0.85, (after - before, plain)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import cas
+from cas.objects.kinds import ChunkList
 from cas.refs import RefStore
 from cas.refs.cloud import conditional_for
 from cas.refs.testing import A, B
@@ -142,6 +143,34 @@ def test_a_first_save_beside_an_unrelated_sibling_reads_only_its_start(store: An
     header = store.space.head(content)
     assert header.base is not None, "stored as a delta against its kin"
     assert store.load("shards/c") == bytes(edited)
+
+
+def test_a_checkpoint_saved_beside_the_last_is_an_xor_delta_on_a_bucket(
+    store: Any, s3_server: Server
+) -> None:
+    """Floats that all moved a little (format 4): on a bucket the new checkpoint's chunks
+    are cut where the old one's were, XORed with them and stored as such; the marker
+    says 4, and another process (an empty cache) reads every version back."""
+    import numpy as np
+
+    rng = np.random.default_rng(35)
+    first = rng.standard_normal(2 << 20).astype(np.float32)  # 8 MiB: chunked
+    second = (first * (1 + 1e-3 * rng.standard_normal(first.size))).astype(np.float32)
+    third = (second * (1 + 1e-3 * rng.standard_normal(first.size))).astype(np.float32)
+    store.save(first.tobytes(), "ckpt/step-1")
+    saved = [store.save(v.tobytes(), f"ckpt/step-{n}") for n, v in ((2, second), (3, third))]
+    roots = set()
+    for artifact in saved:
+        content = store.record(artifact)["content_id"]
+        _, listing = store.space.read_entry(content)
+        heads = [store.space.head(c) for c, _ in ChunkList.parse(content, listing).chunks]
+        assert all(h.flags == 0b111 and h.depth == 1 for h in heads), heads
+        roots.add(tuple(h.base for h in heads))
+    assert len(roots) == 1  # both on step-1's chunks: chains of one
+    other = cas.open_store(store.storage.url, **s3_server.storage_options)
+    assert other.space.format == 4
+    assert other.load("ckpt/step-3") == third.tobytes()
+    assert other.load(saved[0]) == second.tobytes()
 
 
 def test_a_folder_save_lists_the_fan_out_folders_side_by_side(

@@ -211,10 +211,12 @@ def _sort_name(name: str, folder: bool) -> str:
 
 def _fixed(entries: dict[ObjectId, _Entry]) -> set[ObjectId]:
     """Objects that keep their stored form: too large for the window, not blobs or
-    trees, and every base below one of those (its depth must stay what it says)."""
+    trees, XOR deltas (the window's zstd deltas find nothing in numbers that all moved),
+    and every base below one of those (its depth must stay what it says)."""
     fixed: set[ObjectId] = set()
     for e in entries.values():
-        if e.head.kind in ("blob", "tree") and delta.MIN_SIZE <= e.head.raw_size <= MAX_SIZE:
+        small = delta.MIN_SIZE <= e.head.raw_size <= MAX_SIZE
+        if e.head.kind in ("blob", "tree") and small and not e.head.flags & codec.FLAG_XOR:
             continue
         oid: ObjectId | None = e.oid
         while oid is not None and oid in entries and oid not in fixed:

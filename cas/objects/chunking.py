@@ -90,6 +90,31 @@ def cut_buffer(view: memoryview, params: ChunkParams = DEFAULT_PARAMS) -> Iterat
         yield view[chunk.offset : chunk.offset + chunk.length]
 
 
+def cut_buffer_at(view: memoryview, sizes: list[int]) -> Iterator[memoryview]:
+    """Slices of a buffer of ``sum(sizes)`` bytes, of these sizes in turn."""
+    at = 0
+    for n in sizes:
+        yield view[at : at + n]
+        at += n
+
+
+def cut_at(head: bytes, rest: Reader | BinaryIO, sizes: list[int]) -> Iterator[bytes]:
+    """Chunks of ``head`` followed by ``rest``, of these sizes in turn (a stream that
+    ends early ends the chunks early: the caller's hash of the whole finds it)."""
+    stream = _Prefixed(head, rest) if head else rest
+    for n in sizes:
+        data = read_up_to(stream, n)
+        if not data:
+            return
+        yield data
+        if len(data) < n:
+            return
+    more = read_up_to(stream, 1 << 20)
+    while more:  # longer than said: the rest as it comes, cut no further than asked
+        yield more
+        more = read_up_to(stream, 1 << 20)
+
+
 def cut(
     head: bytes, rest: Reader | BinaryIO, params: ChunkParams = DEFAULT_PARAMS
 ) -> Iterator[bytes]:

@@ -7,7 +7,7 @@
     4      1     format    1
     5      1     kind      1 blob, 2 chunk list, 3 tree, 4 record, 5 event
     6      1     flags     bit 0: the body is one zstd frame; bit 1: a delta (below);
-                           other bits must be 0
+                           bit 2: the delta is a byte-grouped XOR (below); others 0
     7      1     depth     0; a delta: its chain depth, 1 + its base's (1..MAX_CHAIN)
     8      8     raw size  little-endian u64: the length of the payload once decoded
     16     32    base id   a delta only: the object whose payload is the frame's dictionary
@@ -17,6 +17,12 @@ base decodes to) as a raw-content dictionary; the kind is the kind of what it de
 and its id is the hash of that, as for any object. Decoding it needs the base's payload
 (:mod:`cas.objects.delta` reads the chain). A cas from before deltas refuses the flag as
 a malformed header, and a store holding deltas is marked format 3, which it refuses.
+
+An XOR delta (flags 0b111, format 4) is for a base of the same length whose bytes moved
+a little everywhere (a model's weights after a training step): its body is one byte,
+the stride ``s`` (1 to 16), then a zstd frame of the payload XOR the base's payload,
+byte-grouped: every ``s``-th byte from byte 0, then from byte 1, ..., then the last
+``len % s`` bytes as they are (:mod:`cas.objects.planes`).
 
 Decoding never trusts the header further than it must: the raw size is capped
 (:data:`MAX_RAW_SIZE`) before anything is allocated, and decompression produces at most
@@ -33,6 +39,7 @@ from typing import Final
 import zstandard
 
 from cas.errors import CasError, IntegrityError
+from cas.objects import planes
 from cas.objects.ids import ObjectId
 
 MAGIC: Final = b"CASO"
@@ -42,7 +49,11 @@ HEADER_SIZE: Final = HEADER.size  # 16
 
 FLAG_ZSTD: Final = 0x01
 FLAG_DELTA: Final = 0x02
-_KNOWN_FLAGS: Final = FLAG_ZSTD | FLAG_DELTA
+#: With FLAG_DELTA: the frame holds the byte-grouped XOR of payload and base (format 4).
+FLAG_XOR: Final = 0x04
+_KNOWN_FLAGS: Final = FLAG_ZSTD | FLAG_DELTA | FLAG_XOR
+#: An XOR delta's stride (its body's first byte) is at most this.
+MAX_STRIDE: Final = 16
 BASE_SIZE: Final = 32
 #: The most bytes a header takes: a delta's, with its base id.
 HEAD_SIZE: Final = HEADER_SIZE + BASE_SIZE  # 48
@@ -125,6 +136,11 @@ def encode(kind: str, payload: bytes | memoryview, level: int = DEFAULT_LEVEL) -
     return HEADER.pack(MAGIC, FORMAT, KINDS[kind], flags, 0, raw_size) + body  # one copy
 
 
+def frame(data: bytes | memoryview, level: int = DEFAULT_LEVEL) -> bytes:
+    """One zstd frame of ``data``, its content size declared (this thread's context)."""
+    return _compressor(level).compress(data)
+
+
 def _may_compress(payload: bytes | memoryview, level: int) -> bool:
     """False if a sample of a large payload does not compress (see PROBE_ABOVE)."""
     size = len(payload)
@@ -164,7 +180,7 @@ def read_header(oid: str, stored: bytes | memoryview) -> Header:
     if raw_size > MAX_RAW_SIZE:
         raise IntegrityError(oid, _msg(oid, f"claims {raw_size} bytes, over the limit"))
     if not flags & FLAG_DELTA:
-        if depth:
+        if depth or flags & FLAG_XOR:
             raise IntegrityError(oid, _msg(oid, "has a malformed header"))
         return Header(KIND_NAMES[kind], flags, raw_size)
     if not flags & FLAG_ZSTD or not 1 <= depth <= MAX_CHAIN:
@@ -192,27 +208,44 @@ def decode_body(
     body = memoryview(stored)[header.body_offset :]
     if header.base is not None and base is None:
         raise CasError(f"object {oid} is a delta against {header.base}: read it from its store")
+    if header.flags & FLAG_XOR:
+        assert base is not None
+        if len(base) != header.raw_size:
+            raise IntegrityError(
+                oid, _msg(oid, f"is an XOR delta of {header.raw_size} bytes on a base of "
+                               f"{len(base)}"),
+            )  # fmt: skip
+        if not body or not 1 <= body[0] <= MAX_STRIDE:
+            raise IntegrityError(oid, _msg(oid, "is an XOR delta without a valid stride"))
+        grouped = _decompress(oid, body[1:], header.raw_size, None)
+        return planes.unxor(grouped, body[0], base)
     if header.flags & FLAG_ZSTD:
-        try:
-            # Allocation is bounded by the header's size: the frame must declare exactly
-            # that content size before we decompress (zstd allocates what a frame
-            # declares), and a frame that inflates past its declaration is an error.
-            declared = zstandard.frame_content_size(body)
-            if declared != header.raw_size:
-                raise IntegrityError(
-                    oid,
-                    _msg(oid, f"holds a frame of {declared} bytes, header says {header.raw_size}"),
-                )
-            dctx = _decompressor() if base is None else _with_dictionary(base)
-            payload = dctx.decompress(body, max_output_size=header.raw_size)
-        except zstandard.ZstdError as exc:
-            raise IntegrityError(oid, _msg(oid, f"does not decompress ({exc})")) from exc
-    else:
-        payload = bytes(body)
-    if len(payload) != header.raw_size:
+        return _decompress(oid, body, header.raw_size, base)
+    if len(body) != header.raw_size:
         raise IntegrityError(
-            oid, _msg(oid, f"decodes to {len(payload)} bytes, header says {header.raw_size}")
+            oid, _msg(oid, f"decodes to {len(body)} bytes, header says {header.raw_size}")
         )
+    return bytes(body)
+
+
+def _decompress(oid: str, frame: memoryview, size: int, base: bytes | None) -> bytes:
+    """A zstd frame that must decode to exactly ``size`` bytes (``base``: the raw-content
+    dictionary of a delta)."""
+    try:
+        # Allocation is bounded by the header's size: the frame must declare exactly
+        # that content size before we decompress (zstd allocates what a frame
+        # declares), and a frame that inflates past its declaration is an error.
+        declared = zstandard.frame_content_size(frame)
+        if declared != size:
+            raise IntegrityError(
+                oid, _msg(oid, f"holds a frame of {declared} bytes, header says {size}")
+            )
+        dctx = _decompressor() if base is None else _with_dictionary(base)
+        payload = dctx.decompress(frame, max_output_size=size)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(oid, _msg(oid, f"does not decompress ({exc})")) from exc
+    if len(payload) != size:
+        raise IntegrityError(oid, _msg(oid, f"decodes to {len(payload)} bytes, header says {size}"))
     return payload
 
 

@@ -36,6 +36,8 @@ class Objects(Protocol):
 
     def mark_deltas(self) -> None: ...
 
+    def mark_xor(self) -> None: ...
+
     @property
     def slow_reads(self) -> bool: ...
 
@@ -137,10 +139,14 @@ def encode_on(
     if not bases or not delta.MIN_SIZE <= size <= delta.MAX_BASE:
         return codec.encode(kind, payload, level), None
     plain: bytes | None = None
-    dense = size > SMALL_BLOB and codec.estimate(payload, level) >= size * DENSE
+    estimate = codec.estimate(payload, level) if size > SMALL_BLOB else size
+    dense = size > SMALL_BLOB and estimate >= size * DENSE
     for bid in bases:
         if dense and objects.recent_base(bid, kind) is None:
             start = (starts or {}).get(bid) or _start_of(objects, bid)
+            root = _xor_root(objects, bid, start, size)
+            if root is not None:  # an XOR delta at the cap: its plain root instead
+                bid, start = root, _start_of(objects, root)
             if start is not None and not start_resembles(bid, start, payload):
                 continue  # unrelated content: not worth a read of the whole base
         found = find_base(objects, bid, kind)
@@ -148,6 +154,12 @@ def encode_on(
             found = find_base(objects, chain_root(objects, found.id), kind)  # a new branch
         if found is None or not delta.usable(found, size):
             continue
+        if dense and len(found.payload) == size and found.depth < delta.XOR_DEPTH:
+            # The same numbers a little moved (weights after a training step): XOR.
+            stored = delta.xor_encode(kind, payload, found)
+            if len(stored) <= estimate * (1 - delta.MIN_SAVING) and freshen(found.id):
+                objects.mark_xor()
+                return stored, found.id
         if not delta.resembles(payload, found.payload):
             continue  # no bytes in common: a delta would cost a compression for nothing
         stored = delta.encode(kind, payload, found)
@@ -295,9 +307,31 @@ def _start_of(objects: Objects, bid: ObjectId) -> bytes | None:
         return None
 
 
+def _xor_root(objects: Objects, bid: ObjectId, start: bytes | None, size: int) -> ObjectId | None:
+    """The plain root of ``bid``'s chain when ``bid`` (whose stored form begins with
+    ``start``) is a delta of ``size`` bytes at :data:`cas.objects.delta.XOR_DEPTH` or
+    deeper: an XOR delta goes on that root, not one level further (a zstd delta of
+    such content then tries the root too: dense content of one length is rarely
+    stored as one)."""
+    if start is None:
+        return None
+    try:
+        header = codec.read_header(bid, start)
+    except CasError:
+        return None
+    if header.base is None or header.depth < delta.XOR_DEPTH or header.raw_size != size:
+        return None
+    try:
+        return chain_root(objects, header.base)
+    except CasError:
+        return None
+
+
 def start_resembles(bid: ObjectId, start: bytes, payload: bytes | memoryview) -> bool:
     """False only when the decoded start of base ``bid``'s stored form (``start``)
-    clearly shares no bytes with ``payload``: a delta, or a start that does not decode
+    clearly shares no bytes with ``payload`` and, for a base of the payload's length,
+    its XOR with the payload's start does not compress either
+    (:func:`cas.objects.delta.xor_promising`): a delta, or a start that does not decode
     or is too short to sample (:func:`cas.objects.delta.resembles`), says True (read the
     base and try, as without a start)."""
     try:
@@ -316,6 +350,8 @@ def start_resembles(bid: ObjectId, start: bytes, payload: bytes | memoryview) ->
         return True
     # Samples of the start looked for in the payload, wherever they moved to (content
     # inserted before them, say); a start too short to sample says True.
+    if header.raw_size == len(payload) and delta.xor_promising(head, payload):
+        return True  # the cheaper test first: 32 KiB compressed, not 4 searches
     return delta.resembles(head, bytes(payload))
 
 

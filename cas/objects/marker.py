@@ -2,7 +2,8 @@
 of which format, and how its content is cut (docs/format.md, "The marker").
 
 A store is created at format 2; it is marked 3 by its first delta, so that "format 3"
-says a store may hold deltas (gc then reads each chunk's header for a base). An older
+says a store may hold deltas (gc then reads each chunk's header for a base), and 4 by
+its first XOR delta (:mod:`cas.objects.planes`). An older
 store is read as it is and is raised before the first object that needs the newer
 format is written, so that a cas which cannot read it refuses the store instead of
 misreading it.
@@ -26,9 +27,12 @@ MARKER: Final = "CAS"
 #: format 1 is read as it is and becomes format 2 when its first pack is written.
 #: 3: deltas (:mod:`cas.objects.delta`); a store of format 1 or 2 becomes 3 when its
 #: first delta is written, so that a cas which cannot read deltas refuses it.
-FORMAT_VERSION: Final = 3
+#: 4: XOR deltas (a delta whose frame is the byte-grouped XOR with a base of the same
+#: length); a store becomes 4 when its first one is written.
+FORMAT_VERSION: Final = 4
 PACKS_FROM: Final = 2
 DELTAS_FROM: Final = 3
+XOR_FROM: Final = 4
 
 #: Held while the marker is raised and the format a process keeps in memory follows it.
 format_lock: Final = threading.Lock()

@@ -23,11 +23,19 @@ import blake3
 from cas.errors import CasError, ObjectNotFound
 from cas.objects import chunk_writes, codec, delta_bases, loose, marker
 from cas.objects.batch import Batches, Pending
-from cas.objects.chunking import ChunkParams, Reader, cut, cut_buffer, read_up_to
+from cas.objects.chunking import (
+    ChunkParams,
+    Reader,
+    cut,
+    cut_at,
+    cut_buffer,
+    cut_buffer_at,
+    read_up_to,
+)
 from cas.objects.ids import ObjectId, blob_id, kind_id, parse_id
 from cas.objects.kinds import ChunkList, pack
 from cas.objects.loose import object_path
-from cas.objects.marker import DELTAS_FROM, PACKS_FROM
+from cas.objects.marker import DELTAS_FROM, PACKS_FROM, XOR_FROM
 from cas.objects.pools import worker_pool
 from cas.objects.reader import ObjectReader
 from cas.storage import Stat
@@ -59,8 +67,13 @@ class ObjectWriter(ObjectReader):
         so that a cas that cannot read deltas refuses it instead of misreading them."""
         self._raise_format(DELTAS_FROM)
 
+    def mark_xor(self) -> None:
+        """Call before writing an XOR delta: the store is marked format 4, so that a cas
+        that cannot read them refuses it."""
+        self._raise_format(XOR_FROM)
+
     def holds_deltas(self) -> bool:
-        """True if the store may hold deltas (its marker says format 3), read again:
+        """True if the store may hold deltas (its marker says format 3 or later), read again:
         another process may have written the first delta since this one opened it."""
         if self.format < DELTAS_FROM:
             found = marker.stored_format(self.storage)
@@ -195,7 +208,10 @@ class ObjectWriter(ObjectReader):
         oid = blob_id(view)
         if self._freshen(oid):
             return oid
-        return self._put_chunked_from(cut_buffer(view, params), expect=oid, hashed=True)
+        previous = self._previous_chunks()
+        sizes = _same_size(previous, len(view))
+        pieces = cut_buffer_at(view, sizes) if sizes else cut_buffer(view, params)
+        return self._put_chunked_from(pieces, expect=oid, hashed=True, previous=previous)
 
     def put_file(self, path: str | os.PathLike[str]) -> ObjectId:
         """Store a local file. Hashes it first (all cores) so existing content costs one
@@ -208,6 +224,11 @@ class ObjectWriter(ObjectReader):
             if self._freshen(oid):
                 return oid
             f.seek(0)
+            previous = self._previous_chunks()
+            sizes = _same_size(previous, size)
+            if sizes:
+                pieces = cut_at(b"", f, sizes)
+                return self._put_chunked_from(pieces, expect=oid, previous=previous)
             return self._put_chunked(b"", f, expect=oid)
 
     def put_value(self, kind: str, value: Any) -> ObjectId:
@@ -234,7 +255,10 @@ class ObjectWriter(ObjectReader):
         if header.base is not None:
             if not self._freshen(header.base):  # it read just now: a gc took it since
                 raise ObjectNotFound(header.base, f"delta base {header.base} of {oid} is gone")
-            self.mark_deltas()
+            if header.flags & codec.FLAG_XOR:
+                self.mark_xor()
+            else:
+                self.mark_deltas()
         held = self._held(True)
         if held is not None:
             return held.add(oid, stored)
@@ -367,7 +391,13 @@ class ObjectWriter(ObjectReader):
     def _put_chunked(
         self, head: bytes, rest: Reader | BinaryIO, expect: ObjectId | None = None
     ) -> ObjectId:
-        return self._put_chunked_from(cut(head, rest, self.params), expect=expect)
+        pieces = cut(head, rest, self.params)
+        return self._put_chunked_from(pieces, expect=expect, previous=self._previous_chunks())
+
+    def _previous_chunks(self) -> list[tuple[ObjectId, int]] | None:
+        """The chunks of this thread's previous version (:meth:`bases_from`), if any."""
+        previous = self.previous_version()
+        return delta_bases.previous_chunks(self, previous) if previous is not None else None
 
     def _put_chunked_from(
         self,
@@ -375,9 +405,10 @@ class ObjectWriter(ObjectReader):
         *,
         expect: ObjectId | None = None,
         hashed: bool = False,
+        previous: list[tuple[ObjectId, int]] | None,
     ) -> ObjectId:
+        """``previous``: the previous version's chunks (:meth:`_previous_chunks`)."""
         batched = self._held(True)  # this thread's batch: the chunk workers write to it
-        previous = self.previous_version()
         # Into a batch, a chunk's work is CPU alone (hash, compress, hold): the CPU pool
         # and its window, not the object store's many request threads (each with its
         # own zstd context and malloc arena: +100 MiB for nothing on 2 cores).
@@ -388,7 +419,7 @@ class ObjectWriter(ObjectReader):
             pool=worker_pool() if cpu_only else self._chunk_pool(),
             inflight=self.cpu_inflight if cpu_only else self.inflight,
             ticket=self.pending.ticket,
-            previous=delta_bases.previous_chunks(self, previous) if previous is not None else None,
+            previous=previous or None,
             expect=expect,
             hashed=hashed,
         )
@@ -399,6 +430,18 @@ class ObjectWriter(ObjectReader):
             create_first=expect is not None or run.likely_new(), batched=batched,
         )  # fmt: skip
         return oid
+
+
+def _same_size(previous: list[tuple[ObjectId, int]] | None, size: int) -> list[int] | None:
+    """The previous version's chunk sizes when it had exactly ``size`` bytes in two
+    chunks or more, else None. A new version of the same length is cut where the old
+    one was (the same bytes at the same places: a model's weights after a training
+    step, a file edited in place), so each chunk has a base of its own length at its
+    place, which an XOR delta needs; content-defined cuts move wherever the bytes
+    changed. Content that stayed still falls in chunks the old version has."""
+    if previous is None or len(previous) < 2 or sum(n for _, n in previous) != size:
+        return None
+    return [n for _, n in previous]
 
 
 #: A file is hashed in blocks of this many bytes through one reused buffer: on every

@@ -1,0 +1,104 @@
+"""Byte planes and XOR, for deltas of numbers that all moved a little (format 4).
+
+A model's weights after a training step differ from the step before in almost every
+float, but mostly in the low bytes of each: the sign, the exponent and the high
+mantissa bits stay. XOR with the previous version turns what stayed into zero bits,
+and grouping the bytes by their place in an ``s``-byte number (every ``s``-th byte from
+byte 0, then from byte 1, ...; Parquet's ``BYTE_STREAM_SPLIT``) lays the zeros side by
+side, where zstd finds them. Measured on six checkpoints of an MLP trained with Adam
+(``bench/bench_checkpoints.py``): zstd of each file alone keeps 93 % of it, the grouped
+XOR of each with the one before 68 %.
+
+numpy does the work when it is installed (about 1 ms a MiB); without it, the same bytes
+come from Python's big integers and extended slices (about 3 ms a MiB), so a store
+reads the same everywhere and numpy is not a dependency.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: False: the pure-Python path even where numpy is installed (the tests compare both).
+USE_NUMPY = True
+_numpy: list[Any] = []  # numpy once imported (None when absent): not at cas's import
+
+
+def _np() -> Any:
+    if not USE_NUMPY:
+        return None
+    if not _numpy:
+        try:
+            _numpy.append(importlib.import_module("numpy"))
+        except ImportError:  # pragma: no cover - numpy is installed where the tests run
+            _numpy.append(None)
+    return _numpy[0]
+
+
+def xor(a: bytes | memoryview, b: bytes | memoryview) -> bytes:
+    """The bytes of ``a`` XOR ``b`` (equal lengths)."""
+    if len(a) != len(b):
+        raise ValueError(f"xor of {len(a)} and {len(b)} bytes")
+    np = _np()
+    if np is not None:
+        return bytes(np.bitwise_xor(np.frombuffer(a, np.uint8), np.frombuffer(b, np.uint8)).data)
+    n = len(a)
+    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(n, "little")
+
+
+def group(data: bytes | memoryview, stride: int) -> bytes:
+    """Every ``stride``-th byte from byte 0, then from byte 1, ..., then the last
+    ``len % stride`` bytes as they are."""
+    raw = bytes(data)
+    n = len(raw)
+    full = n - n % stride
+    return b"".join(raw[j:full:stride] for j in range(stride)) + raw[full:]
+
+
+def ungroup(data: bytes | memoryview, stride: int) -> bytes:
+    """The inverse of :func:`group`."""
+    raw = bytes(data)
+    n = len(raw)
+    full = n - n % stride
+    rows = full // stride
+    out = bytearray(n)
+    for j in range(stride):
+        out[j:full:stride] = raw[j * rows : (j + 1) * rows]
+    out[full:] = raw[full:]
+    return bytes(out)
+
+
+def xor_grouped(payload: bytes | memoryview, base: bytes | memoryview, stride: int) -> Any:
+    """``group(xor(payload, base), stride)`` as a buffer (one pass of each, into one
+    new buffer, where numpy is installed)."""
+    np = _np()
+    n = len(payload)
+    if np is None or len(base) != n:
+        return group(xor(payload, base), stride)
+    full, rows = n - n % stride, n // stride
+    x = np.bitwise_xor(np.frombuffer(payload, np.uint8), np.frombuffer(base, np.uint8))
+    out = np.empty(n, np.uint8)
+    by_place = x[:full].reshape(rows, stride)
+    for j in range(stride):  # a column at a time: 3x faster than numpy's transpose copy
+        out[j * rows : (j + 1) * rows] = by_place[:, j]
+    out[full:] = x[full:]
+    return out
+
+
+def unxor(grouped: bytes | memoryview, stride: int, base: bytes | memoryview) -> bytes:
+    """``xor(ungroup(grouped, stride), base)`` (one pass of each where numpy is)."""
+    n = len(grouped)
+    if len(base) != n:
+        raise ValueError(f"xor of {n} and {len(base)} bytes")
+    np = _np()
+    if np is None:
+        return xor(ungroup(grouped, stride), base)
+    full, rows = n - n % stride, n // stride
+    parts = np.frombuffer(grouped, np.uint8)
+    out = np.empty(n, np.uint8)
+    by_place = out[:full].reshape(rows, stride)
+    for j in range(stride):
+        by_place[:, j] = parts[j * rows : (j + 1) * rows]
+    out[full:] = parts[full:]
+    out ^= np.frombuffer(base, np.uint8)
+    return bytes(out.data)  # a copy: a bytearray would reach users who asked for bytes

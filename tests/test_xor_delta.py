@@ -1,0 +1,242 @@
+"""XOR deltas (format 4, issue 35): a new version whose numbers all moved a little (a
+model's weights after a training step) is stored as the byte-grouped XOR with the
+previous version's bytes at the same place; ids, reads, gc, fsck and copies keep
+every version whole, and a store holding one is marked format 4."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import blake3
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import cas
+from cas.admin import fsck, gc, transfer
+from cas.errors import FormatError, IntegrityError
+from cas.objects import codec, delta, planes
+from cas.objects.ids import ObjectId
+from cas.objects.kinds import ChunkList
+from cas.objects.space import MARKER, object_path
+
+
+def _weights(seed: int, n: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(n).astype(np.float32)
+
+
+def _trained(weights: np.ndarray, seed: int) -> np.ndarray:
+    """The weights after a small step: every float moved, by about 1e-3 of itself."""
+    step = np.random.default_rng(seed).standard_normal(weights.size).astype(np.float32)
+    return (weights * (1 + 1e-3 * step)).astype(np.float32)
+
+
+def _marker_format(root: Path) -> int:
+    return int(msgpack.unpackb((root / MARKER).read_bytes())["format"])
+
+
+def _pieces(store: cas.ArtifactStore, artifact: str) -> list[tuple[ObjectId, int]]:
+    """The content's chunks (a whole blob: itself)."""
+    content = ObjectId(store.get_metadata(artifact)["content_id"])
+    head = store.space.head(content)
+    if head.kind == "blob":
+        return [(content, head.raw_size)]
+    _, payload = store.space.read_entry(content)
+    return list(ChunkList.parse(content, payload).chunks)
+
+
+def _stored(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and "index" not in p.parts)
+
+
+@given(st.binary(max_size=3000), st.binary(max_size=3000), st.integers(1, codec.MAX_STRIDE))
+@settings(max_examples=150, deadline=None)
+def test_grouping_and_xor_round_trip_with_and_without_numpy(
+    a: bytes, b: bytes, stride: int
+) -> None:
+    """Both paths (numpy, pure Python) give the same bytes, and each undoes the other."""
+    b = (b * (len(a) // max(len(b), 1) + 1))[: len(a)] if b else bytes(len(a))
+    with_numpy = (planes.xor_grouped(a, b, stride), planes.group(planes.xor(a, b), stride))
+    assert bytes(with_numpy[0]) == with_numpy[1]
+    assert planes.unxor(with_numpy[1], stride, b) == a
+    assert planes.ungroup(planes.group(a, stride), stride) == a
+    try:
+        planes.USE_NUMPY = False
+        assert bytes(planes.xor_grouped(a, b, stride)) == with_numpy[1]
+        assert planes.unxor(with_numpy[1], stride, b) == a
+    finally:
+        planes.USE_NUMPY = True
+
+
+def test_a_checkpoint_under_a_new_name_is_an_xor_delta_and_stores_less(tmp_path: Path) -> None:
+    """A new checkpoint of the same layout (a file above the chunking threshold) is cut
+    where the previous one was and each chunk stored as the XOR with the chunk at its
+    place: the version costs well under what zstd of it alone would; it loads exact."""
+    root = tmp_path / "s"
+    store = cas.open_store(root, fsync=False)
+    first = _weights(1, 3 << 20)  # 12 MiB: chunked
+    second = _trained(first, 2)
+    store.save(first.tobytes(), "ckpt/step-1")
+    assert _marker_format(root) == 2
+    before = _stored(root / "objects") + _stored(root / "packs")
+    saved = store.save(second.tobytes(), "ckpt/step-2")  # its kin: the sibling
+    grew = _stored(root / "objects") + _stored(root / "packs") - before
+    plain = sum(len(codec.encode("blob", p)) for p in np.array_split(second.view(np.uint8), 12))
+    assert grew < 0.85 * plain, (grew, plain)
+    old, new = _pieces(store, "ckpt/step-1"), _pieces(store, saved)
+    assert [n for _, n in new] == [n for _, n in old]  # cut where the old one was
+    heads = [store.space.head(c) for c, _ in new]
+    assert all(h.flags == 0b111 and h.depth == 1 for h in heads)
+    assert [h.base for h in heads] == [c for c, _ in old]
+    assert _marker_format(root) == 4
+    assert store.load("ckpt/step-2") == second.tobytes()
+    assert blake3.blake3(second.tobytes()).hexdigest() == store.get_metadata(saved)["content_id"]
+    again = cas.open_store(root, fsync=False)  # another process, numpy or not, reads it
+    planes.USE_NUMPY = False
+    try:
+        assert again.load(saved) == second.tobytes()
+    finally:
+        planes.USE_NUMPY = True
+    assert fsck.check(again).ok
+
+
+def test_xor_chains_stay_one_deep_on_a_plain_root(tmp_path: Path) -> None:
+    """Each XOR delta is on a plain object (:data:`delta.XOR_DEPTH`): the third version
+    of a whole blob of floats takes the first as its base, not the second."""
+    store = cas.open_store(tmp_path / "s", fsync=False)
+    versions = [_weights(3, 1 << 18)]  # 1 MiB: one blob
+    for seed in (4, 5, 6):
+        versions.append(_trained(versions[-1], seed))
+    ids = [store.save(v.tobytes(), "w") for v in versions]
+    contents = [ObjectId(store.get_metadata(a)["content_id"]) for a in ids]
+    heads = [store.space.head(c) for c in contents]
+    assert heads[0].base is None
+    assert [(h.base, h.depth) for h in heads[1:]] == [(contents[0], 1)] * 3
+    assert [store.load(a) for a in ids] == [v.tobytes() for v in versions]
+
+
+def test_new_data_of_the_same_size_is_stored_plain_without_reading_the_old_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard of new random data beside one of the same size: its start shows nothing
+    to XOR or share, so the old one is not read whole and the new one is plain."""
+    from cas.objects.space import ObjectSpace
+
+    store = cas.open_store(tmp_path / "s", fsync=False)
+    rng = random.Random(7)
+    first, second = rng.randbytes(1 << 20), rng.randbytes(1 << 20)
+    store.save(first, "shard")
+    whole: list[str] = []
+    read_entry = ObjectSpace.read_entry
+
+    def entry(self: ObjectSpace, oid: str) -> tuple[codec.Header, bytes]:
+        whole.append(oid)
+        return read_entry(self, oid)
+
+    monkeypatch.setattr(ObjectSpace, "read_entry", entry)
+    saved = store.save(second, "shard")
+    assert blake3.blake3(first).hexdigest() not in whole
+    assert store.space.head(store.get_metadata(saved)["content_id"]).base is None
+
+
+def test_a_damaged_xor_delta_or_base_is_named(tmp_path: Path) -> None:
+    store = cas.open_store(tmp_path / "s", fsync=False)
+    first = _weights(8, 1 << 18)
+    store.save(first.tobytes(), "w")
+    saved = store.save(_trained(first, 9).tobytes(), "w")
+    top = ObjectId(store.get_metadata(saved)["content_id"])
+    base = store.space.head(top).base
+    assert base is not None
+    for victim in (top, base):
+        path = Path(store.storage.root) / object_path(victim)
+        good = path.read_bytes()
+        raw = bytearray(good)
+        raw[len(raw) // 2] ^= 0x10
+        path.chmod(0o644)
+        path.write_bytes(bytes(raw))
+        fresh = cas.open_store(tmp_path / "s", fsync=False)
+        with pytest.raises(IntegrityError) as caught:
+            fresh.load(saved)
+        assert victim in str(caught.value)
+        path.write_bytes(good)
+
+
+def test_an_xor_header_is_checked_before_any_byte_is_trusted() -> None:
+    """Flags 0b111, the stride after the base id; the XOR flag without the delta flag,
+    a stride of 0 or above MAX_STRIDE, or a base of another length is refused."""
+    base = delta.Base(ObjectId("cd" * 32), _weights(10, 4096).tobytes(), 0)
+    payload = _trained(np.frombuffer(base.payload, np.float32), 11).tobytes()
+    oid = blake3.blake3(payload).hexdigest()
+    stored = delta.xor_encode("blob", payload, base)
+    header = codec.read_header(oid, stored)
+    assert (header.flags, header.depth, header.base) == (0b111, 1, base.id)
+    assert stored[48] == delta.STRIDE
+    assert codec.decode_body(oid, header, stored, base.payload) == payload
+    with pytest.raises(IntegrityError):
+        codec.read_header(oid, stored[:6] + bytes((0b101, 0)) + stored[8:])  # not a delta
+    for stride in (0, codec.MAX_STRIDE + 1):
+        bad = stored[:48] + bytes((stride,)) + stored[49:]
+        with pytest.raises(IntegrityError, match="stride"):
+            codec.decode_body(oid, codec.read_header(oid, bad), bad, base.payload)
+    with pytest.raises(IntegrityError, match="XOR delta"):
+        codec.decode_body(oid, header, stored, base.payload[:-4])
+
+
+def test_gc_keeps_an_xor_base_whose_own_name_is_gone(tmp_path: Path) -> None:
+    store = cas.open_store(tmp_path / "s", fsync=False)
+    first = _weights(12, 3 << 20)
+    gone = store.save(first.tobytes(), "ckpt/step-1")
+    kept = store.save(_trained(first, 13).tobytes(), "ckpt/step-2")
+    store.catalog.delete(gone)
+    gc.execute(store, gc.plan(store, grace=0, retention=0))
+    assert store.load(kept) == _trained(first, 13).tobytes()
+    assert fsck.check(store).ok
+
+
+def test_an_aggressive_repack_keeps_xor_deltas_as_they_are(tmp_path: Path) -> None:
+    """`cas gc --pack --aggressive` re-chooses zstd deltas over a window; an XOR delta
+    (which no zstd delta beats on moved floats) keeps its stored form and base."""
+    store = cas.open_store(tmp_path / "s", fsync=False)
+    first = _weights(14, 1 << 18)
+    store.save(first.tobytes(), "w/1")
+    saved = store.save(_trained(first, 15).tobytes(), "w/2")
+    top = ObjectId(store.get_metadata(saved)["content_id"])
+    head_before = store.space.head(top)
+    assert head_before.flags == 0b111
+    gc.execute(store, gc.plan(store, grace=0, pack_loose_from=1), aggressive=True)
+    again = cas.open_store(tmp_path / "s", fsync=False)
+    assert again.space.packs.find(top) is not None  # packed, rewritten by the window
+    assert again.space.head(top) == head_before
+    assert again.load(saved) == _trained(first, 15).tobytes()
+    assert fsck.check(again).ok
+
+
+def test_a_copy_carries_xor_deltas_and_marks_the_destination(tmp_path: Path) -> None:
+    src = cas.open_store(tmp_path / "a", fsync=False)
+    first = _weights(16, 1 << 18)
+    src.save(first.tobytes(), "w")
+    saved = src.save(_trained(first, 17).tobytes(), "w")
+    dst_root = tmp_path / "b"
+    dst = cas.open_store(dst_root, fsync=False)
+    transfer.transfer(src, dst)
+    top = ObjectId(src.get_metadata(saved)["content_id"])
+    assert dst.space.head(top).flags == 0b111
+    assert _marker_format(dst_root) == 4
+    assert dst.load(saved) == _trained(first, 17).tobytes()
+
+
+def test_a_store_of_a_later_format_is_refused_and_format_3_is_read(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    rng = random.Random(18)
+    with cas.open_store(root, fsync=False) as s:
+        text = bytes(rng.choice(b"abcdef \n") for _ in range(20_000))
+        s.save(text, "doc")
+        s.save(text[:9000] + b"edit" + text[9004:], "doc")
+    assert _marker_format(root) == 3  # a zstd delta: format 3 stays 3
+    marker = msgpack.unpackb((root / MARKER).read_bytes())
+    (root / MARKER).write_bytes(msgpack.packb({**marker, "format": 5}))
+    with pytest.raises(FormatError, match="upgrade cas"):
+        cas.open_store(root, fsync=False)
