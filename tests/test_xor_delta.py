@@ -103,6 +103,26 @@ def test_a_checkpoint_under_a_new_name_is_an_xor_delta_and_stores_less(tmp_path:
     assert fsck.check(again).ok
 
 
+def test_compressible_content_of_the_same_length_keeps_its_content_defined_cuts(
+    tmp_path: Path,
+) -> None:
+    """Only dense content is cut where its previous version was: text of the same
+    length whose middle moved (100 bytes out near the start, 100 in near the end) finds
+    its moved chunks again, as content-defined cuts find them."""
+    store = cas.open_store(tmp_path / "s", fsync=False)
+    rng = random.Random(19)
+    words = [bytes(rng.choice(b"abcdefghij") for _ in range(rng.randint(2, 9))) for _ in range(500)]
+    text = b" ".join(rng.choice(words) for _ in range(1_600_000))[: 10 << 20]
+    moved = text[: 1 << 20] + text[(1 << 20) + 100 : 9 << 20] + b"x" * 100 + text[9 << 20 :]
+    assert len(moved) == len(text)
+    first = store.save(text, "doc")
+    saved = store.save(moved, "doc")
+    old = {c for c, _ in _pieces(store, first)}
+    new = [c for c, _ in _pieces(store, saved)]
+    assert sum(c in old for c in new) >= len(new) - 3, "the chunks between the edits are shared"
+    assert store.load(saved) == moved
+
+
 def test_xor_chains_stay_one_deep_on_a_plain_root(tmp_path: Path) -> None:
     """Each XOR delta is on a plain object (:data:`delta.XOR_DEPTH`): the third version
     of a whole blob of floats takes the first as its base, not the second."""

@@ -209,7 +209,7 @@ class ObjectWriter(ObjectReader):
         if self._freshen(oid):
             return oid
         previous = self._previous_chunks()
-        sizes = _same_size(previous, len(view))
+        sizes = _same_size(previous, len(view), lambda at, n: view[at : at + n], self.level)
         pieces = cut_buffer_at(view, sizes) if sizes else cut_buffer(view, params)
         return self._put_chunked_from(pieces, expect=oid, hashed=True, previous=previous)
 
@@ -225,7 +225,8 @@ class ObjectWriter(ObjectReader):
                 return oid
             f.seek(0)
             previous = self._previous_chunks()
-            sizes = _same_size(previous, size)
+            sizes = _same_size(previous, size, functools.partial(_read_at, f), self.level)
+            f.seek(0)
             if sizes:
                 pieces = cut_at(b"", f, sizes)
                 return self._put_chunked_from(pieces, expect=oid, previous=previous)
@@ -432,16 +433,33 @@ class ObjectWriter(ObjectReader):
         return oid
 
 
-def _same_size(previous: list[tuple[ObjectId, int]] | None, size: int) -> list[int] | None:
+def _same_size(
+    previous: list[tuple[ObjectId, int]] | None,
+    size: int,
+    read_at: Callable[[int, int], bytes | memoryview],
+    level: int,
+) -> list[int] | None:
     """The previous version's chunk sizes when it had exactly ``size`` bytes in two
-    chunks or more, else None. A new version of the same length is cut where the old
-    one was (the same bytes at the same places: a model's weights after a training
-    step, a file edited in place), so each chunk has a base of its own length at its
-    place, which an XOR delta needs; content-defined cuts move wherever the bytes
-    changed. Content that stayed still falls in chunks the old version has."""
+    chunks or more and the new content is dense (zstd keeps most of a sample of it,
+    ``read_at(offset, n)``: floats, media), else None. Such a version is cut where the
+    old one was (the same numbers at the same places: a model's weights after a
+    training step), so each chunk has a base of its own length at its place, which an
+    XOR delta needs; content-defined cuts move wherever the bytes changed, and in
+    numbers that all moved that is everywhere. Compressible content keeps its
+    content-defined cuts: they find again what moved within a file of the same length
+    (one file of a tar grown by a block, another shrunk by one)."""
     if previous is None or len(previous) < 2 or sum(n for _, n in previous) != size:
         return None
+    w = codec.PROBE_WINDOW
+    sample = b"".join(bytes(read_at(at, w)) for at in (0, size // 2 - w // 2, size - w))
+    if codec.estimate(sample, level) < len(sample) * delta_bases.DENSE:
+        return None
     return [n for _, n in previous]
+
+
+def _read_at(f: BinaryIO, offset: int, n: int) -> bytes:
+    f.seek(offset)
+    return read_up_to(f, n)
 
 
 #: A file is hashed in blocks of this many bytes through one reused buffer: on every
