@@ -18,6 +18,8 @@ costs dozens of HTTP requests.
 from __future__ import annotations
 
 import contextlib
+import random
+from array import array
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -39,6 +41,9 @@ FreshStore = Callable[[], contextlib.AbstractContextManager[ArtifactStore]]
 
 #: Steps per example, on every root.
 STEPS = 20
+#: Floats in a value of :meth:`StoreMachine.save_numbers_moved_a_little`: above the
+#: 256 KiB from which dense content tries an XOR delta.
+NUMBERS = 70_000
 
 #: A remote root runs one example in this many of the profile's (at least two).
 REMOTE_SHARE = 12
@@ -131,6 +136,24 @@ class StoreMachine(RuleBasedStateMachine):
         self.parents[aid] = live
         self.deleted.discard(aid)
         return aid
+
+    @rule(target=ids, name=names, seed=st.integers(0, 3))
+    def save_numbers_moved_a_little(self, name: str, seed: int) -> str:
+        """A new version of numbers that all moved a little (a model's weights after a
+        training step: stored as an XOR delta on the last version of the same length
+        under this name or beside it), or the first such version."""
+        held = self.values.get(self.by_name.get(name, ""))
+        last = held if isinstance(held, bytes) and len(held) == NUMBERS * 4 else None
+        rng = random.Random(seed)
+        if last is None:
+            floats = array("f", (rng.gauss(0, 1) for _ in range(NUMBERS)))
+        else:
+            floats = array("f", last)
+            for i in range(0, NUMBERS, 7):  # every float moves, some more than others
+                floats[i] *= 1 + 1e-3 * rng.gauss(0, 1)
+            floats = array("f", (x * (1 + 1e-4) for x in floats))
+        value = floats.tobytes()
+        return self._saved(name, self.store.save(value, name), value)
 
     @rule(aid=ids, key=tag_keys, value=tag_values)
     def tag(self, aid: str, key: str, value: str) -> None:
