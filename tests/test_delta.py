@@ -518,3 +518,29 @@ def test_a_series_of_float_weights_is_stored_as_xor_deltas(tmp_path: Path) -> No
     assert store.load("ckpt/2") == moved
     plain = len(codec.encode("blob", moved, codec.DEFAULT_LEVEL))
     assert after - before <= plain * 0.85, (after - before, plain)
+
+
+def test_a_base_that_saves_only_some_gives_way_to_a_better_candidate(
+    store: cas.ArtifactStore,
+) -> None:
+    """The first candidate's delta is kept only if it is small (GOOD_ENOUGH of the
+    payload); a larger one lets the next candidates try, and the smallest is kept: which
+    guess comes first (learnt on other threads, in whatever order they finish) no longer
+    decides what is stored."""
+    from cas.objects import delta_bases
+
+    rng = random.Random(22)
+    payload = _text(rng, 200_000)
+    half = payload[:100_000] + _text(random.Random(23), 100_000)  # shares half
+    edited = _edit(rng, payload)  # shares all but an edit
+    first = ObjectId(store.space.put(half))
+    second = ObjectId(store.space.put(edited))
+    oid = ObjectId(blake3.blake3(payload).hexdigest())
+    stored, used = delta_bases.encode_on(
+        store.space, oid, "blob", payload, (first, second), level=3, freshen=lambda _: True
+    )
+    assert used == second
+    alone, _ = delta_bases.encode_on(
+        store.space, oid, "blob", payload, (first,), level=3, freshen=lambda _: True
+    )
+    assert len(stored) * 10 < len(alone)

@@ -79,6 +79,15 @@ MAX_BASE: Final = 8 << 20
 #: beats that only on near-constant data, where the loss is below this fraction too.
 TINY: Final = 0.02
 
+#: A delta of at most this fraction of its payload ends the search for a base; a larger
+#: one (kept, as it saves enough) lets the next candidates try to do better, the
+#: smallest kept. Measured on four pip releases as tar files, each saved over the last:
+#: the chunk at a new chunk's place is guessed from how far earlier chunks moved, learnt
+#: as they finish on other threads; a guess one chunk off kept a delta several times
+#: the size of the one its neighbour gave, so the series stored 2.67 MB in one run and
+#: 2.97 MB in the next.
+GOOD_ENOUGH: Final = 0.05
+
 #: Payloads below this are stored plain: a delta's 32-byte base id would eat the gain.
 MIN_SIZE: Final = 64
 

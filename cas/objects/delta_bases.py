@@ -139,6 +139,7 @@ def encode_on(
     if not bases or not delta.MIN_SIZE <= size <= delta.MAX_BASE:
         return codec.encode(kind, payload, level), None
     plain: bytes | None = None
+    kept: tuple[bytes, ObjectId] | None = None  # the smallest delta so far, its base
     estimate = codec.estimate(payload, level) if size > SMALL_BLOB else size
     dense = size > SMALL_BLOB and estimate >= size * DENSE
     for bid in bases:
@@ -167,12 +168,18 @@ def encode_on(
             plain = plain if plain is not None else codec.encode(kind, payload, level)
             if not delta.better(plain, stored):
                 continue
+        if kept is not None and len(kept[0]) <= len(stored):
+            continue
         # Written against the base: it must outlive a gc that condemned it meanwhile
         # (its sweep re-reads ages), as a dedup hit refreshes what it relies on.
         if not freshen(found.id):
             continue
+        kept = (stored, found.id)
+        if len(stored) <= size * delta.GOOD_ENOUGH:
+            break  # the edits alone: no other base does much better
+    if kept is not None:
         objects.mark_deltas()
-        return stored, found.id
+        return kept
     return (plain if plain is not None else codec.encode(kind, payload, level)), None
 
 
