@@ -13,7 +13,7 @@ import contextlib
 import io
 import threading
 from collections.abc import Callable, Iterator
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 import zstandard
 
@@ -146,8 +146,8 @@ def encode_on(
         if dense and objects.recent_base(bid, kind) is None:
             start = (starts or {}).get(bid) or _start_of(objects, bid)
             root = _xor_root(objects, bid, start, size)
-            if root is not None:  # an XOR delta at the cap: its plain root instead
-                bid, start = root, _start_of(objects, root)
+            if root is not None:  # a delta at the cap: its plain root instead
+                bid, start = root.id, (None if root.xor else _start_of(objects, root.id))
             if start is not None and not start_resembles(bid, start, payload):
                 continue  # unrelated content: not worth a read of the whole base
         found = find_base(objects, bid, kind)
@@ -314,12 +314,18 @@ def _start_of(objects: Objects, bid: ObjectId) -> bytes | None:
         return None
 
 
-def _xor_root(objects: Objects, bid: ObjectId, start: bytes | None, size: int) -> ObjectId | None:
+class _Root(NamedTuple):
+    id: ObjectId
+    xor: bool  # the candidate was an XOR delta on it: no need to judge it by its start
+
+
+def _xor_root(objects: Objects, bid: ObjectId, start: bytes | None, size: int) -> _Root | None:
     """The plain root of ``bid``'s chain when ``bid`` (whose stored form begins with
     ``start``) is a delta of ``size`` bytes at :data:`cas.objects.delta.XOR_DEPTH` or
     deeper: an XOR delta goes on that root, not one level further (a zstd delta of
     such content then tries the root too: dense content of one length is rarely
-    stored as one)."""
+    stored as one). An XOR delta's base is that root (chains of one): on a bucket no
+    request asks it, and what XORed well with the last version is tried at once."""
     if start is None:
         return None
     try:
@@ -328,8 +334,10 @@ def _xor_root(objects: Objects, bid: ObjectId, start: bytes | None, size: int) -
         return None
     if header.base is None or header.depth < delta.XOR_DEPTH or header.raw_size != size:
         return None
+    if header.flags & codec.FLAG_XOR and header.depth == 1:
+        return _Root(header.base, xor=True)
     try:
-        return chain_root(objects, header.base)
+        return _Root(chain_root(objects, header.base), xor=False)
     except CasError:
         return None
 
