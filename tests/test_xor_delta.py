@@ -260,3 +260,21 @@ def test_a_store_of_a_later_format_is_refused_and_format_3_is_read(tmp_path: Pat
     (root / MARKER).write_bytes(msgpack.packb({**marker, "format": 5}))
     with pytest.raises(FormatError, match="upgrade cas"):
         cas.open_store(root, fsync=False)
+
+
+def test_a_store_opened_without_deltas_stores_each_version_whole(tmp_path: Path) -> None:
+    """`open_store(url, deltas=False)`: a new checkpoint is stored whole (a save on a
+    bucket then reads no old content); versions stored as deltas before still load."""
+    root = tmp_path / "s"
+    first = _weights(20, 1 << 18)
+    second = _trained(first, 21)
+    third = _trained(second, 22)
+    with cas.open_store(root, fsync=False) as s:
+        s.save(first.tobytes(), "w")
+        as_delta = s.save(second.tobytes(), "w")
+        assert s.space.head(s.get_metadata(as_delta)["content_id"]).flags == 0b111
+    with cas.open_store(root, fsync=False, deltas=False) as s:
+        saved = s.save(third.tobytes(), "w")
+        assert s.space.head(s.get_metadata(saved)["content_id"]).base is None
+        assert s.load(saved) == third.tobytes()
+        assert s.load(as_delta) == second.tobytes()

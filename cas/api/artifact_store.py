@@ -64,7 +64,9 @@ class ArtifactStore:
     whatever code it holds. ``fsync=True`` makes every write durable before it is visible.
     ``name_prefix`` (the cloud classes' prefix templates: ``"2026-11-23/"``) is put before
     every name this store saves, loads, lists or deletes; ids, the catalog and the objects
-    are the whole root's.
+    are the whole root's. ``deltas=False`` stores every new object whole (no delta on a
+    previous version): a save on a bucket then reads no old content, at the cost of
+    storing each version in full; what is stored as deltas already reads as before.
     """
 
     def __init__(
@@ -75,11 +77,13 @@ class ArtifactStore:
         fsync: bool = True,
         create: bool = True,
         name_prefix: str = "",
+        deltas: bool = True,
         **storage_options: Any,
     ) -> None:
         self.allow_pickle = allow_pickle
         self.name_prefix = name_prefix
         self.repo = Repository(url, fsync=fsync, create=create, **storage_options)
+        self.repo.space.deltas = deltas
         self.catalog = ArtifactCatalog(self)
         self._batches = threading.local()  # this thread's open batch: records to publish
 
