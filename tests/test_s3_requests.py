@@ -184,6 +184,27 @@ def test_a_checkpoint_saved_beside_the_last_is_an_xor_delta_on_a_bucket(
     assert other.load(saved[0]) == second.tobytes()
 
 
+def test_content_equal_to_its_kins_root_is_saved_again_without_a_delta_on_itself(
+    store: Any,
+) -> None:
+    """On a bucket a save encodes its content before it asks whether the content is
+    stored (at the batch's flush). Content equal to the plain root of its kin's XOR
+    delta (the first checkpoint saved again under a sibling name) found itself as its
+    base, and the save failed ("names itself as its delta base"; the stateful machine
+    found it)."""
+    import numpy as np
+
+    rng = np.random.default_rng(36)
+    first = rng.standard_normal(70_000).astype(np.float32)  # 280 kB: one whole blob
+    moved = (first * (1 + 1e-3 * rng.standard_normal(first.size))).astype(np.float32)
+    store.save(first.tobytes(), "ckpt/a")
+    kin = store.save(moved.tobytes(), "ckpt/a")
+    assert store.space.head(store.record(kin)["content_id"]).flags == 0b111
+    again = store.save(first.tobytes(), "ckpt/b")  # its kin: ckpt/a, an XOR on this
+    assert store.space.head(store.record(again)["content_id"]).base is None
+    assert store.load("ckpt/b") == first.tobytes()
+
+
 def test_a_folder_save_lists_the_fan_out_folders_side_by_side(
     store: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -153,7 +153,9 @@ def encode_on(
         found = find_base(objects, bid, kind)
         if found is not None and found.depth >= delta.max_depth(size):
             found = find_base(objects, chain_root(objects, found.id), kind)  # a new branch
-        if found is None or not delta.usable(found, size):
+        if found is None or found.id == oid or not delta.usable(found, size):
+            # (A chain's root may be this very content, stored already: on an object
+            # store a batch asks whether it is at its flush, after encoding it.)
             continue
         if dense and len(found.payload) == size and found.depth < delta.XOR_DEPTH:
             # The same numbers a little moved (weights after a training step): XOR.
