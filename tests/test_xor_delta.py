@@ -278,3 +278,30 @@ def test_a_store_opened_without_deltas_stores_each_version_whole(tmp_path: Path)
         assert s.space.head(s.get_metadata(saved)["content_id"]).base is None
         assert s.load(saved) == third.tobytes()
         assert s.load(as_delta) == second.tobytes()
+
+
+def test_two_processes_raising_the_marker_at_once_never_lower_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One process marks the store 3 (its first zstd delta) while another marks it 4
+    (its first XOR delta) between the first's read of the marker and its write: the
+    marker stays 4, so a cas that cannot read XOR deltas still refuses the store."""
+    from cas.objects import marker as marker_module
+
+    root = tmp_path / "s"
+    store = cas.open_store(root, fsync=False)
+    assert _marker_format(root) == 2
+    unpack = msgpack.unpackb
+    raced: list[bool] = []
+
+    def read_then_race(data: bytes, **kw: object) -> object:
+        value = unpack(data, **kw)
+        if not raced and isinstance(value, dict) and value.get("format") == 2:
+            raced.append(True)  # the other process: its XOR delta's mark lands now
+            (root / MARKER).write_bytes(msgpack.packb({**value, "format": 4}))
+        return value
+
+    monkeypatch.setattr(marker_module.msgpack, "unpackb", read_then_race)
+    store.space.mark_deltas()
+    monkeypatch.setattr(marker_module.msgpack, "unpackb", unpack)
+    assert raced and _marker_format(root) == 4

@@ -98,11 +98,28 @@ def stored_format(storage: Storage) -> int | None:
 
 
 def raise_format(storage: Storage, version: int) -> None:
-    """Mark the store as of at least ``version`` (re-read: never lowered). The caller
-    holds :data:`format_lock`."""
-    marker = msgpack.unpackb(storage.read(MARKER), raw=False)
-    if marker.get("format", 1) < version:
-        storage.write_atomic(MARKER, pack({**marker, "format": version}))
+    """Mark the store as of at least ``version``: never lowered, also by two processes
+    raising it at once (to 3 and to 4, say), as the marker is replaced only if it still
+    holds what was read (the compare-and-swap refs use). The caller holds
+    :data:`format_lock`."""
+    cond = storage.conditional()
+    path = f"{storage.root}/{MARKER}"
+    for _ in range(_RAISE_TRIES):
+        got = cond.read(path)
+        if got is None:
+            raise FormatError(f"{storage.url} has lost its CAS marker; run 'cas fsck'")
+        raw, version_token = got
+        marker = msgpack.unpackb(raw, raw=False)
+        if marker.get("format", 1) >= version:
+            return
+        if cond.replace(path, pack({**marker, "format": version}), version_token):
+            return
+    raise FormatError(f"{storage.url}/CAS kept changing while format {version} was marked")
+
+
+#: Rounds of read and conditional replace before raise_format gives up (each lost round
+#: means another process raised the marker meanwhile; the next read sees it).
+_RAISE_TRIES: Final = 20
 
 
 def _root_is_empty(storage: Storage) -> bool:
