@@ -223,14 +223,11 @@ class ObjectWriter(ObjectReader):
             oid = _hash_file(f)
             if self._freshen(oid):
                 return oid
-            f.seek(0)
             previous = self._previous_chunks()
             sizes = _same_size(previous, size, functools.partial(_read_at, f), self.level)
-            f.seek(0)
-            if sizes:
-                pieces = cut_at(b"", f, sizes)
-                return self._put_chunked_from(pieces, expect=oid, previous=previous)
-            return self._put_chunked(b"", f, expect=oid)
+            f.seek(0)  # after the hash, and the samples _same_size may read
+            pieces = cut_at(b"", f, sizes) if sizes else cut(b"", f, self.params)
+            return self._put_chunked_from(pieces, expect=oid, previous=previous)
 
     def put_value(self, kind: str, value: Any) -> ObjectId:
         """Store a structured object (tree, record, event) by its canonical msgpack."""
