@@ -53,6 +53,9 @@ Event = Mapping[str, Any]
 BYTES_PER_RECORD = 4096
 #: events per transaction during ``rebuild``
 REBUILD_BATCH = 100_000
+#: events (or, for records with much metadata, their estimated bytes over
+#: ``BYTES_PER_RECORD``) per transaction of :meth:`Catalog.apply_stream`
+STREAM_BATCH = 100_000
 #: records a prefix-only ``list`` looks at, newest first, before it merges the
 #: postings of every name under the prefix (which costs one read per name)
 PREFIX_WALK = 256
@@ -145,6 +148,47 @@ class Catalog:
         """
         checked = [check_event(e) for e in events]
         self._write(lambda w: _apply(w, checked), len(checked))
+
+    def apply_stream(self, batches: Iterable[Iterable[Event]]) -> int:
+        """Apply a stream of event batches in few big transactions (about
+        :data:`STREAM_BATCH` events each), holding one batch in memory at a time: how a
+        new catalog takes a checkpoint. Returns the events applied.
+
+        Each batch is validated before any of it is applied; a batch that does not
+        validate raises ``InvalidInput``, and so does anything the stream raises, after
+        the transactions before it committed (the events they applied are real ones and
+        the state is a join: the caller may apply another source on top). One big
+        transaction rather than one a batch keeps the file the size of what it holds:
+        each commit copies every page it touches, so a new catalog filled 5,000 events
+        at a time from a checkpoint of 100,000 records grew to 209 MiB and had all of
+        it mapped (323 MiB peak RSS); in one transaction 109 MiB (172 MiB peak RSS).
+        """
+        stream = iter(batches)
+        need = STREAM_BATCH * BYTES_PER_RECORD
+
+        def run(began: list[bool], txn: Txn) -> tuple[int, bool]:
+            if began:  # the map filled up and LMDB undid this transaction: no replay
+                raise CatalogError(
+                    f"catalog {self.path}: a stream of events did not fit in the map; "
+                    "run 'cas reindex'"
+                )
+            began.append(True)
+            writer = Writer(txn, self._engine.shared.dbs)
+            count = weight = 0
+            for batch in stream:
+                checked = [check_event(e) for e in batch]
+                _apply(writer, checked)
+                count += len(checked)
+                weight += sum(_weight(e) for e in checked)
+                if count >= STREAM_BATCH or weight >= need // 2:
+                    return count, True
+            return count, False
+
+        total, more = 0, True
+        while more:
+            count, more = self._engine.write(partial(run, []), need=need)
+            total += count
+        return total
 
     def rebuild(self, events: Iterable[Event]) -> None:
         """Empty the catalog, then apply every event, in a few big transactions.
@@ -505,6 +549,11 @@ class Catalog:
             return walk(id_raw, lambda n: parents_of(txn, db, n), depth)
         db = self._db(keys.CHILDREN)
         return walk(id_raw, lambda n: children_of(txn, db, n), depth)
+
+
+def _weight(event: tuple[str, Any]) -> int:
+    """What an event may add to the file, a record's indexes counted generously."""
+    return len(event[1].encoded()) + 1024 if event[0] == "put" else 512
 
 
 def _apply(writer: Writer, events: list[tuple[str, Any]]) -> None:

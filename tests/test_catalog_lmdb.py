@@ -14,7 +14,7 @@ import pytest
 
 import cas.catalog.catalog
 import cas.catalog.engine
-from cas.catalog import Catalog
+from cas.catalog import Catalog, InvalidInput
 from cas.catalog.testing import make_record, rid
 
 TINY = 1 << 18  # 256 KiB: a few hundred records at most
@@ -178,3 +178,30 @@ def test_second_writer_waits_for_the_first(tmp_path: Path) -> None:
         assert holder.returncode == 0
         assert cat.get(rid(2)) is not None and cat.get(rid(3)) is not None
     assert waited > 0.5
+
+
+def test_a_stream_of_batches_is_applied_as_the_same_events_and_stops_at_a_bad_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """How a new machine takes a checkpoint: batches in few big transactions, giving what
+    applying them one by one gives; a batch that does not validate raises, and what the
+    transactions before it committed stays (real events: the state is a join)."""
+    monkeypatch.setattr(cas.catalog.catalog, "STREAM_BATCH", 4)
+    batches = [[{"op": "put", "record": make_record(n, f"s/{n}")} for n in range(k, k + 3)]
+               for k in range(0, 12, 3)]  # fmt: skip
+    batches[2].append({"op": "tag", "id": rid(1), "tags": {"stage": "prod"}, "stamp": "s1"})
+    one_by_one = Catalog(tmp_path / "one", durable=False)
+    for batch in batches:
+        one_by_one.apply(batch)
+    streamed = Catalog(tmp_path / "streamed", durable=False)
+    assert streamed.apply_stream(iter(batches)) == 13
+    assert streamed.dump() == one_by_one.dump()
+
+    bad = [{"op": "put", "record": {**make_record(99, "s/bad"), "name": ""}}]
+    partial = Catalog(tmp_path / "partial", durable=False)
+    with pytest.raises(InvalidInput):
+        partial.apply_stream(iter([batches[0], batches[1], bad, batches[3]]))
+    # 4 events a transaction: the first two batches (6 events) committed at once
+    assert sorted(r["name"] for r in partial.list(limit=100)) == [f"s/{n}" for n in range(6)]
+    for c in (one_by_one, streamed, partial):
+        c.close()

@@ -19,6 +19,9 @@ from hypothesis import strategies as st
 
 import cas
 from cas.admin import fsck
+from cas.catalog import Catalog
+from cas.catalog.catalog import item_event
+from cas.catalog.engine import Engine
 from cas.repo import checkpoints, local_catalog, segments
 from cas.repo.journal import Journal, new_stamp, seal
 from cas.repo.local_catalog import LocalCatalog
@@ -242,6 +245,44 @@ def test_writers_checkpoint_every_so_many_entries(
         fresh.sync()
         assert fresh.catalog.dump() == expected
         fresh.close()
+
+
+def test_a_new_machine_takes_a_checkpoint_in_few_transactions_and_a_compact_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint is read in batches but applied in one transaction (up to
+    ``STREAM_BATCH`` events): each commit copies every page it touches, so a new
+    catalog that committed each batch grew to about twice what it holds, and a new
+    machine's first command had all of it in memory (RSS)."""
+    monkeypatch.setattr(checkpoints, "BATCH", 100)  # 15 batches, as 100,000 records are 20
+    with cas.open_store(str(tmp_path / "store"), fsync=False) as store, store.batch():
+        for i in range(1500):
+            store.save(f"v{i}".encode(), f"d/{i % 7}/a{i}", metadata={"i": i})
+    repo = cas.open_store(str(tmp_path / "store")).repo
+    repo.sync()
+    assert repo.index.checkpoint() is not None
+    expected = _replayed(repo, tmp_path / "full")
+    commits = []
+    real_write = Engine.write
+
+    def write(engine: Any, fn: Any, need: int = 0) -> Any:
+        commits.append(need)
+        return real_write(engine, fn, need)
+
+    monkeypatch.setattr(Engine, "write", write)
+    fresh = _machine(repo, tmp_path / "new-machine")
+    fresh.sync()
+    monkeypatch.undo()
+    assert fresh.catalog.dump() == expected
+    assert len(commits) <= 3  # the checkpoint's one, the journal's tail, the sync state
+    # As compact as the same records indexed in one go by a rebuild.
+    events: list[dict[str, Any]] = []
+    fresh.catalog.export(lambda item: events.append(item_event(item)))
+    compact = Catalog(tmp_path / "rebuilt", durable=False)
+    compact.rebuild(events)
+    assert fresh.catalog.stats()["used_bytes"] <= 1.1 * compact.stats()["used_bytes"]
+    compact.close()
+    fresh.close()
 
 
 def test_gc_writes_a_checkpoint(tmp_path: Path) -> None:

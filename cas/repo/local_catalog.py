@@ -244,8 +244,8 @@ class LocalCatalog:
             return None
         return {**value, "id": rid}
 
-    def apply(self, events: list[dict[str, Any]], *, rebuild: bool = False) -> None:
-        """Apply (or rebuild from) events; one the catalog refuses goes to ``damaged``."""
+    def _good(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The events the catalog takes; each one it refuses goes to ``damaged``."""
         good: list[dict[str, Any]] = []
         for event in events:
             try:
@@ -255,6 +255,11 @@ class LocalCatalog:
                 self._damage(str(event.get("stamp") or rid), str(rid), exc)
             else:
                 good.append(event)
+        return good
+
+    def apply(self, events: list[dict[str, Any]], *, rebuild: bool = False) -> None:
+        """Apply (or rebuild from) events; one the catalog refuses goes to ``damaged``."""
+        good = self._good(events)
         if rebuild:
             self.catalog.rebuild(good)
         elif good:
@@ -330,12 +335,9 @@ class LocalCatalog:
         """A catalog with no sync state yet starts from the root's newest checkpoint
         that reads: (the stamp it covers up to, the events it held), or (None, 0)."""
         for made in reversed(checkpoints.listed(self.space.storage)):
-            applied = 0
             try:
                 upto, header, batches = checkpoints.read(self.space.storage, made)
-                for batch in batches:
-                    self.apply(batch)
-                    applied += len(batch)
+                applied = self.catalog.apply_stream(self._good(b) for b in batches)
             except (IntegrityError, FileNotFoundError) as exc:
                 logging.getLogger("cas").warning("catalog sync skipped %s: %s", made.name, exc)
                 continue  # what it applied is harmless: real events, and the state a join
