@@ -78,6 +78,7 @@ class _Shared:
         self.users = 0
         self.pid = os.getpid()
         self.growths = 0
+        self.durable = True
 
 
 _OPEN: dict[tuple[int, int], _Shared] = {}
@@ -186,6 +187,18 @@ class Engine:
                     raise _translated(self.path, exc) from exc
         raise CatalogError(f"catalog {self.path}: a write did not fit after {_RETRIES} growths")
 
+    def reopen(self) -> None:
+        """Close the environment and open it again (every engine of the process on this
+        path follows). LMDB keeps each page a write transaction dirtied, for reuse,
+        until its environment closes: after one transaction that indexed 100,000
+        records, about 105 MiB the process would otherwise hold for nothing."""
+        shared = self.shared
+        with _OPEN_LOCK, shared.lock:
+            size = shared.env.info()["map_size"]
+            shared.env.close()
+            fresh = _open(self.path, size, shared.readonly, shared.durable)
+            shared.env, shared.dbs = fresh.env, fresh.dbs
+
     def info(self) -> dict[str, int]:
         """Map size, bytes in use, page size and growths done by this process."""
         shared = self.shared
@@ -234,7 +247,9 @@ def _open(path: Path, map_size: int | None, readonly: bool, durable: bool = True
     except lmdb.Error as exc:
         raise CatalogError(f"cannot open catalog at {path}: {exc}") from exc
     try:
-        return _opened(env, path, map_size, readonly)
+        shared = _opened(env, path, map_size, readonly)
+        shared.durable = durable
+        return shared
     except FormatMismatch:
         env.close()
         raise

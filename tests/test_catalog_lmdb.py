@@ -205,3 +205,27 @@ def test_a_stream_of_batches_is_applied_as_the_same_events_and_stops_at_a_bad_on
     assert sorted(r["name"] for r in partial.list(limit=100)) == [f"s/{n}" for n in range(6)]
     for c in (one_by_one, streamed, partial):
         c.close()
+
+
+def test_a_big_stream_opens_the_environment_again_and_other_users_keep_working(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a stream of at least a tenth of ``STREAM_BATCH`` events the environment is
+    closed and opened again (LMDB frees the dirty pages it kept only then): another
+    ``Catalog`` of the process on the same folder reads and writes on, unaware."""
+    monkeypatch.setattr(cas.catalog.catalog, "STREAM_BATCH", 40)
+    first = Catalog(tmp_path / "cat", durable=False)
+    other = Catalog(tmp_path / "cat", durable=False)
+    other.put(make_record(100, "o/before"))
+    before = first._engine.shared.env
+    batches = [[{"op": "put", "record": make_record(n, f"s/{n}")}] for n in range(4)]
+    assert first.apply_stream(iter(batches)) == 4
+    assert first._engine.shared.env is not before  # opened again
+    assert other.get(rid(100))["name"] == "o/before"
+    other.put(make_record(101, "o/after"))
+    assert {r["name"] for r in first.list(limit=10)} == {
+        "o/before", "o/after", "s/0", "s/1", "s/2", "s/3"
+    }
+    first.close()
+    assert other.get(rid(2))["name"] == "s/2"
+    other.close()
