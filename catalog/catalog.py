@@ -432,15 +432,23 @@ class Catalog:
 
         return self._engine.read(run)
 
-    def export(self, sink: Callable[[builtins.list[Any]], None]) -> dict[str, int]:
-        """Hand the catalog's whole state to ``sink`` as compact items, from one read
+    def export(
+        self, sink: Callable[[builtins.list[Any]], None], *, mark: str | None = None
+    ) -> dict[str, int]:
+        """Hand the catalog's whole state to ``sink`` as compact items, from one
         transaction (a consistent snapshot), in the order a replay wants them: each
         tombstone ``["d", id, stamp]``, each tag key set by an event
         ``["t", id, key, stamp, value or None]``, each record ``["p", record msgpack]``.
         :func:`item_event` turns an item back into an event; applying them all to an
         empty catalog gives the same :meth:`dump` (the state is a join of its events,
         so applying them to any catalog adds exactly what they hold). Returns counts.
+
+        ``mark``: first :meth:`mark` the state with this label, so that
+        :meth:`export_changes` later hands out what changed since. A change that lands
+        between the mark and the snapshot is in both: harmless, they add up as a join.
         """
+        if mark is not None:
+            self.mark(mark)
 
         def run(txn: Txn) -> dict[str, int]:
             counts = {"tombstones": 0, "tags": 0, "records": 0}
@@ -450,22 +458,87 @@ class Catalog:
                     counts["tombstones"] += 1
             with txn.cursor(db=self._db(keys.TAGSTAMPS)) as cur:
                 for k, v in cur:
-                    raw = bytes(k)
-                    stamp, value = _unpack(bytes(v))
-                    sink(
-                        [
-                            "t",
-                            raw[: keys.ID_BYTES].hex(),
-                            raw[keys.ID_BYTES :].decode(),
-                            stamp,
-                            value,
-                        ]
-                    )
+                    sink(_tag_item(bytes(k), bytes(v)))
                     counts["tags"] += 1
             with txn.cursor(db=self._db(keys.RECORDS)) as cur:
                 for _, v in cur:
                     sink(["p", bytes(v)])
                     counts["records"] += 1
+            return counts
+
+        return self._engine.read(run)
+
+    # -- changes since a mark (incremental checkpoints) ------------------------------
+
+    def mark(self, label: str) -> None:
+        """Count changes from now on against the present state, called ``label``: each
+        record put, tag key won and tombstone written (the ones counted so far are
+        forgotten). The caller marks a state it knows by that label elsewhere (a
+        checkpoint this catalog was filled from, or exported with ``mark``)."""
+        self._engine.write(lambda txn: Writer(txn, self._engine.shared.dbs).mark(label))
+
+    def marked(self) -> str | None:
+        """The label of the state changes are counted from, or None."""
+
+        def run(txn: Txn) -> str | None:
+            db = self._engine.shared.dbs.get(keys.CHANGES)
+            raw = None if db is None else txn.get(keys.MARK, db=db)
+            return None if raw is None else bytes(raw).decode()
+
+        return self._engine.read(run)
+
+    def relabel(self, old: str, new: str) -> bool:
+        """Call the marked state ``new`` if it is still called ``old`` (True if so)."""
+
+        def run(txn: Txn) -> bool:
+            db = self._db(keys.CHANGES)
+            if txn.get(keys.MARK, db=db) != old.encode():
+                return False
+            txn.put(keys.MARK, new.encode(), db=db)
+            return True
+
+        return self._engine.write(run)
+
+    def changed(self, label: str) -> int | None:
+        """How many changes were counted since the state ``label`` was marked; None if
+        changes are not counted from that state."""
+
+        def run(txn: Txn) -> int | None:
+            db = self._engine.shared.dbs.get(keys.CHANGES)
+            if db is None or txn.get(keys.MARK, db=db) != label.encode():
+                return None
+            return int(txn.stat(db)["entries"]) - 1
+
+        return self._engine.read(run)
+
+    def export_changes(
+        self, sink: Callable[[builtins.list[Any]], None], label: str
+    ) -> dict[str, int] | None:
+        """Hand ``sink`` the items (as :meth:`export`'s) of what changed since the state
+        ``label`` was marked, as they are now: that state and these items add up to
+        the catalog (a join). None, and nothing handed out, if changes are not
+        counted from that state."""
+
+        def run(txn: Txn) -> dict[str, int] | None:
+            db = self._engine.shared.dbs.get(keys.CHANGES)
+            if db is None or txn.get(keys.MARK, db=db) != label.encode():
+                return None
+            counts = {"tombstones": 0, "tags": 0, "records": 0}
+            tombs, stamps = self._db(keys.TOMBSTONES), self._db(keys.TAGSTAMPS)
+            records = self._db(keys.RECORDS)
+            with txn.cursor(db=db) as cur:
+                for k in cur.iternext(keys=True, values=False):
+                    key = bytes(k)
+                    kind, rest = key[:1], key[1:]
+                    if kind == b"d" and (stamp := txn.get(rest, db=tombs)) is not None:
+                        sink(["d", rest.hex(), bytes(stamp).decode()])
+                        counts["tombstones"] += 1
+                    elif kind == b"t" and (won := txn.get(rest, db=stamps)) is not None:
+                        sink(_tag_item(rest, bytes(won)))  # gone: its id was deleted since
+                        counts["tags"] += 1
+                    elif kind == b"p" and (raw := txn.get(rest, db=records)) is not None:
+                        sink(["p", bytes(raw)])  # gone: deleted since
+                        counts["records"] += 1
             return counts
 
         return self._engine.read(run)
@@ -553,6 +626,12 @@ class Catalog:
             return walk(id_raw, lambda n: parents_of(txn, db, n), depth)
         db = self._db(keys.CHILDREN)
         return walk(id_raw, lambda n: children_of(txn, db, n), depth)
+
+
+def _tag_item(key: bytes, value: bytes) -> list[Any]:
+    """The export item of one ``tagstamps`` entry."""
+    stamp, won = _unpack(value)
+    return ["t", key[: keys.ID_BYTES].hex(), key[keys.ID_BYTES :].decode(), stamp, won]
 
 
 def _weight(event: tuple[str, Any]) -> int:

@@ -291,7 +291,11 @@ def _open_dbs(env: lmdb.Environment, path: Path, readonly: bool) -> dict[bytes, 
     if readonly:
         for name in keys.ALL_DBS:
             dup = name in keys.DUPSORT_DBS
-            dbs[name] = env.open_db(name, create=False, dupsort=dup, dupfixed=dup)
+            try:
+                dbs[name] = env.open_db(name, create=False, dupsort=dup, dupfixed=dup)
+            except lmdb.NotFoundError:
+                if name != keys.CHANGES:  # format 2 has none: nothing is marked
+                    raise
         return dbs
     with env.begin(write=True) as txn:
         for name in keys.ALL_DBS:
@@ -299,7 +303,7 @@ def _open_dbs(env: lmdb.Environment, path: Path, readonly: bool) -> dict[bytes, 
             dbs[name] = env.open_db(name, txn=txn, dupsort=dup, dupfixed=dup)
         meta = dbs[keys.META]
         found = txn.get(b"format", db=meta)
-        if found is None:
+        if found is None or found in keys.OLDER_FORMATS:
             txn.put(b"format", keys.FORMAT, db=meta)
         elif found != keys.FORMAT:
             raise FormatMismatch(

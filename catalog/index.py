@@ -37,6 +37,10 @@ class Writer:
         self._records = dbs[keys.RECORDS]
         self._tombs = dbs[keys.TOMBSTONES]
         self._stamps = dbs[keys.TAGSTAMPS]
+        # Changes are counted only while a mark is set (see keys: ``changes``).
+        changes = dbs.get(keys.CHANGES)
+        marked = changes is not None and txn.get(keys.MARK, db=changes) is not None
+        self._changes = changes if marked else None
 
     def put(self, entry: Entry) -> bool:
         """Index a record; False when the id is tombstoned or already present."""
@@ -50,6 +54,7 @@ class Writer:
             entry = Entry(id_raw, entry.post, _with_tags(entry.record, changes))
         txn.put(id_raw, entry.encoded(), db=self._records)
         self._add(index_entries(entry))
+        self._changed(b"p" + id_raw)
         return True
 
     def tag(self, id_raw: bytes, tags: dict[str, str | None], stamp: str) -> None:
@@ -66,6 +71,7 @@ class Writer:
                 if _rank(stamp, value) <= _rank(old_stamp, old_value):
                     continue
             txn.put(skey, pack([stamp, value]), db=self._stamps)
+            self._changed(b"t" + skey)
             won[key] = value
         if not won:
             return
@@ -91,6 +97,7 @@ class Writer:
         old = txn.get(id_raw, db=self._tombs)
         if old is None or stamp.encode() < old:
             txn.put(id_raw, stamp.encode(), db=self._tombs)
+            self._changed(b"d" + id_raw)
         cur = txn.cursor(db=self._stamps)
         if cur.set_range(id_raw):
             while cur.key()[: keys.ID_BYTES] == id_raw:
@@ -105,11 +112,20 @@ class Writer:
         txn.delete(id_raw, db=self._records)
         return True
 
+    def mark(self, label: str) -> None:
+        """Count changes from now on against this state, called ``label`` (the
+        changes counted so far are forgotten)."""
+        changes = self.dbs[keys.CHANGES]
+        self.txn.drop(changes, delete=False)
+        self.txn.put(keys.MARK, label.encode(), db=changes)
+        self._changes = changes
+
     def clear(self) -> None:
-        """Empty every sub-database but ``meta``."""
+        """Empty every sub-database but ``meta`` (a mark goes too)."""
         for name in keys.ALL_DBS:
             if name != keys.META:
                 self.txn.drop(self.dbs[name], delete=False)
+        self._changes = None
 
     # -- helpers -----------------------------------------------------------------
 
@@ -124,6 +140,10 @@ class Writer:
                 break
             out[skey[keys.ID_BYTES :].decode()] = unpack(raw)[1]
         return out
+
+    def _changed(self, key: bytes) -> None:
+        if self._changes is not None:
+            self.txn.put(key, b"", db=self._changes)
 
     def _add(self, entries: list[IndexEntry]) -> None:
         txn, dbs = self.txn, self.dbs

@@ -28,7 +28,16 @@ terms smallest first.
     parents     child id              -> position (2 bytes) + parent id*   given order
     tombstones  id                    -> delete stamp (utf-8), the smallest one seen
     tagstamps   id + tag key (utf-8)  -> msgpack([stamp, value or None])  LWW winner per key
-    meta        b"format"             -> b"2"
+    changes     b"\0mark"             -> the label of the state changes are counted from
+                b"p" + id | b"t" + id + tag key | b"d" + id  -> b""   what changed since
+    meta        b"format"             -> b"3"
+
+``changes`` exists only while a mark is set (:meth:`Catalog.mark`): each record put,
+tag key won and tombstone written since then, so that the difference between the
+catalog and the state it held when marked can be exported without comparing the two
+(an incremental checkpoint). Format 3 added it; a format 2 catalog is upgraded in
+place when opened for writing (no mark yet), and a cas that reads only format 2
+builds its catalog again rather than write changes it would not count.
 
 Terms longer than ``MAX_TERM`` bytes are replaced by ``0xff + blake2b(term)`` (0xff
 never occurs in UTF-8), because LMDB keys are limited to 511 bytes.
@@ -39,7 +48,9 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timedelta
 
-FORMAT = b"2"
+FORMAT = b"3"
+#: formats opened as they are (and marked 3 when opened for writing)
+OLDER_FORMATS = (b"2",)
 
 RECORDS = b"records"
 TIME = b"time"
@@ -55,13 +66,15 @@ CHILDREN = b"children"
 PARENTS = b"parents"
 TOMBSTONES = b"tombstones"
 TAGSTAMPS = b"tagstamps"
+CHANGES = b"changes"
 META = b"meta"
+MARK = b"\0mark"
 
 #: term -> posting indexes, searched by the query engine
 POSTING_DBS = (NAME, TYPE, TAG, TOKEN, RUN, PIPELINE, STEP, CHILDREN, CONTENT)
 #: dupsort sub-databases (fixed-size values)
 DUPSORT_DBS = (*POSTING_DBS, PARENTS)
-PLAIN_DBS = (RECORDS, TIME, TOMBSTONES, TAGSTAMPS, META)
+PLAIN_DBS = (RECORDS, TIME, TOMBSTONES, TAGSTAMPS, CHANGES, META)
 ALL_DBS = (*PLAIN_DBS, *DUPSORT_DBS)
 
 ID_BYTES = 32

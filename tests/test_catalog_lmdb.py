@@ -229,3 +229,64 @@ def test_a_big_stream_opens_the_environment_again_and_other_users_keep_working(
     first.close()
     assert other.get(rid(2))["name"] == "s/2"
     other.close()
+
+
+def test_changes_since_a_mark_add_up_with_the_marked_state_to_the_catalog(
+    tmp_path: Path,
+) -> None:
+    """What an incremental checkpoint is made of: the items that changed since a mark,
+    applied over what the catalog held when marked, give the catalog."""
+    from cas.catalog.catalog import item_event
+
+    cat = Catalog(tmp_path / "cat", durable=False)
+    for n in range(5):
+        cat.put(make_record(n, f"m/{n}"))
+    cat.tag(rid(0), {"stage": "dev"}, "2026-01-01T00:00:00.000000Z-a")
+    assert cat.marked() is None and cat.changed("x") is None
+    base: list[list[object]] = []
+    cat.export(base.append, mark="base")
+    assert cat.marked() == "base" and cat.changed("base") == 0
+    cat.put(make_record(7, "m/7"))
+    cat.put(make_record(0, "m/0"))  # already held: no change
+    cat.tag(rid(1), {"stage": "prod"}, "2026-01-02T00:00:00.000000Z-b")
+    cat.tag(rid(0), {"stage": "old"}, "2025-01-01T00:00:00.000000Z-c")  # loses: no change
+    cat.delete(rid(2), "2026-01-03T00:00:00.000000Z-d")
+    cat.put(make_record(8, "m/8"))
+    cat.delete(rid(8), "2026-01-04T00:00:00.000000Z-e")  # put and gone since
+    assert cat.changed("base") == 5  # p7, t1, d2, p8, d8
+    since: list[list[object]] = []
+    assert cat.export_changes(since.append, "other") is None and not since
+    counts = cat.export_changes(since.append, "base")
+    assert counts == {"tombstones": 2, "tags": 1, "records": 1}
+    again = Catalog(tmp_path / "again", durable=False)
+    again.apply([item_event(i) for i in base + since])
+    assert again.dump() == cat.dump()
+    assert cat.relabel("base", "named") and not cat.relabel("base", "x")
+    assert cat.changed("named") == 5
+    cat.rebuild([])  # a rebuild forgets the mark
+    assert cat.marked() is None
+    for c in (cat, again):
+        c.close()
+
+
+def test_a_catalog_of_format_2_is_read_and_upgraded_in_place(tmp_path: Path) -> None:
+    import lmdb
+
+    cat = Catalog(tmp_path / "cat", durable=False)
+    cat.put(make_record(1, "old/one"))
+    cat.close()
+    env = lmdb.open(str(tmp_path / "cat"), max_dbs=32)  # as a cas of format 2 left it
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(b"changes", txn=txn))
+        txn.put(b"format", b"2", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    ro = Catalog(tmp_path / "cat", readonly=True)
+    assert ro.get(rid(1))["name"] == "old/one" and ro.marked() is None
+    ro.close()
+    rw = Catalog(tmp_path / "cat", durable=False)
+    assert rw.dump()["meta"] == {"format": "3"}
+    rw.put(make_record(2, "new/two"))
+    rw.mark("m")
+    rw.put(make_record(3, "new/three"))
+    assert rw.changed("m") == 1
+    rw.close()

@@ -43,6 +43,14 @@ def _replayed(repo: Repository, folder: Path) -> dict[str, Any]:
         full.close()
 
 
+def _a_new_machine_gets_a_replay(repo: Repository, tmp_path: Path) -> None:
+    expected = _replayed(repo, tmp_path / "full")
+    fresh = _machine(repo, tmp_path / "fresh")
+    fresh.sync()
+    assert fresh.catalog.dump() == expected
+    fresh.close()
+
+
 class _Reads:
     """Counts the journal entries a machine reads (tag entries) and the records it
     reads (puts), so a test can say a checkpoint spared them."""
@@ -119,7 +127,7 @@ def test_a_new_machine_starts_from_the_checkpoint_and_gets_what_a_replay_gives(
 @st.composite
 def _histories(draw: st.DrawFn) -> list[tuple[Any, ...]]:
     """Saves, tags, deletes and late entries (named up to a minute before they land, or
-    up to five hours: ``very_late``), with a checkpoint somewhere among them."""
+    up to five hours: ``very_late``), with one to three checkpoints among them."""
     steps: list[tuple[Any, ...]] = []
     n = draw(st.integers(1, 25))
     for i in range(n):
@@ -131,8 +139,9 @@ def _histories(draw: st.DrawFn) -> list[tuple[Any, ...]]:
         target = draw(st.integers(0, 300))
         value = draw(st.sampled_from(["a", "b", None]))
         steps.append((kind, i, target, value))
-    at = draw(st.integers(0, len(steps)))
-    steps.insert(at, ("checkpoint",))
+    for _ in range(draw(st.integers(1, 3))):  # the second and third: incremental ones
+        at = draw(st.integers(0, len(steps)))
+        steps.insert(at, ("checkpoint",))
     return steps
 
 
@@ -238,13 +247,10 @@ def test_writers_checkpoint_every_so_many_entries(
         for i in range(35):
             store.save(f"{i}".encode(), f"w/{i}")
         made = checkpoints.listed(store.repo.storage)
-        # one every 10 entries; the oldest beyond KEEP + 1 removed
-        assert 1 <= len(made) <= checkpoints.KEEP + 1
-        expected = _replayed(store.repo, tmp_path / "full")
-        fresh = _machine(store.repo, tmp_path / "fresh")
-        fresh.sync()
-        assert fresh.catalog.dump() == expected
-        fresh.close()
+        # one every 10 entries; the oldest beyond KEEP + 1 removed, but for the whole
+        # one the kept ones add to
+        assert 1 <= len(made) <= checkpoints.KEEP + 2
+        _a_new_machine_gets_a_replay(store.repo, tmp_path)
 
 
 def test_a_new_machine_takes_a_checkpoint_in_few_transactions_and_a_compact_file(
@@ -283,6 +289,109 @@ def test_a_new_machine_takes_a_checkpoint_in_few_transactions_and_a_compact_file
     assert fresh.catalog.stats()["used_bytes"] <= 1.1 * compact.stats()["used_bytes"]
     compact.close()
     fresh.close()
+
+
+def _events(repo: Repository, made: checkpoints.Checkpoint) -> list[dict[str, Any]]:
+    _, _, batches = checkpoints.read(repo.storage, made)
+    return [event for batch in batches for event in batch]
+
+
+def _kinds(storage: Any) -> list[str]:
+    return ["whole" if c.base is None else "incremental" for c in checkpoints.listed(storage)]
+
+
+def test_writers_add_incremental_checkpoints_to_a_whole_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole checkpoint holds the catalog (about 95 bytes a record: 95 MB at 1,000,000
+    records), written every EVERY entries; after the first, a writer writes what changed
+    since it, until that is more than ``incremental_limit``. A new machine reads the
+    newest and its whole one: what a replay gives."""
+    monkeypatch.setattr(checkpoints, "EVERY", 10)
+    monkeypatch.setattr(checkpoints, "KEEP", 1)
+    monkeypatch.setattr(checkpoints, "incremental_limit", lambda records: 1000)
+    with cas.open_store(str(tmp_path / "store"), fsync=False) as store:
+        repo = store.repo
+        ids = [store.save(f"{i}".encode(), f"w/{i}", metadata={"i": i}) for i in range(60)]
+        # one every 10 entries: the first whole, then incremental ones (the newest and
+        # KEEP before it stay, and the whole one they add to)
+        assert _kinds(repo.storage) == ["whole", "incremental", "incremental"]
+        ids += [store.save(f"{i}".encode(), f"w/{i}") for i in range(60, 85)]
+        store.catalog.tag(ids[0], stage="production")  # a record the whole one holds
+        store.catalog.delete(ids[1])
+        ids += [store.save(f"{i}".encode(), f"w/{i}") for i in range(85, 95)]
+        every = checkpoints.listed(repo.storage)
+        newest = every[-1]
+        assert _kinds(repo.storage) == ["whole", "incremental", "incremental"]
+        assert checkpoints.base_of(newest, every) == every[0]
+        held = {c.name: _events(repo, c) for c in every}
+        whole_puts = {e["record"]["id"] for e in held[every[0].name] if e["op"] == "put"}
+        new_puts = {e["record"]["id"] for e in held[newest.name] if e["op"] == "put"}
+        assert ids[0] in whole_puts and not whole_puts & new_puts  # each record once
+        assert set(ids[:90]) <= whole_puts | new_puts <= set(ids)  # the newest at 90
+        assert {"op": "delete", "id": ids[1]} in [
+            {"op": e["op"], "id": e.get("id")} for e in held[newest.name]
+        ]
+        assert any(
+            e["op"] == "tag" and e["id"] == ids[0] and e["tags"] == {"stage": "production"}
+            for e in held[newest.name]
+        )
+        read = []
+        real_read = checkpoints.read
+
+        def counted(storage: Any, made: checkpoints.Checkpoint) -> Any:
+            read.append(made.name)
+            return real_read(storage, made)
+
+        monkeypatch.setattr(checkpoints, "read", counted)
+        fresh = _machine(repo, tmp_path / "new-machine")
+        fresh.sync()
+        assert sorted(read) == sorted([newest.name, every[0].name])
+        monkeypatch.setattr(checkpoints, "read", real_read)
+        assert fresh.catalog.dump() == _replayed(repo, tmp_path / "full")
+        assert fresh.catalog.get(ids[0])["tags"] == {"stage": "production"}
+        assert fresh.catalog.get(ids[1]) is None
+        # The new machine took the whole one as its own: its checkpoints add to it too.
+        assert fresh.catalog.marked() == every[0].name
+        mine = fresh.checkpoint()
+        assert mine is not None and mine.base == every[0].digest
+        fresh.close()
+
+
+def test_a_whole_checkpoint_comes_again_when_the_changes_outgrow_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoints, "EVERY", 10)
+    monkeypatch.setattr(checkpoints, "incremental_limit", lambda records: 15)
+    with cas.open_store(str(tmp_path / "store"), fsync=False) as store:
+        for i in range(45):
+            store.save(f"{i}".encode(), f"w/{i}")
+        # 10: whole; 20: 10 changes, incremental; 30: 20 changes, whole again; 40: one
+        # on that (the first whole one stays while the one at 20, which adds to it, does)
+        assert _kinds(store.repo.storage) == ["whole", "incremental", "whole", "incremental"]
+        for i in range(45, 65):
+            store.save(f"{i}".encode(), f"w/{i}")
+        # 50: whole (20 changes), 60: incremental; the first two went
+        assert _kinds(store.repo.storage) == ["whole", "incremental", "whole", "incremental"]
+        _a_new_machine_gets_a_replay(store.repo, tmp_path)
+
+
+def test_an_incremental_checkpoint_whose_whole_one_is_gone_is_passed_over_and_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoints, "EVERY", 10)
+    with cas.open_store(str(tmp_path / "store"), fsync=False) as store:
+        for i in range(25):
+            store.save(f"{i}".encode(), f"w/{i}")
+        repo = store.repo
+        whole, newest = checkpoints.listed(repo.storage)
+        assert newest.base == whole.digest
+        (tmp_path / "store" / whole.path).unlink()
+        _a_new_machine_gets_a_replay(repo, tmp_path)  # from no checkpoint: it can use none
+        report = fsck.check(store)
+        assert [p.kind for p in report.problems] == ["damaged-checkpoint"]
+        assert newest.name in report.problems[0].describe()
+        assert "gone" in report.problems[0].describe()
 
 
 def test_gc_writes_a_checkpoint(tmp_path: Path) -> None:

@@ -13,7 +13,10 @@ can never be a ref's name (no ref component starts with a dot).
 
 The file: ``CASCKPT1``, then one zstd frame of msgpack values: a header map
 (``format``, ``upto``, counts) and the items of :meth:`cas.catalog.Catalog.export`
-(tombstones, tag stamps, records). The catalog's state is a join of its events (records
+(tombstones, tag stamps, records). An *incremental* checkpoint
+(``<time>-<32 hex>~<32 hex of its base>``) holds only what changed since a whole one,
+its base, which its header names (:meth:`cas.catalog.Catalog.export_changes`): a reader
+applies both. The catalog's state is a join of its events (records
 are added once, deletes are tombstones, tags are last-writer-wins per key by stamp), so
 a checkpoint applied to any catalog, then every journal entry it may not cover, gives
 exactly what a replay of the whole journal gives: a reader applies it, then the entries
@@ -27,8 +30,9 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import logging
+import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -57,18 +61,20 @@ KEEP: Final = 2
 #: Events handed to the catalog per transaction when a checkpoint is applied.
 BATCH: Final = 5000
 
-_NAME = re.compile(r"(\d{8}T\d{6}\.\d{6}Z)-([0-9a-f]{32})\Z")
+_NAME = re.compile(r"(\d{8}T\d{6}\.\d{6}Z)-([0-9a-f]{32})(?:~([0-9a-f]{32}))?\Z")
 
 log = logging.getLogger("cas")
 
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """One checkpoint file: its name, the time of the newest stamp it covers, its digest."""
+    """One checkpoint file: its name, the time of the newest stamp it covers, its digest,
+    and for an incremental one the digest of the whole checkpoint it adds to."""
 
     name: str
     time: str
     digest: str
+    base: str | None = None
 
     @property
     def path(self) -> str:
@@ -77,7 +83,7 @@ class Checkpoint:
     @classmethod
     def parse(cls, name: str) -> Checkpoint | None:
         m = _NAME.match(name)
-        return None if m is None else cls(name, m.group(1), m.group(2))
+        return None if m is None else cls(name, m.group(1), m.group(2), m.group(3))
 
 
 def listed(storage: Storage) -> list[Checkpoint]:
@@ -86,15 +92,33 @@ def listed(storage: Storage) -> list[Checkpoint]:
     return sorted((c for c in found if c is not None), key=lambda c: c.name)
 
 
+def base_of(made: Checkpoint, among: list[Checkpoint]) -> Checkpoint | None:
+    """The whole checkpoint an incremental one adds to, if ``among`` lists it."""
+    return next((c for c in among if c.base is None and c.digest == made.base), None)
+
+
+def incremental_limit(records: int) -> int:
+    """The most changes an incremental checkpoint holds before a whole one is written
+    instead: sqrt(2 x EVERY x records), so that the bytes written per journal entry
+    grow with the square root of the catalog, not with the catalog (a whole one every
+    EVERY entries: 95 bytes a record each time)."""
+    return max(EVERY, math.isqrt(2 * EVERY * records))
+
+
 def write(
-    storage: Storage, catalog: Catalog, upto: str, times: dict[str, Any] | None = None
+    storage: Storage,
+    export: Callable[[Callable[[list[Any]], None]], dict[str, int]],
+    upto: str,
+    times: dict[str, Any] | None = None,
+    base: Checkpoint | None = None,
 ) -> Checkpoint:
-    """Write the state of ``catalog``, which holds every journal entry up to the stamp
-    ``upto``, as a new checkpoint (durable before it is visible); then remove the ones
-    more than :data:`KEEP` behind it. ``times``: when the writer's last listings of the
-    journal began (``listed_at``, a stamp's time; ``deep_at``, seconds since the epoch),
-    so that a reader that starts from the checkpoint lists from there as the writer
-    would have."""
+    """Write the items ``export`` hands out (the state of a catalog that holds every
+    journal entry up to the stamp ``upto``, or with ``base`` what it holds beyond that
+    whole checkpoint) as a new checkpoint, durable before it is visible; then remove
+    the ones more than :data:`KEEP` behind it that no kept one adds to. ``times``:
+    when the writer's last listings of the journal began (``listed_at``, a stamp's
+    time; ``deep_at``, seconds since the epoch), so that a reader that starts from the
+    checkpoint lists from there as the writer would have."""
     buf = io.BytesIO()
     buf.write(MAGIC)
     packer = msgpack.Packer(use_bin_type=True)
@@ -108,19 +132,26 @@ def write(
                 items.clear()
 
         # The header first; last a map of the counts, so a file cut short is noticed.
-        out.write(packer.pack({**(times or {}), "format": FORMAT, "upto": upto}))
-        counts = catalog.export(sink)
+        header = {**(times or {}), "format": FORMAT, "upto": upto}
+        if base is not None:
+            header["base"] = base.name
+        out.write(packer.pack(header))
+        counts = export(sink)
         out.write(b"".join(items))
         out.write(packer.pack({"end": counts}))
     data = buf.getvalue()
     digest = blake3.blake3(data).digest(16).hex()
-    made = Checkpoint(f"{upto[:23]}-{digest}", upto[:23], digest)
+    name = f"{upto[:23]}-{digest}" + ("" if base is None else f"~{base.digest}")
+    made = Checkpoint(name, upto[:23], digest, None if base is None else base.digest)
     storage.write_atomic(made.path, data, durable=True)
     log.info("catalog checkpoint %s written: %s", made.name, counts)
     every = listed(storage)
     older = [c for c in every if c.name < made.name]
+    kept = [*older[max(0, len(older) - KEEP) :], made]
+    bases = {c.base for c in kept if c.base is not None}
     for stale in older[: max(0, len(older) - KEEP)]:
-        storage.delete(stale.path)
+        if stale.digest not in bases:
+            storage.delete(stale.path)
     return made
 
 
@@ -151,6 +182,11 @@ def read(
     upto = header.get("upto")
     if not isinstance(upto, str) or upto[:23] != checkpoint.time:
         raise _damaged(checkpoint, ValueError("its header names another time than its name"))
+    base = header.get("base")
+    if (base is None) != (checkpoint.base is None) or (
+        base is not None and (not isinstance(base, str) or not base.endswith(f"-{checkpoint.base}"))
+    ):
+        raise _damaged(checkpoint, ValueError("its header names another base than its name"))
 
     def batches() -> Iterator[list[dict[str, Any]]]:
         batch: list[dict[str, Any]] = []
@@ -188,26 +224,51 @@ def verify(
     read, or disagrees with what it covers: a record it holds that the journal never
     put (``catalog``, caught up with the whole journal, neither holds nor tombstones
     it), or a put entry it covers (named a whole resync window before its ``upto``, so
-    surely seen by its writer) whose record it lacks."""
+    surely seen by its writer) whose record it lacks. An incremental checkpoint covers
+    what it and its base hold together; one whose base is gone is named too (readers
+    pass over it)."""
     live = set(catalog.ids())
     gone = set(catalog.tombstones())
+    every = listed(storage)
     found: list[tuple[str, str]] = []
-    for made in listed(storage):
-        held: set[str] = set()
-        dead: set[str] = set()
+    contents: dict[str, tuple[str, set[str], set[str]] | None] = {}
+
+    def content(made: Checkpoint) -> tuple[str, set[str], set[str]] | None:
+        """(upto, ids held, ids tombstoned) of one file; None if gone since the listing."""
+        if made.name not in contents:
+            held: set[str] = set()
+            dead: set[str] = set()
+            try:
+                upto, _, batches = read(storage, made)
+                for batch in batches:
+                    for event in batch:
+                        if event["op"] == "put":
+                            held.add(str(event["record"].get("id")))
+                        elif event["op"] == "delete":
+                            dead.add(str(event["id"]))
+                contents[made.name] = (upto, held, dead)
+            except FileNotFoundError:
+                contents[made.name] = None  # replaced by a newer one since the listing
+        return contents[made.name]
+
+    for made in every:
         try:
-            upto, _, batches = read(storage, made)
-            for batch in batches:
-                for event in batch:
-                    if event["op"] == "put":
-                        held.add(str(event["record"].get("id")))
-                    elif event["op"] == "delete":
-                        dead.add(str(event["id"]))
+            got = content(made)
+            if got is None:
+                continue
+            upto, held, dead = got
+            if made.base is not None:
+                base = base_of(made, every)
+                below = None if base is None else content(base)
+                if below is None:
+                    found.append((made.name, "the whole checkpoint it adds to is gone; "
+                                  "run 'cas fsck --repair'"))  # fmt: skip
+                    continue
+                held, dead = held | below[1], dead | below[2]
         except IntegrityError as exc:
-            found.append((made.name, str(exc)))
-            continue
-        except FileNotFoundError:
-            continue  # replaced by a newer one since the listing
+            if exc.object_id == made.name:
+                found.append((made.name, str(exc)))
+            continue  # its base does not read: named on its own line
         unknown = sorted(held - live - gone)
         if unknown:
             found.append((made.name, f"it holds {len(unknown)} records the journal never "

@@ -14,10 +14,13 @@ import contextlib
 import datetime as _dt
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -333,11 +336,29 @@ class LocalCatalog:
 
     def _from_checkpoint(self) -> tuple[str | None, int]:
         """A catalog with no sync state yet starts from the root's newest checkpoint
-        that reads: (the stamp it covers up to, the events it held), or (None, 0)."""
-        for made in reversed(checkpoints.listed(self.space.storage)):
+        that reads (with the whole one it adds to, if incremental): (the stamp it
+        covers up to, the events it held), or (None, 0). An empty catalog filled from a
+        whole checkpoint is marked with its name, so that its own checkpoints can be
+        incremental ones on it."""
+        storage = self.space.storage
+        every = checkpoints.listed(storage)
+        for made in reversed(every):
+            base = None if made.base is None else checkpoints.base_of(made, every)
+            if made.base is not None and base is None:
+                continue  # the whole checkpoint it adds to is gone (gc, or a newer writer)
+            stats = self.catalog.stats()
+            empty = not (stats["records"] or stats["tombstones"] or stats["entries"]["tagstamps"])
             try:
-                upto, header, batches = checkpoints.read(self.space.storage, made)
-                applied = self.catalog.apply_stream(self._good(b) for b in batches)
+                upto, header, batches = checkpoints.read(storage, made)  # verified first
+                applied = 0
+                if base is not None:
+                    _, _, below = checkpoints.read(storage, base)
+                    applied += self.catalog.apply_stream(self._good(b) for b in below)
+                    if empty:
+                        self.catalog.mark(base.name)
+                applied += self.catalog.apply_stream(self._good(b) for b in batches)
+                if base is None and empty:
+                    self.catalog.mark(made.name)
             except (IntegrityError, FileNotFoundError) as exc:
                 logging.getLogger("cas").warning("catalog sync skipped %s: %s", made.name, exc)
                 continue  # what it applied is harmless: real events, and the state a join
@@ -350,19 +371,51 @@ class LocalCatalog:
 
     def checkpoint(self, upto: str | None = None) -> checkpoints.Checkpoint | None:
         """Write a checkpoint of this catalog, caught up to the stamp ``upto`` (default:
-        the newest it applied); None if it has applied nothing yet."""
+        the newest it applied); None if it has applied nothing yet. An incremental one
+        (what changed since the whole checkpoint this catalog is marked with) while
+        those changes are at most :func:`checkpoints.incremental_limit`, else a whole
+        one, which the catalog is then marked with."""
         upto = upto or self._high_water()
         if upto is None:
             return None
         state = self._state()
         times: dict[str, Any] = {k: state[k] for k in ("listed_at", "deep_at") if k in state}
+        storage = self.space.storage
         try:
-            made = checkpoints.write(self.space.storage, self.catalog, upto, times)
+            made = self._incremental(upto, times)
+            if made is None:
+                pending = f"pending-{upto}-{os.getpid()}-{secrets.token_hex(4)}"
+                made = checkpoints.write(
+                    storage, partial(self.catalog.export, mark=pending), upto, times
+                )
+                self.catalog.relabel(pending, made.name)
         except (CasError, OSError) as exc:  # a reader that cannot write (read-only): fine
             logging.getLogger("cas").info("catalog checkpoint not written: %s", exc)
             return None
         self._save_high_water(upto, since_checkpoint=0)
         return made
+
+    def _incremental(self, upto: str, times: dict[str, Any]) -> checkpoints.Checkpoint | None:
+        """An incremental checkpoint written, or None if a whole one is due: no mark,
+        its checkpoint gone, or too many changes since."""
+        label = self.catalog.marked()
+        every = checkpoints.listed(self.space.storage)
+        base = next((c for c in every if c.base is None and c.name == label), None)
+        if base is None or upto[:23] < base.time:
+            return None
+        changed = self.catalog.changed(base.name)
+        if changed is None or changed > checkpoints.incremental_limit(
+            self.catalog.stats()["records"]
+        ):
+            return None
+
+        def export(sink: Callable[[list[Any]], None]) -> dict[str, int]:
+            counts = self.catalog.export_changes(sink, base.name)
+            if counts is None:  # marked again meanwhile (another thread wrote a whole one)
+                raise CasError("the catalog's mark moved while a checkpoint was written")
+            return counts
+
+        return checkpoints.write(self.space.storage, export, upto, times, base)
 
     def note_written(self, stamp: str) -> None:
         """A local write went to both journal and catalog: move the high-water mark if
