@@ -43,6 +43,14 @@ first gc (it reads every name, history entry and content header, and leaves a re
 snapshot and the objects it found to point at nothing for the next: docs/gc.md), then
 a fresh machine's (the target), then a fresh machine's through the proxy.
 
+Catalog checkpoints, on the local store of the "batches" bucket once it is copied (and
+alone, with no S3, with ``--checkpoints-only``): a whole checkpoint written, then an
+incremental one after 999 more saves (its size against the whole one's), the bytes
+written per journal entry that gives (a whole one every ``incremental_limit`` entries,
+incremental ones between) beside every checkpoint whole, and a new machine's catalog
+made from them with its first search (a child process, a new catalog folder over the
+same root): its peak RSS, target < 256 MiB.
+
 Time: about 5 minutes at 3,000 artifacts (``--quick``), most of it moto storing the
 buckets' files (about 250 a second) and answering gc; at 100,000 the buckets alone
 take the better part of an hour, and a step over ``--timeout`` is killed (its requests,
@@ -242,6 +250,62 @@ def _build_local(path: Path, n: int, batches: bool) -> float:
     return seconds
 
 
+_FRESH_CATALOG = r"""
+import json, sys, time
+from pathlib import Path
+import cas
+from cas.repo.local_catalog import LocalCatalog
+t0 = time.perf_counter()
+repo = cas.open_store(sys.argv[1], create=False).repo
+machine = LocalCatalog(repo.space, repo.journal, Path(sys.argv[2]))
+machine.sync()
+hits = len(machine.catalog.search("stage:production", limit=100_000))
+seconds = time.perf_counter() - t0
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(json.dumps({"seconds": seconds, "hits": hits, "rss": int(status["VmHWM"].split()[0]) * 1024}))
+"""
+
+
+def _checkpoint_costs(local: Path, n: int, work: Path) -> dict[str, Any]:
+    """What catalog checkpoints cost at ``n`` records, on the local store just built: a
+    whole one written, an incremental one after 1,000 more saves, and a new machine's
+    catalog made from them (a child process over the same root, its catalog folder
+    new) with its first search."""
+    import cas
+    from cas.repo import checkpoints
+
+    store = cas.open_store(str(local), fsync=False)
+    repo = store.repo
+    repo.sync()
+    t0 = time.perf_counter()
+    whole = repo.index.checkpoint(whole=True)
+    whole_s = time.perf_counter() - t0
+    with store.batch():
+        for i in range(checkpoints.EVERY - 1):  # the 1,000th would checkpoint on its own
+            store.save(f"more {i}".encode(), f"more/{i}", metadata={"i": i})
+    repo.sync()
+    t0 = time.perf_counter()
+    inc = repo.index.checkpoint()
+    inc_s = time.perf_counter() - t0
+    store.close()
+    assert whole is not None and inc is not None and inc.base == whole.digest, (whole, inc)
+    size = {c.name: (local / c.path).stat().st_size for c in (whole, inc)}
+    out = run([sys.executable, "-c", _FRESH_CATALOG, str(local), str(work / "fresh-catalog")],
+              timeout=1800)  # fmt: skip
+    got = json.loads(out.stdout.strip().splitlines()[-1]) if out.ok else {}
+    limit = checkpoints.incremental_limit(n)
+    per_change = size[inc.name] / (checkpoints.EVERY - 1)
+    return {
+        "whole_s": whole_s, "whole_bytes": size[whole.name], "inc_s": inc_s,
+        "inc_bytes": size[inc.name], "limit": limit,
+        # a whole one every `limit` entries, an incremental one every EVERY entries
+        # holding on average limit / 2 changes
+        "per_entry": size[whole.name] / limit + per_change * limit / 2 / checkpoints.EVERY,
+        "per_entry_whole": size[whole.name] / checkpoints.EVERY,
+        "fresh": got, "fresh_why": "" if out.ok else out.why,
+    }  # fmt: skip
+
+
 def _upload(fs: Any, folder: Path, prefix: str, threads: int) -> tuple[int, float]:
     """Copy every file of ``folder`` but its ``index/`` to ``prefix`` (``bucket/path``)
     with s3fs, ``threads`` puts of 500 files at a time; return the files and seconds."""
@@ -271,9 +335,10 @@ def _upload(fs: Any, folder: Path, prefix: str, threads: int) -> tuple[int, floa
 
 
 def _build(
-    srv: Any, work: Path, args: argparse.Namespace
+    srv: Any, work: Path, args: argparse.Namespace, costs: dict[str, Any]
 ) -> tuple[dict[str, str], list[list[str]]]:
-    """The two buckets; their store URLs by layout, and a row per build for the report."""
+    """The two buckets; their store URLs by layout, and a row per build for the report;
+    ``costs`` gets what checkpoints cost on the local store of the last."""
     fs = srv.filesystem()
     urls, rows = {}, []
     for layout in LAYOUTS:
@@ -282,6 +347,9 @@ def _build(
         save_s = _build_local(local, args.artifacts, batches=layout == "batches")
         bucket = srv.new_bucket("fresh")
         files, put_s = _upload(fs, local, f"{bucket}/store", args.threads)
+        if layout == LAYOUTS[-1]:
+            print("  catalog checkpoints on the local store", flush=True)
+            costs.update(_checkpoint_costs(local, args.artifacts, work))
         shutil.rmtree(local, ignore_errors=True)
         urls[layout] = srv.url(bucket, "store")
         rows.append([layout, f"{save_s:,.1f}", f"{args.artifacts / save_s:,.0f}/s",
@@ -305,7 +373,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=16, help="upload threads (16)")
     ap.add_argument("--timeout", type=float, default=1800.0,
                     help="seconds before a child step is killed (1800)")  # fmt: skip
+    ap.add_argument("--checkpoints-only", action="store_true",
+                    help="only what catalog checkpoints cost, on a local store (no S3)")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.checkpoints_only:
+        with workdir("cas-bench-fresh-") as work:
+            print(f"  building a local store of {args.artifacts:,} artifacts", flush=True)
+            _build_local(work / "local", args.artifacts, batches=True)
+            alone = _checkpoint_costs(work / "local", args.artifacts, work)
+        return {"pass": _report_checkpoints(args.artifacts, alone)}
 
     from bench._proxy import latency_proxy
     from cas.testing import servers
@@ -315,7 +391,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with workdir("cas-bench-fresh-") as work, servers.s3() as srv:
         os.environ["CAS_CACHE_DIR"] = str(work / "cache-builder")
         t0 = time.perf_counter()
-        urls, build_rows = _build(srv, work, args)
+        costs: dict[str, Any] = {}
+        urls, build_rows = _build(srv, work, args, costs)
         build_s = time.perf_counter() - t0
         machines = Machines(srv, work, args.timeout)
         delay = args.proxy_ms / 1000
@@ -328,7 +405,35 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             syncs = _syncs(machines, urls, routes[-1], searched, args.new)
             gcs = _gcs(machines, urls["single saves"], srv.endpoint, routes[-1])
     marks = _report(args, build_rows, build_s, first, syncs, gcs)
+    marks.update(_report_checkpoints(n, costs))
     return {"pass": marks}
+
+
+def _report_checkpoints(n: int, costs: dict[str, Any]) -> dict[str, bool]:
+    """The table of what checkpoints cost; the mark of the new machine's memory."""
+    fresh = costs["fresh"]
+    rss = fresh.get("rss")
+    ok = rss is not None and rss < TARGET_RSS and fresh.get("hits") == math.ceil(n / 100)
+    rows = [
+        ["a whole checkpoint", f"{costs['whole_bytes'] / 1e6:,.2f} MB",
+         f"{costs['whole_s']:.3f}", ""],
+        ["an incremental one, 999 saves later", f"{costs['inc_bytes'] / 1e3:,.1f} KB",
+         f"{costs['inc_s']:.3f}", f"{costs['inc_bytes'] / costs['whole_bytes']:.3f}x the whole"],
+        [f"written per journal entry (a whole one every {costs['limit']:,})",
+         f"{costs['per_entry']:,.0f} B", "",
+         f"every checkpoint whole: {costs['per_entry_whole']:,.0f} B"],
+        ["a new machine's catalog and first search", "",
+         f"{fresh['seconds']:.1f}" if fresh else "", _cell(
+             f"peak RSS {rss / MIB:,.0f} MiB, {fresh.get('hits')} hits" if rss else costs["fresh_why"], ok)],
+    ]  # fmt: skip
+    print(table(
+        f"catalog checkpoints at {n:,} records (a local store; the new machine a child process)",
+        ["", "size", "seconds", ""], rows,
+        ["per journal entry: the whole one over the entries between whole ones, plus the"
+         " incremental ones (one every 1,000 entries, half the limit of changes on average)",
+         f"the new machine's peak RSS: target < {TARGET_RSS / MIB:.0f} MiB (as its first search on a bucket)"],
+    ))  # fmt: skip
+    return {"new machine's catalog memory": ok}
 
 
 def _first_steps(machines: Machines, urls: dict[str, str], routes: list[tuple[str, Any]],

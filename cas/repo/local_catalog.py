@@ -369,12 +369,14 @@ class LocalCatalog:
             return upto, applied
         return None, 0
 
-    def checkpoint(self, upto: str | None = None) -> checkpoints.Checkpoint | None:
+    def checkpoint(
+        self, upto: str | None = None, *, whole: bool = False
+    ) -> checkpoints.Checkpoint | None:
         """Write a checkpoint of this catalog, caught up to the stamp ``upto`` (default:
         the newest it applied); None if it has applied nothing yet. An incremental one
         (what changed since the whole checkpoint this catalog is marked with) while
-        those changes are at most :func:`checkpoints.incremental_limit`, else a whole
-        one, which the catalog is then marked with."""
+        those changes are at most :func:`checkpoints.incremental_limit`, else (or with
+        ``whole``) a whole one, which the catalog is then marked with."""
         upto = upto or self._high_water()
         if upto is None:
             return None
@@ -382,7 +384,7 @@ class LocalCatalog:
         times: dict[str, Any] = {k: state[k] for k in ("listed_at", "deep_at") if k in state}
         storage = self.space.storage
         try:
-            made = self._incremental(upto, times)
+            made = None if whole else self._incremental(upto, times)
             if made is None:
                 pending = f"pending-{upto}-{os.getpid()}-{secrets.token_hex(4)}"
                 made = checkpoints.write(
