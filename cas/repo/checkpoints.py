@@ -101,7 +101,7 @@ def incremental_limit(records: int) -> int:
     """The most changes an incremental checkpoint holds before a whole one is written
     instead: sqrt(2 x EVERY x records), so that the bytes written per journal entry
     grow with the square root of the catalog, not with the catalog (a whole one every
-    EVERY entries: 95 bytes a record each time)."""
+    EVERY entries: 97 bytes a record each time)."""
     return max(EVERY, math.isqrt(2 * EVERY * records))
 
 
