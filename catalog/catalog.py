@@ -551,7 +551,10 @@ class Catalog:
         """Counts (records, tombstones, entries per index) and the map's size and use."""
 
         def run(txn: Txn) -> dict[str, Any]:
-            entries = {n.decode(): int(txn.stat(self._db(n))["entries"]) for n in keys.ALL_DBS}
+            dbs = self._engine.shared.dbs  # a format 2 catalog opened read-only has no changes
+            entries = {
+                n.decode(): int(txn.stat(dbs[n])["entries"]) for n in keys.ALL_DBS if n in dbs
+            }
             return {
                 "records": entries["records"],
                 "tombstones": entries["tombstones"],

@@ -282,6 +282,7 @@ def test_a_catalog_of_format_2_is_read_and_upgraded_in_place(tmp_path: Path) -> 
     env.close()
     ro = Catalog(tmp_path / "cat", readonly=True)
     assert ro.get(rid(1))["name"] == "old/one" and ro.marked() is None
+    assert ro.stats()["records"] == 1
     ro.close()
     rw = Catalog(tmp_path / "cat", durable=False)
     assert rw.dump()["meta"] == {"format": "3"}
