@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import builtins
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -149,10 +149,14 @@ class Catalog:
         checked = [check_event(e) for e in events]
         self._write(lambda w: _apply(w, checked), len(checked))
 
-    def apply_stream(self, batches: Iterable[Iterable[Event]]) -> int:
+    def apply_stream(self, batches: Iterable[Iterable[Event]], *, mark: str | None = None) -> int:
         """Apply a stream of event batches in few big transactions (about
         :data:`STREAM_BATCH` events each), holding one batch in memory at a time: how a
         new catalog takes a checkpoint. Returns the events applied.
+
+        ``mark``: if the catalog was empty and the stream fit in one transaction, that
+        transaction ends by marking (:meth:`mark`) what it made with this label: the
+        catalog then holds exactly the stream, whatever other writers do around it.
 
         Each batch is validated before any of it is applied; a batch that does not
         validate raises ``InvalidInput``, and so does anything the stream raises, after
@@ -165,7 +169,20 @@ class Catalog:
         and 45 MiB once the environment is opened again, which frees the pages LMDB
         keeps: a search then maps what it reads).
         """
-        stream = iter(batches)
+        source = iter(batches)
+        carried: builtins.list[Iterable[Event]] = []  # pulled to see whether more came
+
+        def pull() -> Iterator[Iterable[Event]]:
+            while True:
+                if carried:
+                    yield carried.pop()
+                else:
+                    got = next(source, None)
+                    if got is None:
+                        return
+                    yield got
+
+        stream = pull()
         need = STREAM_BATCH * BYTES_PER_RECORD
 
         def run(began: list[bool], txn: Txn) -> tuple[int, bool]:
@@ -175,15 +192,22 @@ class Catalog:
                     "run 'cas reindex'"
                 )
             began.append(True)
-            writer = Writer(txn, self._engine.shared.dbs)
+            dbs = self._engine.shared.dbs
+            writer = Writer(txn, dbs)
+            empty = mark is not None and total == 0 and not any(
+                txn.stat(dbs[name])["entries"] for name in (keys.RECORDS, keys.TOMBSTONES, keys.TAGSTAMPS)
+            )  # fmt: skip
             count = weight = 0
             for batch in stream:
+                if count >= STREAM_BATCH or weight >= need // 2:
+                    carried.append(batch)  # the next transaction's first
+                    return count, True
                 checked = [check_event(e) for e in batch]
                 _apply(writer, checked)
                 count += len(checked)
                 weight += sum(_weight(e) for e in checked)
-                if count >= STREAM_BATCH or weight >= need // 2:
-                    return count, True
+            if empty and mark is not None:
+                writer.mark(mark)
             return count, False
 
         total, more = 0, True

@@ -224,7 +224,12 @@ def test_a_big_stream_opens_the_environment_again_and_other_users_keep_working(
     assert other.get(rid(100))["name"] == "o/before"
     other.put(make_record(101, "o/after"))
     assert {r["name"] for r in first.list(limit=10)} == {
-        "o/before", "o/after", "s/0", "s/1", "s/2", "s/3"
+        "o/before",
+        "o/after",
+        "s/0",
+        "s/1",
+        "s/2",
+        "s/3",
     }
     first.close()
     assert other.get(rid(2))["name"] == "s/2"
@@ -291,3 +296,36 @@ def test_a_catalog_of_format_2_is_read_and_upgraded_in_place(tmp_path: Path) -> 
     rw.put(make_record(3, "new/three"))
     assert rw.changed("m") == 1
     rw.close()
+
+
+def test_a_stream_marks_what_it_made_only_in_an_empty_catalog_and_one_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new machine's catalog filled from a whole checkpoint counts its changes from
+    it: marked in the transaction that applied it, so that no write of another process
+    lands between (it would be in neither the checkpoint nor the changes)."""
+    batches = [[{"op": "put", "record": make_record(n, f"s/{n}")}] for n in range(4)]
+    empty = Catalog(tmp_path / "empty", durable=False)
+    empty.apply_stream(iter(batches), mark="w")
+    assert empty.marked() == "w" and empty.changed("w") == 0
+    held = Catalog(tmp_path / "held", durable=False)
+    held.put(make_record(9, "x/9"))
+    held.apply_stream(iter(batches), mark="w")
+    assert held.marked() is None  # it holds more than the stream
+    monkeypatch.setattr(cas.catalog.catalog, "STREAM_BATCH", 2)
+    split = Catalog(tmp_path / "split", durable=False)
+    split.apply_stream(iter(batches), mark="w")
+    assert split.marked() is None  # others may have written between its transactions
+    for c in (empty, held, split):
+        c.close()
+
+
+def test_a_stream_of_exactly_one_transaction_is_marked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cas.catalog.catalog, "STREAM_BATCH", 4)
+    batches = [[{"op": "put", "record": make_record(n, f"s/{n}")}] for n in range(4)]
+    cat = Catalog(tmp_path / "cat", durable=False)
+    assert cat.apply_stream(iter(batches), mark="w") == 4
+    assert cat.marked() == "w"
+    cat.close()

@@ -338,27 +338,25 @@ class LocalCatalog:
         """A catalog with no sync state yet starts from the root's newest checkpoint
         that reads (with the whole one it adds to, if incremental): (the stamp it
         covers up to, the events it held), or (None, 0). An empty catalog filled from a
-        whole checkpoint is marked with its name, so that its own checkpoints can be
-        incremental ones on it."""
+        whole checkpoint (in one transaction) is marked with its name, so that its own
+        checkpoints can be incremental ones on it."""
         storage = self.space.storage
         every = checkpoints.listed(storage)
         for made in reversed(every):
             base = None if made.base is None else checkpoints.base_of(made, every)
             if made.base is not None and base is None:
                 continue  # the whole checkpoint it adds to is gone (gc, or a newer writer)
-            stats = self.catalog.stats()
-            empty = not (stats["records"] or stats["tombstones"] or stats["entries"]["tagstamps"])
             try:
                 upto, header, batches = checkpoints.read(storage, made)  # verified first
                 applied = 0
                 if base is not None:
                     _, _, below = checkpoints.read(storage, base)
-                    applied += self.catalog.apply_stream(self._good(b) for b in below)
-                    if empty:
-                        self.catalog.mark(base.name)
-                applied += self.catalog.apply_stream(self._good(b) for b in batches)
-                if base is None and empty:
-                    self.catalog.mark(made.name)
+                    applied += self.catalog.apply_stream(
+                        (self._good(b) for b in below), mark=base.name
+                    )
+                applied += self.catalog.apply_stream(
+                    (self._good(b) for b in batches), mark=None if base else made.name
+                )
             except (IntegrityError, FileNotFoundError) as exc:
                 logging.getLogger("cas").warning("catalog sync skipped %s: %s", made.name, exc)
                 continue  # what it applied is harmless: real events, and the state a join
