@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, Final
@@ -347,10 +348,14 @@ class LocalCatalog:
             if made.base is not None and base is None:
                 continue  # the whole checkpoint it adds to is gone (gc, or a newer writer)
             try:
-                upto, header, batches = checkpoints.read(storage, made)  # verified first
+                with ThreadPoolExecutor(1, thread_name_prefix="cas-checkpoint") as pool:
+                    # The whole one read beside the incremental one (on a bucket, at once).
+                    whole = None if base is None else pool.submit(checkpoints.read, storage, base)
+                    upto, header, batches = checkpoints.read(storage, made)  # verified first
+                    under = None if whole is None else whole.result()
                 applied = 0
-                if base is not None:
-                    _, _, below = checkpoints.read(storage, base)
+                if base is not None and under is not None:
+                    _, _, below = under
                     applied += self.catalog.apply_stream(
                         (self._good(b) for b in below), mark=base.name
                     )
