@@ -226,6 +226,9 @@ def test_fsck_gc_reindex(tmp_path: Path, env: dict[str, str]) -> None:
     shutil.rmtree(root / "index")
     assert cli("sync", "--json").json()["entries"] == 3
     assert cli("sync", "--json").json()["entries"] == 0
+    shutil.rmtree(root / "index")
+    assert cli("sync").out == "catalog: 3 journal entries applied\n"
+    assert cli("sync").out == ""  # nothing new: quiet
 
     # gc: nothing unreachable yet; then drop.txt's name goes and retention 0 frees it.
     assert cli("gc", "--dry-run", "--grace", "0", "--json").json()["plan"]["to_delete"] == 0

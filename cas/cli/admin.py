@@ -141,6 +141,8 @@ def cmd_sync(args: argparse.Namespace, out: Output) -> int:
     with Repository(args.root, create=False) as repo:
         n = repo.sync(full=args.full)
     out.document({"entries": n, "full": args.full})
+    if n:  # as git fetch: quiet when there was nothing to bring
+        out.line(f"catalog: {n:,} journal {'entry' if n == 1 else 'entries'} applied")
     return EXIT_OK
 
 
