@@ -149,10 +149,19 @@ class Catalog:
         checked = [check_event(e) for e in events]
         self._write(lambda w: _apply(w, checked), len(checked))
 
-    def apply_stream(self, batches: Iterable[Iterable[Event]], *, mark: str | None = None) -> int:
+    def apply_stream(
+        self,
+        batches: Iterable[Iterable[Event]],
+        *,
+        mark: str | None = None,
+        refused: Callable[[Event, InvalidInput], None] | None = None,
+    ) -> int:
         """Apply a stream of event batches in few big transactions (about
         :data:`STREAM_BATCH` events each), holding one batch in memory at a time: how a
         new catalog takes a checkpoint. Returns the events applied.
+
+        ``refused``: called with each event that does not validate, which is skipped
+        (without it, such an event refuses its whole batch).
 
         ``mark``: if the catalog was empty and the stream fit in one transaction, that
         transaction ends by marking (:meth:`mark`) what it made with this label: the
@@ -202,7 +211,7 @@ class Catalog:
                 if count >= STREAM_BATCH or weight >= need // 2:
                     carried.append(batch)  # the next transaction's first
                     return count, True
-                checked = [check_event(e) for e in batch]
+                checked = _checked(batch, refused)
                 _apply(writer, checked)
                 count += len(checked)
                 weight += sum(_weight(e) for e in checked)
@@ -653,6 +662,21 @@ class Catalog:
             return walk(id_raw, lambda n: parents_of(txn, db, n), depth)
         db = self._db(keys.CHILDREN)
         return walk(id_raw, lambda n: children_of(txn, db, n), depth)
+
+
+def _checked(
+    events: Iterable[Event], refused: Callable[[Event, InvalidInput], None] | None
+) -> list[tuple[str, Any]]:
+    """Each event validated; one that does not raises, or goes to ``refused``."""
+    if refused is None:
+        return [check_event(e) for e in events]
+    out = []
+    for event in events:
+        try:
+            out.append(check_event(event))
+        except InvalidInput as exc:
+            refused(event, exc)
+    return out
 
 
 def _tag_item(key: bytes, value: bytes) -> list[Any]:

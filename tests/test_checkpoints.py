@@ -583,3 +583,36 @@ def test_a_damaged_segment_is_read_as_its_entries(
         assert [(p.kind, p.object_id) for p in report.problems] == [("damaged-segment", names[0])]
         fsck.check(reader, repair=True)
         assert fsck.check(reader).ok
+
+
+def test_a_record_the_catalog_refuses_inside_a_checkpoint_is_named_and_the_rest_applies(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint that verifies but holds a record this catalog refuses (a buggy
+    writer): that record is skipped and the others applied, not its whole batch; fsck
+    names the checkpoint."""
+    import msgpack
+
+    with cas.open_store(str(tmp_path / "store"), fsync=False) as store:
+        ids = [store.save(f"{i}".encode(), f"r/{i}") for i in range(5)]
+        repo = store.repo
+        repo.sync()
+        good = repo.index.catalog
+        bad = {**good.get(ids[0]), "id": "ab" * 32, "name": ""}  # an empty name
+
+        def export(sink: Any) -> dict[str, int]:
+            counts = good.export(sink)
+            sink(["p", msgpack.packb(bad, use_bin_type=True)])
+            return counts
+
+        newest = checkpoints.listed(repo.storage)
+        upto = "29990101T000000.000000Z-0"  # newer than any, so it is the one read
+        checkpoints.write(repo.storage, export, upto)
+        assert len(checkpoints.listed(repo.storage)) == len(newest) + 1
+        fresh = _machine(repo, tmp_path / "fresh")
+        fresh.sync()
+        assert sorted(fresh.catalog.ids()) == sorted(ids)  # its batch applied but for it
+        fresh.close()
+        report = fsck.check(store)
+        assert [p.kind for p in report.problems] == ["damaged-checkpoint"]
+        assert "holds 1 records the journal never put" in report.problems[0].describe()

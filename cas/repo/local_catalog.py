@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -248,22 +248,21 @@ class LocalCatalog:
             return None
         return {**value, "id": rid}
 
-    def _good(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The events the catalog takes; each one it refuses goes to ``damaged``."""
+    def _refused(self, event: Mapping[str, Any], exc: Exception) -> None:
+        """An event the catalog refuses: it goes to ``damaged``."""
+        rid = event.get("id") or (event.get("record") or {}).get("id") or "?"
+        self._damage(str(event.get("stamp") or rid), str(rid), exc)
+
+    def apply(self, events: list[dict[str, Any]], *, rebuild: bool = False) -> None:
+        """Apply (or rebuild from) events; one the catalog refuses goes to ``damaged``."""
         good: list[dict[str, Any]] = []
         for event in events:
             try:
                 check_event(event)
             except _catalog.InvalidInput as exc:
-                rid = event.get("id") or (event.get("record") or {}).get("id") or "?"
-                self._damage(str(event.get("stamp") or rid), str(rid), exc)
+                self._refused(event, exc)
             else:
                 good.append(event)
-        return good
-
-    def apply(self, events: list[dict[str, Any]], *, rebuild: bool = False) -> None:
-        """Apply (or rebuild from) events; one the catalog refuses goes to ``damaged``."""
-        good = self._good(events)
         if rebuild:
             self.catalog.rebuild(good)
         elif good:
@@ -357,10 +356,10 @@ class LocalCatalog:
                 if base is not None and under is not None:
                     _, _, below = under
                     applied += self.catalog.apply_stream(
-                        (self._good(b) for b in below), mark=base.name
+                        below, mark=base.name, refused=self._refused
                     )
                 applied += self.catalog.apply_stream(
-                    (self._good(b) for b in batches), mark=None if base else made.name
+                    batches, mark=None if base else made.name, refused=self._refused
                 )
             except (IntegrityError, FileNotFoundError) as exc:
                 logging.getLogger("cas").warning("catalog sync skipped %s: %s", made.name, exc)
