@@ -586,7 +586,7 @@ def test_a_damaged_segment_is_read_as_its_entries(
 
 
 def test_a_record_the_catalog_refuses_inside_a_checkpoint_is_named_and_the_rest_applies(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A checkpoint that verifies but holds a record this catalog refuses (a buggy
     writer): that record is skipped and the others applied, not its whole batch; fsck
@@ -610,8 +610,10 @@ def test_a_record_the_catalog_refuses_inside_a_checkpoint_is_named_and_the_rest_
         checkpoints.write(repo.storage, export, upto)
         assert len(checkpoints.listed(repo.storage)) == len(newest) + 1
         fresh = _machine(repo, tmp_path / "fresh")
-        fresh.sync()
+        with caplog.at_level("WARNING", logger="cas"):
+            fresh.sync()
         assert sorted(fresh.catalog.ids()) == sorted(ids)  # its batch applied but for it
+        assert f"skipped {'ab' * 32}" in caplog.text and "run 'cas fsck'" in caplog.text
         fresh.close()
         report = fsck.check(store)
         assert [p.kind for p in report.problems] == ["damaged-checkpoint"]

@@ -346,6 +346,13 @@ class LocalCatalog:
             base = None if made.base is None else checkpoints.base_of(made, every)
             if made.base is not None and base is None:
                 continue  # the whole checkpoint it adds to is gone (gc, or a newer writer)
+
+            def refused(event: Mapping[str, Any], exc: Exception, name: str = made.name) -> None:
+                rid = (event.get("record") or {}).get("id") or event.get("id") or "?"
+                logging.getLogger("cas").warning(
+                    "catalog checkpoint %s: skipped %s (%s); run 'cas fsck'", name, rid, exc
+                )
+
             try:
                 with ThreadPoolExecutor(1, thread_name_prefix="cas-checkpoint") as pool:
                     # The whole one read beside the incremental one (on a bucket, at once).
@@ -355,11 +362,9 @@ class LocalCatalog:
                 applied = 0
                 if base is not None and under is not None:
                     _, _, below = under
-                    applied += self.catalog.apply_stream(
-                        below, mark=base.name, refused=self._refused
-                    )
+                    applied += self.catalog.apply_stream(below, mark=base.name, refused=refused)
                 applied += self.catalog.apply_stream(
-                    batches, mark=None if base else made.name, refused=self._refused
+                    batches, mark=None if base else made.name, refused=refused
                 )
             except (IntegrityError, FileNotFoundError) as exc:
                 logging.getLogger("cas").warning("catalog sync skipped %s: %s", made.name, exc)
