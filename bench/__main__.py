@@ -4,7 +4,7 @@ Benchmarks: objects (the object layer), artifacts (small saves, issue 6), saves 
 public API at its limits, issue 17), folders (many small files, put/get/push beside git
 and restic, issue 16), catalog, s3 (large data and small artifacts on moto), serve
 (``cas serve`` content), parquet, gc, fresh (a fresh machine's first commands on a large
-bucket, and incremental sync), writers (many writer processes on one bucket: distinct
+bucket, incremental sync, and what catalog checkpoints cost at that size), writers (many writer processes on one bucket: distinct
 names, and one hot name), checkpoints (a model's checkpoints under names of their own,
 beside zstd, byte-grouped zstd and restic, issue 35). With no names every benchmark runs in turn. Each prints its own table, with the limits
 it measured in the same run and PASS/FAIL against its targets; this runner ends with a
