@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import builtins
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 Record = dict[str, Any]
 Records = list[Record]
+#: Called with an event that does not validate, and why, when the caller skips those.
+Refused = Callable[[Mapping[str, Any], InvalidInput], None]
 Ids = list[str]
 Names = list[str]
 Streams = list[Stream]
@@ -139,22 +141,24 @@ class Catalog:
         when = check_stamp(stamp)
         return self._write(lambda w: w.delete(id_raw, when), 0)
 
-    def apply(self, events: Iterable[Event]) -> None:
+    def apply(self, events: Iterable[Event], *, refused: Refused | None = None) -> None:
         """Replay events in one transaction.
 
         Each event is ``{"op": "put", "record": {...}}``, ``{"op": "tag", "id": ...,
         "tags": {...}, "stamp": ...}`` or ``{"op": "delete", "id": ..., "stamp": ...}``.
-        All are validated before anything is written.
+        All are validated before anything is written: one that does not validate
+        refuses them all, or with ``refused`` is handed to it and skipped.
         """
-        checked = [check_event(e) for e in events]
-        self._write(lambda w: _apply(w, checked), len(checked))
+        checked = _checked(events, refused)
+        if checked:
+            self._write(lambda w: _apply(w, checked), len(checked))
 
     def apply_stream(
         self,
         batches: Iterable[Iterable[Event]],
         *,
         mark: str | None = None,
-        refused: Callable[[Event, InvalidInput], None] | None = None,
+        refused: Refused | None = None,
     ) -> int:
         """Apply a stream of event batches in few big transactions (about
         :data:`STREAM_BATCH` events each), holding one batch in memory at a time: how a
@@ -178,20 +182,8 @@ class Catalog:
         and 45 MiB once the environment is opened again, which frees the pages LMDB
         keeps: a search then maps what it reads).
         """
-        source = iter(batches)
-        carried: builtins.list[Iterable[Event]] = []  # pulled to see whether more came
-
-        def pull() -> Iterator[Iterable[Event]]:
-            while True:
-                if carried:
-                    yield carried.pop()
-                else:
-                    got = next(source, None)
-                    if got is None:
-                        return
-                    yield got
-
-        stream = pull()
+        stream = iter(batches)
+        ahead = [next(stream, None)]  # the next batch: whether more comes is known
         need = STREAM_BATCH * BYTES_PER_RECORD
 
         def run(began: list[bool], txn: Txn) -> tuple[int, bool]:
@@ -207,14 +199,14 @@ class Catalog:
                 txn.stat(dbs[name])["entries"] for name in (keys.RECORDS, keys.TOMBSTONES, keys.TAGSTAMPS)
             )  # fmt: skip
             count = weight = 0
-            for batch in stream:
+            while ahead[0] is not None:
                 if count >= STREAM_BATCH or weight >= need // 2:
-                    carried.append(batch)  # the next transaction's first
                     return count, True
-                checked = _checked(batch, refused)
+                checked = _checked(ahead[0], refused)
                 _apply(writer, checked)
                 count += len(checked)
                 weight += sum(_weight(e) for e in checked)
+                ahead[0] = next(stream, None)
             if empty and mark is not None:
                 writer.mark(mark)
             return count, False
@@ -227,14 +219,15 @@ class Catalog:
             self._engine.reopen()  # LMDB's spare dirty pages: about 1 KiB a record
         return total
 
-    def rebuild(self, events: Iterable[Event]) -> None:
+    def rebuild(self, events: Iterable[Event], *, refused: Refused | None = None) -> None:
         """Empty the catalog, then apply every event, in a few big transactions.
 
         Events may come in any order; deletes and tags are applied before puts, which
         yields the same catalog (operations commute) without re-indexing re-tagged
-        records. Readers may see a partial catalog until it returns.
+        records. Readers may see a partial catalog until it returns. ``refused``: as
+        for :meth:`apply`.
         """
-        checked = [check_event(e) for e in events]
+        checked = _checked(events, refused)
         # Deletes, then tags, then puts: tombstoned records are never indexed and
         # re-tagged ones are indexed once, with their final tags. Puts go oldest first
         # so that every index grows at one end (ids are content hashes: one id, one
@@ -513,21 +506,21 @@ class Catalog:
     def marked(self) -> str | None:
         """The label of the state changes are counted from, or None."""
 
-        def run(txn: Txn) -> str | None:
-            db = self._engine.shared.dbs.get(keys.CHANGES)
-            raw = None if db is None else txn.get(keys.MARK, db=db)
-            return None if raw is None else bytes(raw).decode()
+        return self._engine.read(self._mark_in)
 
-        return self._engine.read(run)
+    def _mark_in(self, txn: Txn) -> str | None:
+        """The mark's label as ``txn`` sees it (a format 2 catalog read-only has none)."""
+        db = self._engine.shared.dbs.get(keys.CHANGES)
+        raw = None if db is None else txn.get(keys.MARK, db=db)
+        return None if raw is None else bytes(raw).decode()
 
     def relabel(self, old: str, new: str) -> bool:
         """Call the marked state ``new`` if it is still called ``old`` (True if so)."""
 
         def run(txn: Txn) -> bool:
-            db = self._db(keys.CHANGES)
-            if txn.get(keys.MARK, db=db) != old.encode():
+            if self._mark_in(txn) != old:
                 return False
-            txn.put(keys.MARK, new.encode(), db=db)
+            txn.put(keys.MARK, new.encode(), db=self._db(keys.CHANGES))
             return True
 
         return self._engine.write(run)
@@ -537,10 +530,9 @@ class Catalog:
         changes are not counted from that state."""
 
         def run(txn: Txn) -> int | None:
-            db = self._engine.shared.dbs.get(keys.CHANGES)
-            if db is None or txn.get(keys.MARK, db=db) != label.encode():
+            if self._mark_in(txn) != label:
                 return None
-            return int(txn.stat(db)["entries"]) - 1
+            return int(txn.stat(self._db(keys.CHANGES))["entries"]) - 1
 
         return self._engine.read(run)
 
@@ -553,9 +545,9 @@ class Catalog:
         counted from that state."""
 
         def run(txn: Txn) -> dict[str, int] | None:
-            db = self._engine.shared.dbs.get(keys.CHANGES)
-            if db is None or txn.get(keys.MARK, db=db) != label.encode():
+            if self._mark_in(txn) != label:
                 return None
+            db = self._db(keys.CHANGES)
             counts = {"tombstones": 0, "tags": 0, "records": 0}
             tombs, stamps = self._db(keys.TOMBSTONES), self._db(keys.TAGSTAMPS)
             records = self._db(keys.RECORDS)
@@ -664,9 +656,7 @@ class Catalog:
         return walk(id_raw, lambda n: children_of(txn, db, n), depth)
 
 
-def _checked(
-    events: Iterable[Event], refused: Callable[[Event, InvalidInput], None] | None
-) -> list[tuple[str, Any]]:
+def _checked(events: Iterable[Event], refused: Refused | None) -> list[tuple[str, Any]]:
     """Each event validated; one that does not raises, or goes to ``refused``."""
     if refused is None:
         return [check_event(e) for e in events]

@@ -147,10 +147,10 @@ def write(
     log.info("catalog checkpoint %s written: %s", made.name, counts)
     every = listed(storage)
     older = [c for c in every if c.name < made.name]
-    kept = [*older[max(0, len(older) - KEEP) :], made]
-    bases = {c.base for c in kept if c.base is not None}
-    for stale in older[: max(0, len(older) - KEEP)]:
-        if stale.digest not in bases:
+    cut = max(0, len(older) - KEEP)
+    bases = {c.base for c in [*older[cut:], made] if c.base is not None}
+    for stale in older[:cut]:
+        if stale.digest not in bases:  # a kept incremental one adds to it
             storage.delete(stale.path)
     return made
 

@@ -28,7 +28,6 @@ from typing import Any, Final
 import msgpack
 
 from cas import catalog as _catalog
-from cas.catalog.record import check_event
 from cas.errors import CasError, IntegrityError, ObjectNotFound
 from cas.objects.space import ObjectSpace
 from cas.repo import checkpoints, segments
@@ -250,23 +249,15 @@ class LocalCatalog:
 
     def _refused(self, event: Mapping[str, Any], exc: Exception) -> None:
         """An event the catalog refuses: it goes to ``damaged``."""
-        rid = event.get("id") or (event.get("record") or {}).get("id") or "?"
-        self._damage(str(event.get("stamp") or rid), str(rid), exc)
+        rid = _event_id(event)
+        self._damage(str(event.get("stamp") or rid), rid, exc)
 
     def apply(self, events: list[dict[str, Any]], *, rebuild: bool = False) -> None:
         """Apply (or rebuild from) events; one the catalog refuses goes to ``damaged``."""
-        good: list[dict[str, Any]] = []
-        for event in events:
-            try:
-                check_event(event)
-            except _catalog.InvalidInput as exc:
-                self._refused(event, exc)
-            else:
-                good.append(event)
         if rebuild:
-            self.catalog.rebuild(good)
-        elif good:
-            self.catalog.apply(good)
+            self.catalog.rebuild(events, refused=self._refused)
+        elif events:
+            self.catalog.apply(events, refused=self._refused)
 
     def sync(self, *, full: bool = False) -> int:
         """Apply journal entries not yet seen (``full``: every entry again); return how
@@ -348,10 +339,10 @@ class LocalCatalog:
                 continue  # the whole checkpoint it adds to is gone (gc, or a newer writer)
 
             def refused(event: Mapping[str, Any], exc: Exception, name: str = made.name) -> None:
-                rid = (event.get("record") or {}).get("id") or event.get("id") or "?"
                 logging.getLogger("cas").warning(
-                    "catalog checkpoint %s: skipped %s (%s); run 'cas fsck'", name, rid, exc
-                )
+                    "catalog checkpoint %s: skipped %s (%s); run 'cas fsck'",
+                    name, _event_id(event), exc,
+                )  # fmt: skip
 
             try:
                 with ThreadPoolExecutor(1, thread_name_prefix="cas-checkpoint") as pool:
@@ -440,6 +431,14 @@ class LocalCatalog:
         if self._high_water() is None:
             self._save_high_water(stamp)
         self._has_high_water = True
+
+
+def _event_id(event: Mapping[str, Any]) -> str:
+    """The id an event is about (its record's, for a put), for a message."""
+    record = event.get("record")
+    return str(
+        event.get("id") or (record.get("id") if isinstance(record, Mapping) else None) or "?"
+    )
 
 
 def _stamp_time(moment: _dt.datetime) -> str:
