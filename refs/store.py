@@ -37,7 +37,11 @@ To update ref ``N`` to ``new``:
    of other writers this one has seen go first, so the writer that waited longest
    is the likeliest to claim next instead of losing to newcomers.
 5. **Publish**: ``replace(refs/N, new, t)`` (``create`` if ``v`` is absent,
-   ``remove`` for a delete; nothing if ``new == v``).
+   ``remove`` for a delete; nothing if ``new == v``). Before it, the store's
+   ``before_publish(N, E_{j+1})`` (if given) writes what must exist once the update is
+   visible (cas journals the artifact the name moves to, for its catalog); the one who
+   settles a dead claimant's update calls it too, before publishing. If it raises,
+   the update is not published: its writer takes the claim back.
 
 Why taking a remembered entry as the newest is safe: a claim of ``j+1`` that wins
 and finds ``E_j`` still there proves that ``E_j`` was the newest entry until that
@@ -143,6 +147,7 @@ import contextlib
 import random
 import threading
 import time
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -276,6 +281,13 @@ class RefStore(HistoryMixin):
     writer that is provably dead (same host: its process is gone or its pid reused) is
     settled by the next writer at once, one left by a writer on another host once its
     lease has ended (see "Settling" in the module docstring).
+
+    ``before_publish(name, entry)``, if given, is called once an update is claimed and
+    proved, just before its ref is written: by its writer, or by the writer that
+    settles it after its writer died (step 5 of the protocol). It writes what must
+    exist before anyone sees the update, so it must be idempotent; if it raises, the
+    update is not published. It is not called for a delete or an update to the value
+    the ref already holds.
     """
 
     def __init__(
@@ -288,8 +300,10 @@ class RefStore(HistoryMixin):
         identity: str | None = None,
         lock_timeout: float = 5.0,
         lease: float = DEFAULT_LEASE,
+        before_publish: Callable[[str, LogEntry], None] | None = None,
     ) -> None:
         self.fs = fs
+        self.before_publish = before_publish
         self.root = str(fs._strip_protocol(root)).rstrip("/")
         if conditional is None:
             conditional = _default_conditional(fs, fsync=fsync, timeout=lock_timeout, lease=lease)
@@ -529,6 +543,12 @@ class RefStore(HistoryMixin):
         outlived = claimed_at.elapsed() > self.lease / 2
         if outlived and self._log.exists(name, seq + 1):
             return  # frozen for most of our lease: another writer settled it meanwhile
+        if self.before_publish is not None and entry.new is not None:
+            try:
+                self.before_publish(name, entry)
+            except BaseException:
+                self._undo_claim(name, seq, claim, data, entry, claimed_at)
+                raise
         for _ in range(_PUBLISH_TRIES):
             try:
                 if self._write_ref(path, entry.new, current):
@@ -690,6 +710,8 @@ class RefStore(HistoryMixin):
             # it went: look again (after the usual wait) rather than guess.
             self._heads.pop(name, None)
             return False
+        if self.before_publish is not None and head.entry.new not in (None, value):
+            self.before_publish(name, head.entry)  # as its writer would have
         try:
             done = self._write_ref(path, head.entry.new, current)
         except _TREE_ERRORS:

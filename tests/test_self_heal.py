@@ -147,6 +147,39 @@ def test_killed_after_claiming_is_rolled_forward_by_the_next_writer(process_root
     _no_leftovers(process_root)
 
 
+def test_the_settler_calls_before_publish_as_the_dead_writer_would_have(
+    process_root: Root,
+) -> None:
+    """What must exist before an update is visible (cas: the save's journal entry) is
+    written by whoever publishes it: the settler of a dead writer's claim too, before
+    the ref moves; never for an update that is not published."""
+    assert process_root.factory is not None
+    calls: list[tuple[str, str | None, str | None, str | None]] = []
+
+    def before(name: str, entry: LogEntry) -> None:
+        calls.append((name, entry.old, entry.new, rs.read(name)))
+
+    rs = process_root.make(lock_timeout=PATIENT, before_publish=before)
+    rs.set(NAME, A)
+    assert calls == [(NAME, None, A, None)]  # before the ref was written
+    kill_between_claim_and_publish(process_root.factory, NAME, B)
+    rs.set(NAME, C)
+    assert calls[1:] == [(NAME, A, B, A), (NAME, B, C, B)]
+    rs.delete(NAME)
+    assert len(calls) == 3  # not for a delete
+
+    def refuse(name: str, entry: LogEntry) -> None:
+        raise OSError("the journal is not writable")
+
+    rs.before_publish = refuse
+    with pytest.raises(OSError):
+        rs.set(NAME, A)
+    assert rs.read(NAME) is None and rs.unpublished(NAME) is None  # claim taken back
+    rs.before_publish = before
+    rs.set(NAME, A)
+    assert _history(rs)[:2] == [(None, A), (C, None)]  # no entry of the refused one
+
+
 def test_a_checker_settles_what_a_dead_writer_left(process_root: Root) -> None:
     """``unpublished`` (what ``cas fsck`` asks) settles it: nothing to report, no command."""
     assert process_root.factory is not None

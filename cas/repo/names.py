@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cas import refs as _refs
@@ -20,6 +20,10 @@ from cas.errors import (
 )
 from cas.refs.packed import RefState
 from cas.storage import Storage
+
+#: Called by the names between an update's claim and its publish (``refs``'
+#: ``before_publish``): (name, history entry, whether to write durably).
+BeforePublish = Callable[[str, _refs.LogEntry, bool], None]
 
 
 @contextlib.contextmanager
@@ -53,14 +57,23 @@ def check_name(name: str) -> str:
 class Names:
     """Names -> artifact ids of one root: read, list, compare-and-swap, history."""
 
-    def __init__(self, storage: Storage, *, fsync: bool = True) -> None:
+    def __init__(
+        self, storage: Storage, *, fsync: bool = True, before_publish: BeforePublish | None = None
+    ) -> None:
         self._storage = storage
         self._fsync = fsync
+        self._before_publish = before_publish
         self._unsynced: Names | None = None
+        hook = None
+        if before_publish is not None:
+
+            def hook(name: str, entry: _refs.LogEntry) -> None:
+                before_publish(name, entry, fsync)
+
         with ref_errors():
             self.store = _refs.RefStore(
                 storage.fs, storage.root, fsync=fsync,
-                conditional=storage.conditional(durable=fsync),
+                conditional=storage.conditional(durable=fsync), before_publish=hook,
             )  # fmt: skip
 
     def unsynced(self) -> Names:
@@ -69,7 +82,7 @@ class Names:
         if not self._fsync or self._storage.local_dir is None:
             return self
         if self._unsynced is None:
-            self._unsynced = Names(self._storage, fsync=False)
+            self._unsynced = Names(self._storage, fsync=False, before_publish=self._before_publish)
         return self._unsynced
 
     @property

@@ -1,10 +1,11 @@
 """Repository: storage, object space, names, catalog journal and local catalog of one
 root, and the operations that need them together.
 
-A save is ``commit(record)``: the record object, a journal entry, the name moved by
-compare-and-swap, the record indexed, in that order, so a crash at any point leaves
-nothing half-visible: at worst an unreferenced object that gc collects, or a journal
-entry that the next open replays into the catalog. Every error raised here is in
+A save is ``commit(record)``: the record object; the claim of the name's next history
+entry (compare-and-swap); the journal entry; the name; the record indexed, in that
+order, so nothing is visible before the claim is won (a crash before leaves an
+unreferenced object that gc collects) and a crash after it is rolled forward whole by
+the next writer of the name or fsck. Every error raised here is in
 cas's tree (:mod:`cas.errors`); the leaves' own are translated at :mod:`cas.repo.names`.
 """
 
@@ -57,8 +58,12 @@ class Repository:
     ) -> None:
         self.storage: Storage = open_storage(url, fsync=fsync, **storage_options)
         self.space = ObjectSpace(self.storage, create=create)
-        self.names = Names(self.storage, fsync=fsync)
         self.journal = Journal(self.storage)
+        self.names = Names(self.storage, fsync=fsync, before_publish=self._journal_put)
+        # Records this process is publishing -> the stamp of their journal entry, once
+        # written (between the claim of the name and its publish: ``_journal_put``).
+        self._publishing: dict[str, str | None] = {}
+        self._publishing_lock = threading.Lock()
         self._index: LocalCatalog | None = None
         self._unsynced: LocalCatalog | None = None  # opened for a hint, not caught up yet
         self._saved: dict[str, dict[str, Any]] = {}  # records as saved, read from objects
@@ -321,19 +326,51 @@ class Repository:
         expected: dict[str, Any] | None = None,
         message: str | None = None,
     ) -> None:
-        """The second half: the objects written and the journal entries, made durable
-        by one sync; only then the names moved (in order) and the catalog updated.
-        A crash before the names move leaves journal entries the next open replays
-        and objects gc collects; none is ever half-visible. ``expected``: what a name
-        must hold before its first move (as :meth:`commit` takes it)."""
+        """The second half: the objects made durable by one sync; only then the names
+        moved (in order), each with its journal entry written between the claim of
+        the name and its publish (``_journal_put``), and the catalog updated. A save
+        is visible once its name's claim is won: a crash before leaves objects gc
+        collects and nothing any catalog lists; a crash after it is rolled forward
+        (journal entry and name) by the next writer of the name or ``cas fsck``.
+        ``expected``: what a name must hold before its first move (as :meth:`commit`
+        takes it)."""
         if not items:
             return
         self.space.flush(durable=False)
-        stamps = self._in_parallel(
-            lambda item: self.journal.append({"op": "put", "id": item[0]}, durable=False),
-            items,
-        )
         self.storage.sync()
+        with self._publishing_lock:
+            self._publishing.update((rid, None) for rid, _ in items)
+        try:
+            refused = self._move_names(items, expected, message)
+        finally:
+            with self._publishing_lock:
+                stamps = {rid: self._publishing.pop(rid, None) for rid, _ in items}
+        # A name refused after its claim (another writer's name found in its way) was
+        # journaled: a delete follows. One refused before (the usual case) was not.
+        self._withdraw([rid for rid in refused if stamps[rid] is not None])
+        published = [(rid, record) for rid, record in items if rid not in refused]
+        self._index_published([stamps[rid] or "" for rid, _ in published], published)
+        if refused:
+            raise next(iter(refused.values()))
+
+    def _journal_put(self, name: str, entry: Any, durable: bool) -> None:
+        """The names' ``before_publish``: the journal entry of the artifact ``name`` is
+        about to hold, written once the name's update is claimed (by this process's
+        saves, and when it rolls forward the update of a writer that died), so that
+        a name is never seen before the catalog can know its artifact, and a refused
+        save never reaches the journal."""
+        stamp = self.journal.append({"op": "put", "id": entry.new}, durable=durable)
+        with self._publishing_lock:
+            if entry.new in self._publishing:
+                self._publishing[entry.new] = stamp
+
+    def _move_names(
+        self,
+        items: list[tuple[ObjectId, dict[str, Any]]],
+        expected: dict[str, Any] | None,
+        message: str | None,
+    ) -> dict[ObjectId, RefConflict]:
+        """Move the names of ``items`` (``publish``); return the refused ones."""
         # The names, unsynced, then one sync: a name is durable when the call returns,
         # and never reaches anything that is not (the sync above came first). Distinct
         # names move independently (in parallel on an object store); the saves of one
@@ -358,20 +395,13 @@ class Repository:
         self._in_parallel(move, list(by_name.values()))
         if names is not self.names:
             self.storage.sync(force=True)  # the refs wrote their files themselves
-        if refused:
-            kept = [
-                (s, item) for s, item in zip(stamps, items, strict=True) if item[0] not in refused
-            ]
-            stamps, items = [s for s, _ in kept], [item for _, item in kept]
-            self._withdraw(list(refused))
-        self._index_published(stamps, items)
-        if refused:
-            raise next(iter(refused.values()))
+        return refused
 
     def _withdraw(self, rids: list[ObjectId]) -> None:
-        """Records whose names could not move (the check before writing passed, then a
-        concurrent writer created a name in the way): their journal entries are
-        followed by deletes, so no catalog shows them; their objects go with gc."""
+        """Records journaled whose names then could not move (a name in the way found
+        after the claim, which is taken back): their journal entries are followed by
+        deletes, so no catalog shows them; their objects go with gc. A save refused
+        before its claim (the usual case) wrote no journal entry."""
         for rid in rids:
             stamp = self._append({"op": "delete", "id": rid})
             self._local_catalog().catalog.delete(rid, stamp)
@@ -394,7 +424,8 @@ class Repository:
         if self._segment is not None:
             self._segment.add(
                 [(stamp, {"op": "put", "id": rid}, payload)
-                 for stamp, (rid, _), payload in zip(stamps, items, payloads, strict=True)]
+                 for stamp, (rid, _), payload in zip(stamps, items, payloads, strict=True)
+                 if stamp]  # none: another writer published it (and journaled it)
             )  # fmt: skip
         indexed = [{**record, "id": rid} for rid, record in items]
         if remote:
@@ -407,7 +438,7 @@ class Repository:
                 self._keep({**unpack(rid, payload), "id": rid})  # as a read gives it
             return
         self.index.catalog.put_many(indexed)
-        for stamp in stamps:
+        for stamp in filter(None, stamps):
             self.index.note_written(stamp)
 
     def _in_parallel(self, work: Callable[[Any], T], items: list[Any]) -> list[T]:
