@@ -39,9 +39,10 @@ To update ref ``N`` to ``new``:
 5. **Publish**: ``replace(refs/N, new, t)`` (``create`` if ``v`` is absent,
    ``remove`` for a delete; nothing if ``new == v``). Before it, the store's
    ``before_publish(N, E_{j+1})`` (if given) writes what must exist once the update is
-   visible (cas journals the artifact the name moves to, for its catalog); the one who
-   settles a dead claimant's update calls it too, before publishing. If it raises,
-   the update is not published: its writer takes the claim back.
+   visible (cas journals the artifact the name moves to, for its catalog); on an object
+   store it runs beside step 4's check of the claim. The one who settles a dead
+   claimant's update calls it too, before publishing. If it raises, the update is not
+   published: its writer takes the claim back.
 
 Why taking a remembered entry as the newest is safe: a claim of ``j+1`` that wins
 and finds ``E_j`` still there proves that ``E_j`` was the newest entry until that
@@ -149,7 +150,7 @@ import threading
 import time
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fsspec import AbstractFileSystem
@@ -282,12 +283,13 @@ class RefStore(HistoryMixin):
     settled by the next writer at once, one left by a writer on another host once its
     lease has ended (see "Settling" in the module docstring).
 
-    ``before_publish(name, entry)``, if given, is called once an update is claimed and
-    proved, just before its ref is written: by its writer, or by the writer that
-    settles it after its writer died (step 5 of the protocol). It writes what must
-    exist before anyone sees the update, so it must be idempotent; if it raises, the
-    update is not published. It is not called for a delete or an update to the value
-    the ref already holds.
+    ``before_publish(name, entry)``, if given, is called once an update is claimed,
+    before its ref is written: by its writer (on an object store beside the check that
+    the claim is fresh, in the same round trip; if the claim was not, it claims again
+    and calls it again), or by the writer that settles it after its writer died (step 5
+    of the protocol). It writes what must exist before anyone sees the update, so it
+    must be idempotent; if it raises, the update is not published. It is not called for
+    a delete or an update to the value the ref already holds.
     """
 
     def __init__(
@@ -486,7 +488,15 @@ class RefStore(HistoryMixin):
                     elif patience.exhausted(("claimed", claim)):
                         raise self._unlisted(name, claim)
                     continue
-                if not self._fresh(name, seq):
+                # On an object store what must exist before the publish is written
+                # beside the proof that the claim is fresh: one round trip, not two.
+                prepared = self._prepare(name, entry)
+                try:
+                    fresh = self._fresh(name, seq)
+                finally:
+                    if prepared is not None:
+                        self._prepared(prepared, name, seq, claim, data, entry, claimed_at)
+                if not fresh:
                     self._withdraw(claim, data)
                     self._heads.pop(name, None)
                     guess = False
@@ -494,7 +504,9 @@ class RefStore(HistoryMixin):
                     if stale >= _MAX_STALE:
                         raise self._unlisted(name, claim)
                     continue
-                self._publish(name, seq, claim, data, entry, current, claimed_at)
+                self._publish(
+                    name, seq, claim, data, entry, current, claimed_at, prepared is not None
+                )
             finally:
                 with _IN_FLIGHT_LOCK:
                     _IN_FLIGHT[token] -= 1
@@ -535,15 +547,18 @@ class RefStore(HistoryMixin):
         entry: LogEntry,
         current: tuple[bytes, str] | None,
         claimed_at: _Clock,
+        prepared: bool = False,
     ) -> None:
-        """Write the ref for our claimed entry; on failure undo the claim (see module doc)."""
+        """Write the ref for our claimed entry; on failure undo the claim (see module doc).
+        ``prepared``: ``before_publish`` ran already (beside the claim's proof)."""
         if entry.old == entry.new:
             return  # the ref already holds it
         path = ref_path(self.root, name)
         outlived = claimed_at.elapsed() > self.lease / 2
         if outlived and self._log.exists(name, seq + 1):
             return  # frozen for most of our lease: another writer settled it meanwhile
-        if self.before_publish is not None and entry.new is not None:
+        if not prepared and self._calls_hook(entry):
+            assert self.before_publish is not None
             try:
                 self.before_publish(name, entry)
             except BaseException:
@@ -584,6 +599,40 @@ class RefStore(HistoryMixin):
             )
         if entry.new is None:
             self.conditional.discard_empty_dirs(path, f"{self.root}/refs")
+
+    def _calls_hook(self, entry: LogEntry) -> bool:
+        return self.before_publish is not None and entry.new not in (None, entry.old)
+
+    def _prepare(self, name: str, entry: LogEntry) -> Future[None] | None:
+        """On an object store, ``before_publish`` of a claimed update started on a
+        thread of its own, so that it runs while the claim is proved fresh (if it is
+        not, the update claims again and calls it again: it is idempotent); None where
+        it is called just before the publish instead (a local disk, or nothing to call)."""
+        if not self._calls_hook(entry) or not isinstance(self._files, ServiceFiles):
+            return None
+        assert self.before_publish is not None
+        pool = ThreadPoolExecutor(1, thread_name_prefix="refs-prepare")
+        try:
+            return pool.submit(self.before_publish, name, entry)
+        finally:
+            pool.shutdown(wait=False)
+
+    def _prepared(
+        self,
+        pending: Future[None],
+        name: str,
+        seq: int,
+        claim: str,
+        data: bytes,
+        entry: LogEntry,
+        claimed_at: _Clock,
+    ) -> None:
+        """Wait for ``before_publish``; if it failed, take the claim back and raise."""
+        try:
+            pending.result()
+        except BaseException:
+            self._undo_claim(name, seq, claim, data, entry, claimed_at)
+            raise
 
     def _write_ref(self, path: str, new: str | None, current: tuple[bytes, str] | None) -> bool:
         """One conditional write of ref ``path`` from ``current`` (content, version) to ``new``."""
@@ -710,7 +759,8 @@ class RefStore(HistoryMixin):
             # it went: look again (after the usual wait) rather than guess.
             self._heads.pop(name, None)
             return False
-        if self.before_publish is not None and head.entry.new not in (None, value):
+        if self._calls_hook(head.entry):
+            assert self.before_publish is not None
             self.before_publish(name, head.entry)  # as its writer would have
         try:
             done = self._write_ref(path, head.entry.new, current)

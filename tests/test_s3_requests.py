@@ -246,6 +246,49 @@ def test_a_folder_save_lists_the_fan_out_folders_side_by_side(
     ) == sorted(p.name for p in folder.iterdir())
 
 
+def test_a_save_journals_beside_the_check_of_its_claim(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a bucket a save's journal entry is written while its name's claim is checked
+    (that it landed in a slot never used): one round trip for both, not two; of a new
+    name and of one that exists."""
+    import threading
+    import time
+
+    from cas.refs.store import RefStore
+
+    lock = threading.Lock()
+    seen = {"checking": 0, "beside": 0, "puts": 0}
+    fresh = RefStore._fresh
+
+    def slow_fresh(self: RefStore, name: str, seq: int) -> bool:
+        with lock:
+            seen["checking"] += 1
+        try:
+            time.sleep(0.2)
+            return fresh(self, name, seq)
+        finally:
+            with lock:
+                seen["checking"] -= 1
+
+    append = store.repo.journal.append
+
+    def watched(event: dict[str, Any], *args: Any, **kwargs: Any) -> str:
+        if event["op"] == "put":
+            time.sleep(0.05)
+            with lock:
+                seen["puts"] += 1
+                seen["beside"] += seen["checking"] > 0
+        return append(event, *args, **kwargs)
+
+    monkeypatch.setattr(RefStore, "_fresh", slow_fresh)
+    monkeypatch.setattr(store.repo.journal, "append", watched)
+    store.save(b"one", "models/beside")
+    store.save(b"two", "models/beside")
+    assert seen == {"checking": 0, "beside": 2, "puts": 2}
+    assert [h["message"] for h in store.history("models/beside")] == ["save bytes"] * 2
+
+
 def test_ref_move_by_a_store_that_never_saw_the_name(store: Any, s3_server: Server) -> None:
     store.save(b"fraud v1", "models/fraud")
     with cas.open_store(store.url, **s3_server.storage_options) as other:
