@@ -2,7 +2,7 @@
 not a catalog rebuilt from the journal.
 
 The refusal users meet most: a name below or above a name that exists (``df/p`` holds an
-artifact, so ``df/p/q`` cannot be one). It is refused before the record is written. A
+artifact, so ``df/p/q`` cannot be one). It is refused before its name is claimed. A
 writer that loses a race for the name after that check (another process created ``df/p``
 meanwhile) is refused when it claims the name: a save's journal entry is written only
 once its name is claimed. A save killed before that claim is invisible too; one killed

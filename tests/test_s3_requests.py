@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import cas
+from cas.errors import RefConflict
 from cas.objects.kinds import ChunkList
 from cas.refs import RefStore
 from cas.refs.cloud import conditional_for
@@ -287,6 +288,54 @@ def test_a_save_journals_beside_the_check_of_its_claim(
     store.save(b"two", "models/beside")
     assert seen == {"checking": 0, "beside": 2, "puts": 2}
     assert [h["message"] for h in store.history("models/beside")] == ["save bytes"] * 2
+
+
+def test_a_small_save_reads_its_name_while_writing_its_objects(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a bucket the read of the name a small value is saved under (and the check of
+    a new name) goes beside the writes of its content and record: one round trip for
+    both. A name refused then leaves only objects that nothing names."""
+    import threading
+    import time
+
+    from cas.repo.names import Names
+
+    lock = threading.Lock()
+    seen = {"reading": 0, "beside": 0, "objects": 0}
+    read = Names.read
+
+    def slow_read(self: Names, name: str) -> str | None:
+        with lock:
+            seen["reading"] += 1
+        try:
+            time.sleep(0.2)
+            return read(self, name)
+        finally:
+            with lock:
+                seen["reading"] -= 1
+
+    create = store.storage.create
+
+    def watched(path: str, data: bytes) -> bool:
+        if path.startswith("objects/"):
+            time.sleep(0.05)
+            with lock:
+                seen["objects"] += 1
+                seen["beside"] += seen["reading"] > 0
+        return create(path, data)
+
+    monkeypatch.setattr(Names, "read", slow_read)
+    monkeypatch.setattr(store.storage, "create", watched)
+    first = store.save(b"one", "models/read-beside")
+    second = store.save(b"two", "models/read-beside")
+    assert seen == {"reading": 0, "beside": 4, "objects": 4}  # content, record, twice
+    assert store.history("models/read-beside")[0]["new"] == second
+    assert store.history("models/read-beside")[1]["new"] == first
+    with pytest.raises(RefConflict):
+        store.save(b"three", "models/read-beside/below")
+    assert "models/read-beside/below" not in store.list_artifacts()
+    assert store.load("models/read-beside") == b"two"
 
 
 def test_ref_move_by_a_store_that_never_saw_the_name(store: Any, s3_server: Server) -> None:

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -43,6 +44,9 @@ from cas.storage import Storage
 from cas.storage.cache import cache_root
 
 RUNS_PREFIX = "runs"
+#: Bytes or text up to this size saved on an object store under a name this machine
+#: does not know are written while the name is read (``ArtifactStore._read_beside``).
+READ_BESIDE_MAX = 1 << 20
 
 
 @contextlib.contextmanager
@@ -148,21 +152,31 @@ class ArtifactStore:
         return self.repo.record(rid, tags=tags)
 
     def commit(
-        self, record: dict[str, Any], *, current: Any = UNREAD, checked: bool = False
+        self,
+        record: dict[str, Any],
+        *,
+        current: Any = UNREAD,
+        checked: bool = False,
+        written: ObjectId | None = None,
     ) -> ObjectId:
         """Commit a record under ``name_prefix + record["name"]`` (inside :meth:`batch`,
         its name is published when the batch ends). ``current``: what the name held,
-        when the caller has just read it (``checked``: with a check as a new name)."""
-        full = {**record, "name": self.name_prefix + record["name"]}
+        when the caller has just read it (``checked``: with a check as a new name);
+        ``written``: the id of the record object, written already (not in a batch)."""
+        full = self._named(record)
         deferred: list[tuple[ObjectId, dict[str, Any]]] | None = getattr(
             self._batches, "items", None
         )
         if deferred is None:
-            return self.repo.commit(full, current=current, checked=checked)
+            return self.repo.commit(full, current=current, checked=checked, written=written)
         rid, new = self.repo.prepare(full, current=current, checked=checked)
         if new:
             deferred.append((rid, full))
         return rid
+
+    def _named(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` under its name in the root: ``name_prefix`` + its name."""
+        return {**record, "name": self.name_prefix + record["name"]}
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[ArtifactStore]:
@@ -225,34 +239,80 @@ class ArtifactStore:
         self.check_name(path)
         parents = [self.resolve(p)[0] for p in given_parents]
         materializer = materializer_for(obj, allow_pickle=self.allow_pickle)
+        name = self.name_prefix + path
+        folder = isinstance(obj, os.PathLike) and Path(obj).is_dir()
         # The version the name holds now lends its content as delta bases (a hint
         # only: if it does not read, the new version is stored without them).
         previous: str | None = None
         current: Any = UNREAD
         checked = False  # the read checked it as a new name too
-        try:
-            current, checked = self.repo.read_for_save(self.name_prefix + path)
-            if current is not None:
-                previous = self.repo.record(current, tags=False).get("content_id")
-        except RefConflict:
-            raise  # a new name refused by a name above or below it: nothing written
-        except CasError:
-            previous = None
-        if previous is None and current is not UNREAD:  # a first version: its kin's
-            folder = isinstance(obj, os.PathLike) and Path(obj).is_dir()
+        beside = self._read_beside(obj, name)
+        if beside:  # the version as this machine knows it: read beside the writes
+            previous = self._known_content(name)
+        else:
+            try:
+                current, checked = self.repo.read_for_save(name)
+                if current is not None:
+                    previous = self.repo.record(current, tags=False).get("content_id")
+            except RefConflict:
+                raise  # a new name refused by a name above or below it: nothing written
+            except CasError:
+                previous = None
+        if previous is None and (beside or current is not UNREAD):  # its kin's
             pending = getattr(self._batches, "items", None) or ()
-            previous = nearest_version(
-                self.repo, self.name_prefix + path, parents, materializer.name, folder, pending
-            )
+            previous = nearest_version(self.repo, name, parents, materializer.name, folder, pending)
         # Content and record go in one write and one sync (a folder: a few packs).
-        with self.space.batch(), self.space.bases_from(previous):
+        with self.space.batch() as held, self.space.bases_from(previous):
             stored = materializer.save(obj, self.space)
             record = self._record(
                 path, artifact_type or materializer.artifact_type,
                 materializer.name, stored, parents, metadata, tags,
                 (source_project, source_pipeline, source_run_id, source_step),
             )  # fmt: skip
-            return str(self.commit(record, current=current, checked=checked))
+            written = None
+            if beside:
+                written = self.space.put_value("record", self._named(record))
+                current, checked = self._read_writing(held, name)
+            return str(self.commit(record, current=current, checked=checked, written=written))
+
+    def _read_beside(self, obj: Any, name: str) -> bool:
+        """On an object store, whether ``name`` is read while the content and record
+        are written (one round trip for both, not one after the other): when what it
+        builds on needs no read of the name first, for a name this machine's catalog
+        knows (its version there is the delta base), or a value too small for a base
+        to matter (bytes or text up to :data:`READ_BESIDE_MAX`). Not inside a batch,
+        which writes once, at its end."""
+        if (
+            self.repo.storage.local_dir is not None
+            or getattr(self._batches, "items", None) is not None
+        ):
+            return False
+        if isinstance(obj, (bytes, bytearray, memoryview, str)) and len(obj) <= READ_BESIDE_MAX:
+            return True
+        return self.repo.known_name([name]) is not None
+
+    def _known_content(self, name: str) -> str | None:
+        """The content id of ``name``'s newest version in this machine's catalog as it
+        is (no request), or None."""
+        catalog = self.repo.catalog_at_hand()
+        if catalog is None:
+            return None
+        try:
+            newest = catalog.list(name=name, limit=1)
+        except CasError:
+            return None
+        return str(newest[0].get("content_id") or "") or None if newest else None
+
+    def _read_writing(self, held: Any, name: str) -> tuple[str | None, bool]:
+        """``repo.read_for_save(name)`` while the batch ``held`` (the content and the
+        record) is written, on a thread of its own. A name refused now leaves the
+        objects for gc: nothing names them."""
+        with ThreadPoolExecutor(1, thread_name_prefix="cas-write") as pool:
+            writing = pool.submit(held.flush, durable=False)
+            try:
+                return self.repo.read_for_save(name)
+            finally:
+                writing.result()
 
     def _record(
         self,

@@ -237,14 +237,16 @@ class Repository:
         checked: bool = False,
         expected: Any = ANY,
         message: str | None = None,
+        written: ObjectId | None = None,
     ) -> ObjectId:
         """Write a record, journal it, move its name, index it. Saving what the name
         already holds (same content, type, metadata, parents, source) returns the
         existing id and writes nothing: a save is idempotent. ``expected``: the id the
         name must hold (None: no name) for it to move, else :class:`RefConflict` and
-        the record is withdrawn; ``message``: its history entry (default ``save TYPE``)."""
+        the record is withdrawn; ``message``: its history entry (default ``save TYPE``);
+        ``written``: the id of the record object if the caller wrote it already."""
         with self.space.batch():  # the record is synced with the journal entry, once
-            rid, new = self.prepare(record, current=current, checked=checked)
+            rid, new = self.prepare(record, current=current, checked=checked, written=written)
             if new:
                 self.publish([(rid, record)], expected={record["name"]: expected}, message=message)
         return rid
@@ -288,13 +290,18 @@ class Repository:
         return self.commit(copy, current=current, expected=current, message=f"set from {rid[:12]}")
 
     def prepare(
-        self, record: dict[str, Any], *, current: Any = UNREAD, checked: bool = False
+        self,
+        record: dict[str, Any],
+        *,
+        current: Any = UNREAD,
+        checked: bool = False,
+        written: ObjectId | None = None,
     ) -> tuple[ObjectId, bool]:
         """The first half of a commit: (record id, True) with the record object written
         (held, inside a batch), or (the id the name holds, False) if it holds this
         very version already. ``current``: the name's value if the caller just read it
         (:data:`UNREAD`: read it here); ``checked``: that read checked it as a new name
-        (:meth:`read_for_save`)."""
+        (:meth:`read_for_save`); ``written``: the record object's id, written already."""
         if current is UNREAD:
             current = self.names.read(record["name"])
         if current is not None:
@@ -305,6 +312,8 @@ class Repository:
             # A new name that a name above or below refuses is refused now, before the
             # record and its journal entry are written: nothing of it is ever visible.
             self.names.check_new(record["name"])
+        if written is not None:
+            return written, True
         return self.space.put_value("record", record), True
 
     def _previous(self, rid: str) -> dict[str, Any] | None:
