@@ -12,7 +12,7 @@ import blake3
 import msgpack
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import cas
@@ -203,6 +203,92 @@ def test_an_xor_header_is_checked_before_any_byte_is_trusted() -> None:
             codec.decode_body(oid, codec.read_header(oid, bad), bad, base.payload)
     with pytest.raises(IntegrityError, match="XOR delta"):
         codec.decode_body(oid, header, stored, base.payload[:-4])
+
+
+def _xor_pair(payload: bytes, base: bytes, stride: int) -> tuple[bytes, bytes]:
+    """(the base's plain stored form, an XOR delta of ``payload`` on it by ``stride``)."""
+    root = codec.encode("blob", base)
+    head = codec.HEADER.pack(codec.MAGIC, codec.FORMAT, codec.KINDS["blob"], 0b111, 1, len(payload))
+    frame = codec.frame(planes.xor_grouped(payload, base, stride), delta.XOR_LEVEL)
+    return root, head + bytes.fromhex(blake3.blake3(base).hexdigest()) + bytes((stride,)) + frame
+
+
+def _both_ways(payload: bytes, base: bytes, stride: int) -> tuple[bytes, bytes]:
+    """(:func:`codec.decode_xor` of the pair, :func:`codec.decode_body` of it: the
+    reference, on the base's payload decoded on its own)."""
+    root, stored = _xor_pair(payload, base, stride)
+    base_id = blake3.blake3(base).hexdigest()
+    oid = blake3.blake3(payload).hexdigest()
+    root_head, head = codec.read_header(base_id, root), codec.read_header(oid, stored)
+    fast = codec.decode_xor(oid, head, stored, base_id, root_head, root)
+    return fast, codec.decode_body(oid, head, stored, codec.decode_body(base_id, root_head, root))
+
+
+@given(st.binary(min_size=1, max_size=3000), st.binary(max_size=3000), st.integers(1, 16))
+@settings(max_examples=150, deadline=None)
+def test_an_xor_delta_decoded_in_place_gives_the_reference_bytes(
+    a: bytes, b: bytes, stride: int
+) -> None:
+    """The read path's decode (residual into scratch, base into the payload's buffer,
+    XOR in place) returns what decoding the base, then the delta on it, returns: with
+    numpy and without, for any length and stride (bases stored raw and compressed)."""
+    b = (b * (len(a) // max(len(b), 1) + 1))[: len(a)] if b else bytes(len(a))
+    assume(a != b)  # the same bytes have the same id: no delta names itself
+    fast, reference = _both_ways(a, b, stride)
+    assert fast == reference == a
+    try:
+        planes.USE_NUMPY = False
+        assert _both_ways(a, b, stride) == (a, a)
+    finally:
+        planes.USE_NUMPY = True
+
+
+@pytest.mark.parametrize(
+    ("dtype", "count", "stride"),
+    [(np.float32, 3 << 18, 4), (np.float32, (3 << 18) + 1, 8), (np.float64, 5 << 17, 8),
+     (np.float64, 99_999, 3), (np.float32, 1 << 20, 16), (np.float32, 7, 8)],
+)  # fmt: skip
+def test_numbers_decoded_in_place_match_the_reference_across_blocks(
+    dtype: type, count: int, stride: int
+) -> None:
+    """Payloads of many ungrouping blocks (:data:`planes.BLOCK`), of a length no stride
+    divides, or shorter than one row; the base stored compressed (floats) and raw
+    (random bytes); then a smaller one and a larger one again on the same scratch."""
+    weights = np.random.default_rng(count).standard_normal(count).astype(dtype)
+    step = np.random.default_rng(stride).standard_normal(count).astype(dtype)
+    pairs = [(weights.tobytes()[1:], (weights * (1 + 1e-3 * step)).astype(dtype).tobytes()[1:])]
+    noise = np.random.default_rng(count + 1).bytes(len(pairs[0][0]))
+    pairs.append((noise, bytes(x ^ 1 for x in noise[:4096]) + noise[4096:]))
+    pairs.append((pairs[0][0][:5000], pairs[0][1][:5000]))
+    pairs.append(pairs[0])
+    flags = [codec.read_header("ab" * 32, codec.encode("blob", b)).flags for b, _ in pairs]
+    assert count < 100 or flags[:2] == [codec.FLAG_ZSTD, 0]  # a compressed root, a raw one
+    for base, payload in pairs:
+        fast, reference = _both_ways(payload, base, stride)
+        assert fast == reference == payload
+
+
+def test_a_damaged_residual_or_base_is_refused_by_the_in_place_decode() -> None:
+    """A frame that declares another size, one cut short, one that inflates past what
+    it declares, or a base of another size: an IntegrityError, as the reference says."""
+    base = _weights(13, 1 << 16).tobytes()
+    payload = _trained(np.frombuffer(base, np.float32), 14).tobytes()
+    root, stored = _xor_pair(payload, base, 8)
+    base_id, oid = blake3.blake3(base).hexdigest(), blake3.blake3(payload).hexdigest()
+    head = codec.read_header(oid, stored)
+    for bad_root, bad in (
+        (root, stored[:-7]),  # cut short
+        (root, stored[:49] + codec.frame(b"\0" * 64, 1)),  # declares another size
+        (root[:-9], stored),  # the base's frame cut short
+        (codec.encode("blob", base[:-4]), stored),  # a base of another size
+    ):
+        bad_root_head = codec.read_header(base_id, bad_root)
+        with pytest.raises(IntegrityError):
+            codec.decode_xor(oid, head, bad, base_id, bad_root_head, bad_root)
+    longer = codec.frame(bytes(len(payload) + 100), 1)  # its header made to say less
+    with pytest.raises(IntegrityError):
+        view = memoryview(bytearray(len(payload)))
+        codec._decompress_into(oid, memoryview(longer), view)
 
 
 def test_gc_keeps_an_xor_base_whose_own_name_is_gone(tmp_path: Path) -> None:

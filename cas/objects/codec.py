@@ -31,6 +31,7 @@ that many bytes; a frame that would produce more, or fewer, is an :class:`Integr
 
 from __future__ import annotations
 
+import io
 import struct
 import threading
 from dataclasses import dataclass
@@ -210,15 +211,9 @@ def decode_body(
         raise CasError(f"object {oid} is a delta against {header.base}: read it from its store")
     if header.flags & FLAG_XOR:
         assert base is not None
-        if len(base) != header.raw_size:
-            raise IntegrityError(
-                oid, _msg(oid, f"is an XOR delta of {header.raw_size} bytes on a base of "
-                               f"{len(base)}"),
-            )  # fmt: skip
-        if not body or not 1 <= body[0] <= MAX_STRIDE:
-            raise IntegrityError(oid, _msg(oid, "is an XOR delta without a valid stride"))
+        stride = _xor_stride(oid, header, body, len(base))
         grouped = _decompress(oid, body[1:], header.raw_size, None)
-        return planes.unxor(grouped, body[0], base)
+        return planes.unxor(grouped, stride, base)
     if header.flags & FLAG_ZSTD:
         return _decompress(oid, body, header.raw_size, base)
     if len(body) != header.raw_size:
@@ -226,6 +221,75 @@ def decode_body(
             oid, _msg(oid, f"decodes to {len(body)} bytes, header says {header.raw_size}")
         )
     return bytes(body)
+
+
+def decode_xor(
+    oid: str, header: Header, stored: bytes | memoryview,
+    base_id: str, base_header: Header, base_stored: bytes | memoryview,
+) -> bytes:  # fmt: skip
+    """The payload of an XOR delta (``header``, ``stored``) whose base is a plain
+    object, from the base's stored form: :func:`decode_body` of the delta on the base's
+    payload, with no more new memory than a plain read takes. The residual is
+    decompressed into this thread's scratch buffer, the base into the buffer that
+    becomes the payload, and the residual is ungrouped and XORed into it there (new
+    memory faulted in on two threads at once cost more than the ungrouping and XOR)."""
+    size = header.raw_size
+    if base_header.base is not None or not header.flags & FLAG_XOR or size == 0:
+        raise ValueError(f"object {oid} is not an XOR delta of bytes on a plain base")
+    body = memoryview(stored)[header.body_offset :]
+    stride = _xor_stride(oid, header, body, base_header.raw_size)
+    grouped = planes.scratch(size)
+    _decompress_into(oid, body[1:], grouped)
+    result = io.BytesIO()
+    result.seek(size - 1)
+    result.write(b"\0")
+    with result.getbuffer() as view:
+        base_body = memoryview(base_stored)[base_header.body_offset :]
+        if base_header.flags & FLAG_ZSTD:
+            _decompress_into(base_id, base_body, view)
+        elif len(base_body) == size:
+            view[:] = base_body
+        else:
+            raise IntegrityError(
+                base_id, _msg(base_id, f"decodes to {len(base_body)} bytes, header says {size}")
+            )
+        planes.unxor_into(grouped, stride, view)
+    # The buffer becomes the bytes returned without a copy (a copy faults every page
+    # of new memory in again).
+    return result.getvalue()
+
+
+def _xor_stride(oid: str, header: Header, body: memoryview, base_size: int) -> int:
+    if base_size != header.raw_size:
+        raise IntegrityError(
+            oid, _msg(oid, f"is an XOR delta of {header.raw_size} bytes on a base of {base_size}")
+        )
+    if not body or not 1 <= body[0] <= MAX_STRIDE:
+        raise IntegrityError(oid, _msg(oid, "is an XOR delta without a valid stride"))
+    return body[0]
+
+
+def _decompress_into(oid: str, frame: memoryview, out: memoryview) -> None:
+    """:func:`_decompress` of a frame into ``out``, which it must fill exactly."""
+    size, got, more = len(out), 0, b""
+    try:
+        declared = zstandard.frame_content_size(frame)
+        if declared != size:
+            raise IntegrityError(
+                oid, _msg(oid, f"holds a frame of {declared} bytes, header says {size}")
+            )
+        with _decompressor().stream_reader(frame, read_across_frames=False) as reader:
+            while got < size:
+                step = reader.readinto(out[got:])
+                if not step:
+                    break
+                got += step
+            more = reader.read(1)  # a frame that inflates past its declaration
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(oid, _msg(oid, f"does not decompress ({exc})")) from exc
+    if got != size or more:
+        what = f"more than {size}" if more else str(got)
+        raise IntegrityError(oid, _msg(oid, f"decodes to {what} bytes, header says {size}"))
 
 
 def _decompress(oid: str, frame: memoryview, size: int, base: bytes | None) -> bytes:

@@ -256,11 +256,24 @@ def resolve(oid: ObjectId, header: codec.Header, stored: bytes, read: Read) -> b
         chain.append((below, head, raw if held <= HOLD else None))
         below = head.base
     payload: bytes | None = None
-    for level_id, head, kept in reversed(chain):
-        again = kept if kept is not None else _read_base(read, level_id, oid)
-        payload = codec.decode_body(level_id, head, again, payload)
+    root, on_root = chain[-1], chain[-2] if len(chain) > 1 else None
+    if on_root is not None and on_root[1].flags & codec.FLAG_XOR and on_root[1].raw_size:
+        # The writer's one shape of an XOR delta (XOR_DEPTH): both decoded into one
+        # buffer, as a plain read of the same bytes takes.
+        payload = codec.decode_xor(
+            on_root[0], on_root[1], _kept(read, on_root, oid),
+            root[0], root[1], _kept(read, root, oid),
+        )  # fmt: skip
+        chain = chain[:-2]
+    for level in reversed(chain):
+        payload = codec.decode_body(level[0], level[1], _kept(read, level, oid), payload)
     assert payload is not None
     return payload
+
+
+def _kept(read: Read, level: tuple[ObjectId, codec.Header, bytes | None], oid: ObjectId) -> bytes:
+    """A level's stored form: held since the chain was read, or read again."""
+    return level[2] if level[2] is not None else _read_base(read, level[0], oid)
 
 
 def _read_base(read: Read, base: ObjectId, oid: ObjectId) -> bytes:
