@@ -143,6 +143,30 @@ def test_large_file_chunks_go_in_packs_and_stream_back(
         assert f.read(1000) == big.read_bytes()[17 << 20 : (17 << 20) + 1000]
 
 
+def test_objects_read_together_are_each_their_own_bytes(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    """A pack's objects read together (small ones in one range, large ones alone in a
+    local file: :data:`cas.objects.pack_set.OWN_READ`) are each what a read of it
+    alone returns, in the pack's order, whichever mix of sizes."""
+    from cas.objects.pack_set import OWN_READ
+
+    small = _folder(tmp_path / "small", n=6, size=2048)
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(6 << 20))  # chunked
+    with store.batch():
+        store.save(small, "small")
+        store.save(big, "big")
+    space = store.space
+    space.packs.refresh()
+    wheres = sorted((w for _, w in space.packs.entries()), key=lambda w: (w.pack, w.offset))
+    pack = wheres[0].pack
+    mine = [w for w in wheres if w.pack == pack]
+    assert {w.length >= OWN_READ for w in mine} == {True, False}
+    for ask in (mine, mine[1::2], mine[::3], [w for w in mine if w.length < OWN_READ]):
+        assert space.packs.read_many(ask) == [space.packs.read(w) for w in ask]
+
+
 def test_a_pack_without_its_index_is_invisible_and_gc_removes_it(
     store: ArtifactStore, tmp_path: Path
 ) -> None:
@@ -323,7 +347,9 @@ def test_fsck_rebuilds_a_damaged_index_from_its_pack(store: ArtifactStore, tmp_p
         assert (out / "f0010.bin").read_bytes() == (src / "f0010.bin").read_bytes()
 
 
-def test_gc_pack_moves_loose_objects_that_live_into_packs(store: ArtifactStore, tmp_path: Path) -> None:
+def test_gc_pack_moves_loose_objects_that_live_into_packs(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
     ids = [store.save(f"small {i}".encode(), f"s/{i}") for i in range(30)]  # loose
     store.save(b"gone soon", "gone")
     store.delete("gone")

@@ -18,6 +18,12 @@ from cas.objects.ids import ObjectId, is_id
 from cas.objects.packs import NEAR, PACKS, PackIndex, Where, index_path, pack_path
 from cas.storage import Stat, Storage
 
+#: In a local file an object this large is read on its own, not in a range with its
+#: neighbours: copying it out of the range (new memory, faulted in) costs more than
+#: the read saved. Measured on the chunks of a checkpoint (about 1 MiB each, read in
+#: pairs): 0.68 ms a pair as one range and two copies, 0.14 ms as two reads.
+OWN_READ: Final = 256 << 10
+
 #: Index reads at once when a listing finds many new packs on an object store.
 _FETCH_THREADS: Final = 16
 
@@ -293,16 +299,21 @@ class PackSet:
     def read_many(self, wheres: list[Where]) -> list[bytes]:
         """The stored bytes of objects of one pack, in order, in as few reads as their
         ranges allow: objects in order and no further apart than :data:`NEAR` are read
-        as one range (the frames between them are read and dropped)."""
+        as one range (the frames between them are read and dropped); in a local file,
+        an object of :data:`OWN_READ` bytes or more is read alone."""
         if not wheres:
             return []
         pack = wheres[0].pack
+        local = self.storage.local_dir is not None
         spans: list[tuple[int, int]] = []
+        alone = False  # the last span is a large object of a local file
         for w in wheres:
-            if spans and 0 <= w.offset - spans[-1][1] <= NEAR:
+            large = local and w.length >= OWN_READ
+            if spans and not (large or alone) and 0 <= w.offset - spans[-1][1] <= NEAR:
                 spans[-1] = (spans[-1][0], w.offset + w.length)
             else:
                 spans.append((w.offset, w.offset + w.length))
+            alone = large
         blobs = self.storage.read_ranges(pack_path(pack), spans)
         out: list[bytes] = []
         i = 0
@@ -310,7 +321,10 @@ class PackSet:
             view = memoryview(blob)
             while i < len(wheres) and wheres[i].offset < start + len(blob):
                 w = wheres[i]
-                out.append(bytes(view[w.offset - start : w.offset - start + w.length]))
+                whole = w.offset == start and w.length == len(blob)
+                out.append(
+                    blob if whole else bytes(view[w.offset - start : w.offset - start + w.length])
+                )
                 i += 1
         return out
 
