@@ -4,7 +4,10 @@ plain-Python model, on any root (as zarr's ``testing/stateful.py`` does for its 
 Each example gets a fresh, empty root from a :data:`FreshStore` factory; the machine
 saves, materializes, registers with parents, tags and deletes, and after every step
 checks that names resolve and load, that content ids are the ``b3sum`` of the bytes, and
-that the catalog (records, tags, search, lineage) agrees with the model::
+that the catalog (records, tags, search, lineage) agrees with the model. It also saves
+under names that one it holds refuses (below it, or the folder above it): each must be
+refused, and then nothing of it is visible to this store or to the catalog of another
+machine built from the root::
 
     def fresh() -> contextlib.AbstractContextManager[ArtifactStore]: ...
     run_store_machine(fresh, machine_settings(remote=True))
@@ -19,8 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import random
+import shutil
+import tempfile
 from array import array
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import blake3
@@ -35,6 +41,8 @@ from hypothesis.stateful import (
 )
 
 from cas.api.artifact_store import ArtifactStore
+from cas.errors import RefConflict
+from cas.repo.local_catalog import LocalCatalog
 
 #: Opens a store on a fresh, empty root; leaving the block closes it and may clean up.
 FreshStore = Callable[[], contextlib.AbstractContextManager[ArtifactStore]]
@@ -170,6 +178,43 @@ class StoreMachine(RuleBasedStateMachine):
         aid = self.by_name.pop(name)
         self.store.delete(name)
         self.deleted.add(aid)
+
+    @rule(name=names, value=values, below=st.booleans())
+    def refused_save(self, name: str, value: Any, below: bool) -> None:
+        """A save under a name that a name the store holds refuses (``name/below``, or
+        the folder above it) raises ``RefConflict``, and nothing of it is visible: not
+        to this store, not to another machine's catalog of the root (issue 32)."""
+        if name not in self.by_name:
+            return
+        other = f"{name}/below" if below or "/" not in name else name.rpartition("/")[0]
+        try:
+            self.store.save(value, other, tags={"stage": "refused"})
+        except RefConflict:
+            pass
+        else:
+            raise AssertionError(f"a save of {other!r} beside {name!r} was not refused")
+        assert other not in self.store.list_artifacts()
+        assert self.store.catalog.search("stage:refused") == []
+        elsewhere = self._another_machine()
+        assert other not in elsewhere["names"], elsewhere
+        assert elsewhere["refused"] == [], elsewhere
+        assert set(elsewhere["ids"]) == self._live(), elsewhere
+
+    def _another_machine(self) -> dict[str, list[str]]:
+        """What the catalog of another machine, built from the root now, holds."""
+        folder = Path(tempfile.mkdtemp(prefix="cas-elsewhere-"))
+        repo = self.store.repo
+        other = LocalCatalog(repo.space, repo.journal, folder)
+        try:
+            other.sync()
+            return {
+                "names": other.catalog.names(),
+                "refused": [r["id"] for r in other.catalog.search("stage:refused")],
+                "ids": [r["id"] for r in other.catalog.list(limit=10_000)],
+            }
+        finally:
+            other.close()
+            shutil.rmtree(folder, ignore_errors=True)
 
     @invariant()
     def names_resolve_and_load(self) -> None:
