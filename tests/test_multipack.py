@@ -84,6 +84,27 @@ def saved(
     yield folders
 
 
+def test_a_writer_leaves_few_packs_outside_a_multi_pack_index(
+    url: str, s3_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A root filled by batches alone (no reader listed its packs): the writer writes a
+    multi-pack index once WRITE_FROM packs are outside one, so a new machine's first
+    small save reads it and the few packs after it, not every pack's index."""
+    _machine(monkeypatch, tmp_path, "writer")
+    with cas.open_store(url, **s3_server.storage_options) as writer:
+        for i in range(FOLDERS):
+            writer.save(_folder(tmp_path / f"src{i:02d}", seed=i), f"set/{i:02d}")
+        assert len(writer.space.packs.ids()) >= FOLDERS
+        assert len(_midx_names(writer)) == 1
+    _machine(monkeypatch, tmp_path, "fresh")
+    seen = _Seen()
+    with cas.open_store(url, create=False, **s3_server.storage_options) as store, s3_calls(seen):
+        store.save(b"a small new value", "ci/job")
+    reads = seen.index_reads()
+    assert reads[0].endswith(multipack.SUFFIX), seen.calls
+    assert len(reads) == 1 + FOLDERS - multipack.WRITE_FROM, seen.calls  # was FOLDERS
+
+
 def _midx_names(store: Any) -> list[str]:
     return multipack.names_in(store.storage.listdir(packs.PACKS))
 
@@ -110,8 +131,9 @@ def test_a_new_machine_reads_one_index_not_one_per_pack(
     _machine(monkeypatch, tmp_path, "fresh")
     seen = _read_one(url, s3_server, name, saved[name])
     assert seen.listings() == ["store/packs/"], seen.calls
-    (midx,) = seen.index_reads()
+    midx, *others = seen.index_reads()  # the writer's, and the packs after it
     assert midx.endswith(multipack.SUFFIX), seen.calls
+    assert len(others) == FOLDERS - multipack.WRITE_FROM, seen.calls
     # The same machine again: the multi-pack index is kept here, no index is read.
     again = _read_one(url, s3_server, "set/02", saved["set/02"])
     assert not again.index_reads(), again.calls
@@ -156,12 +178,12 @@ def test_a_damaged_midx_is_ignored_named_by_fsck_and_removed_by_repair(
         assert name not in _midx_names(store)
         assert fsck.check(store).ok
     monkeypatch.undo()
-    # A reader that finds the packs uncovered writes it again: the same packs, the same bytes.
+    # A reader that finds the packs uncovered writes one again, covering every pack.
     _machine(monkeypatch, tmp_path, "another")
     _read_one(url, s3_server, "set/03", saved["set/03"])
     with cas.open_store(url, create=False, **s3_server.storage_options) as store:
-        assert _midx_names(store) == [name]
-        assert multipack.read(store.storage, name).packs == tuple(store.space.packs.ids())
+        (again,) = _midx_names(store)
+        assert multipack.read(store.storage, again).packs == tuple(store.space.packs.ids())
 
 
 def test_gc_removes_the_packs_and_the_midx_that_names_them(

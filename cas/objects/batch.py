@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -63,6 +64,7 @@ class Pending:
         self._order: dict[ObjectId, int] = {}  # each held object's place in its pack
         self._tickets = tickets
         self.lock = threading.RLock()
+        self.wrote_pack = False
         self._objects: dict[ObjectId, bytes] = {}
         self._bytes = 0
         # Full packs being written: their objects, or (once a pack's bytes are built)
@@ -205,6 +207,7 @@ class Pending:
                 after.result()  # the pack filled before this one is committed first
             self.storage.write_atomic(packs.index_path(pack_id), index, durable=False)
             self.packs.add(pack_id, index)
+            self.wrote_pack = True
         elif len(objects) == 1 or self.storage.local_dir is not None:
             for oid, stored in objects:
                 self.storage.write_atomic(self.loose_path(oid), stored, durable=False)
@@ -215,6 +218,21 @@ class Pending:
                         lambda o: self.storage.write_atomic(self.loose_path(o[0]), o[1]), objects
                     )
                 )
+
+    def index_packs(self) -> None:
+        """After a flush that wrote packs: list the packs and write a multi-pack index
+        if :data:`cas.objects.multipack.WRITE_FROM` or more are not covered by one, as
+        a reader that lists them does (best effort). A root filled by batches then
+        never holds more than that many packs outside a multi-pack index: a new
+        machine's first lookup reads one index and fewer than that many pack indexes,
+        not one per pack the writers left."""
+        if not self.wrote_pack:
+            return
+        self.wrote_pack = False
+        try:
+            self.packs.refresh()
+        except Exception as exc:  # noqa: BLE001 - it only saves reads
+            logging.getLogger("cas").warning("packs not indexed after a batch: %s", exc)
 
     def close(self) -> None:
         """The batch is over (written, or dropped after a failure)."""
@@ -289,6 +307,7 @@ class Batches:
                         held.flush()
                 raise
             held.flush()
+            held.index_packs()
         finally:
             # A batch whose block or flush failed is dropped whole: what it held was never
             # visible to anyone else, and nothing reaching it was published.
