@@ -10,10 +10,17 @@ a CI runner.
 The buckets. ``--artifacts`` small artifacts (``value i`` as ``data/<i // 1000>/a<i>``,
 metadata ``{"i": i}``, every 100th tagged ``stage=production``) are saved to a local
 store (``fsync=False``), and every file of that store's folder but its ``index/``
-(the local catalog, which never leaves a machine) is copied to a bucket with s3fs
-(``put`` from ``--threads`` threads): the bucket holds what those saves would have left
-on S3. Twice: "single saves", each artifact saved on its own in a plain loop; "batches",
-the same saves inside ``with store.batch():`` blocks of 1000.
+(the local catalog, which never leaves a machine) is copied to a bucket: the bucket
+holds what those saves would have left on S3. Twice: "single saves", each artifact
+saved on its own in a plain loop; "batches", the same saves inside ``with
+store.batch():`` blocks of 1000.
+
+How a bucket is filled (``--upload``): ``bulk`` (the default) sends the files to the
+server's bulk load (``cas.testing.moto_atomic.bulk_put``, 2,000 files a request), which
+stores each as its PUT would (same ETag, size, checksum, content type); ``s3fs`` puts
+them one request a file (s3fs ``put`` of 500 files at a time from ``--threads``
+threads), as a user's copy would, at about 250 files a second. The buckets are the same
+either way; what is measured afterwards goes through S3's API as before.
 
 Measured, for each bucket, directly against moto and again through bench/_proxy.py
 (``--proxy-ms`` each way, 20 by default: a 40 ms round trip, as to a nearby region),
@@ -51,10 +58,14 @@ incremental ones between) beside every checkpoint whole, and a new machine's cat
 made from them with its first search (a child process, a new catalog folder over the
 same root): its peak RSS, target < 256 MiB.
 
-Time: about 5 minutes at 3,000 artifacts (``--quick``), most of it moto storing the
-buckets' files (about 250 a second) and answering gc; at 100,000 the buckets alone
-take the better part of an hour, and a step over ``--timeout`` is killed (its requests,
-counted at the proxy, are then shown as ">= N").
+moto is our wrapper (``cas.testing.moto_atomic``): besides the bulk load it answers a
+listing page in O(page) from a sorted index of the bucket's names (moto alone walks and
+sorts the whole bucket for each page), with moto's answer exactly.
+
+Time: with ``--upload s3fs``, about 5 minutes at 3,000 artifacts (``--quick``), most
+of it moto storing the buckets' files (about 250 a second), and at 100,000 the buckets
+alone take the better part of an hour. A step over ``--timeout`` is killed (its
+requests, counted at the proxy, are then shown as ">= N").
 """
 
 from __future__ import annotations
@@ -63,6 +74,7 @@ import argparse
 import contextlib
 import json
 import math
+import mimetypes
 import os
 import shutil
 import sys
@@ -85,6 +97,7 @@ SYNC_BASE, SYNC_PER_EVENTS = 20, 1000  # <= 20 requests + 1 per 1000 new events
 SYNC_IDLE = 5  # a sync with nothing new
 GC_PER_ARTIFACTS = 100  # gc --dry-run: <= 1 request per 100 artifacts
 BATCH = 1000  # saves per store.batch() block, in the "batches" bucket
+BULK_FILES = 2000  # files per bulk-load request
 LAYOUTS = ("single saves", "batches")
 
 #: One fresh-machine step in a child process. Prints, as its last line, a JSON document:
@@ -306,29 +319,40 @@ def _checkpoint_costs(local: Path, n: int, work: Path) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _upload(fs: Any, folder: Path, prefix: str, threads: int) -> tuple[int, float]:
-    """Copy every file of ``folder`` but its ``index/`` to ``prefix`` (``bucket/path``)
-    with s3fs, ``threads`` puts of 500 files at a time; return the files and seconds."""
+def _upload(srv: Any, folder: Path, bucket: str, how: str, threads: int) -> tuple[int, float]:
+    """Copy every file of ``folder`` but its ``index/`` to ``bucket/store/``, by ``how``
+    (``bulk``: the server's bulk load; ``s3fs``: s3fs puts from ``threads`` threads);
+    return the files and seconds."""
+    from cas.testing.moto_atomic import bulk_put
+
     files = sorted(
         p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).parts[0] != "index"
     )
-    chunks = [files[k : k + 500] for k in range(0, len(files), 500)]
+    size = BULK_FILES if how == "bulk" else 500
+    chunks = [files[k : k + size] for k in range(0, len(files), size)]
     done, lock = [0], threading.Lock()
+    fs = srv.filesystem() if how == "s3fs" else None
     t0 = time.perf_counter()
     last = [t0]
 
     def put(chunk: list[Path]) -> None:
-        rpaths = [f"{prefix}/{p.relative_to(folder).as_posix()}" for p in chunk]
-        fs.put([str(p) for p in chunk], rpaths)
+        rpaths = [f"store/{p.relative_to(folder).as_posix()}" for p in chunk]
+        if fs is not None:
+            fs.put([str(p) for p in chunk], [f"{bucket}/{r}" for r in rpaths])
+        else:  # the content type s3fs would send, so that the bucket is the same
+            items = [(r, p.read_bytes(), mimetypes.guess_type(str(p))[0])
+                     for p, r in zip(chunk, rpaths, strict=True)]  # fmt: skip
+            assert bulk_put(srv.endpoint, bucket, items) == len(items)
         with lock:
             done[0] += len(chunk)
             now = time.perf_counter()
-            if now - last[0] > 15:
-                rate = done[0] / (now - t0)
-                print(f"    uploaded {done[0]:,} of {len(files):,} files ({rate:,.0f}/s)", flush=True)  # fmt: skip
+            if now - last[0] > 15 or done[0] == len(files):
+                rate = done[0] / max(now - t0, 1e-9)
+                print(f"    {how}: {done[0]:,} of {len(files):,} files ({rate:,.0f}/s)", flush=True)  # fmt: skip
                 last[0] = now
 
-    with ThreadPoolExecutor(threads) as pool:
+    # bulk: two requests at a time, so that reading the files overlaps the server's work
+    with ThreadPoolExecutor(threads if fs is not None else 2) as pool:
         for _ in pool.map(put, chunks):
             pass
     return len(files), time.perf_counter() - t0
@@ -339,14 +363,17 @@ def _build(
 ) -> tuple[dict[str, str], list[list[str]]]:
     """The two buckets; their store URLs by layout, and a row per build for the report;
     ``costs`` gets what checkpoints cost on the local store of the last."""
-    fs = srv.filesystem()
     urls, rows = {}, []
     for layout in LAYOUTS:
-        print(f"  building the {layout!r} bucket: {args.artifacts:,} artifacts", flush=True)
+        print(
+            f"  building the {layout!r} bucket: {args.artifacts:,} artifacts,"
+            f" filled by {args.upload}",
+            flush=True,
+        )
         local = work / f"local-{layout.replace(' ', '-')}"
         save_s = _build_local(local, args.artifacts, batches=layout == "batches")
         bucket = srv.new_bucket("fresh")
-        files, put_s = _upload(fs, local, f"{bucket}/store", args.threads)
+        files, put_s = _upload(srv, local, bucket, args.upload, args.threads)
         if layout == LAYOUTS[-1]:
             print("  catalog checkpoints on the local store", flush=True)
             costs.update(_checkpoint_costs(local, args.artifacts, work))
@@ -370,7 +397,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--proxy-ms", type=float, default=20.0,
                     help="delay each way of the proxied runs, ms (20; 0: direct only)")  # fmt: skip
     ap.add_argument("--new", type=int, default=100, help="artifacts another machine saves (100)")
-    ap.add_argument("--threads", type=int, default=16, help="upload threads (16)")
+    ap.add_argument("--upload", choices=("bulk", "s3fs"), default="bulk",
+                    help="how the buckets are filled: the server's bulk load (the default)"
+                         " or s3fs puts, a request a file")  # fmt: skip
+    ap.add_argument("--threads", type=int, default=16, help="s3fs upload threads (16)")
     ap.add_argument("--timeout", type=float, default=1800.0,
                     help="seconds before a child step is killed (1800)")  # fmt: skip
     ap.add_argument("--checkpoints-only", action="store_true",
@@ -501,9 +531,13 @@ def _report(args: argparse.Namespace, build_rows: list[list[str]], build_s: floa
     n = args.artifacts
     want_hits = math.ceil(n / 100)
     print(table(
-        f"the buckets: {n:,} artifacts each, saved locally then copied to moto S3 ({build_s:,.0f} s in all)",
+        f"the buckets: {n:,} artifacts each, saved locally then copied to moto S3 by {args.upload}"
+        f" ({build_s:,.0f} s in all)",
         ["", "saves, s", "saves", "files (no index/)", "upload, s", "upload"], build_rows,
-        [f"upload: s3fs put of 500 files at a time from {args.threads} threads"],
+        [f"upload: s3fs put of 500 files at a time from {args.threads} threads (a request a file)"
+         if args.upload == "s3fs" else
+         f"upload: the server's bulk load (cas.testing.moto_atomic.bulk_put), {BULK_FILES:,}"
+         " files a request, each stored as its PUT would be"],
     ))  # fmt: skip
 
     marks: dict[str, bool] = {}
