@@ -43,8 +43,8 @@ def model_pages(names: set[str], prefix: str, delimiter: str, after: str, size: 
     """ListObjectsV2's pages as ``(keys, common prefixes, truncated)``: the names under
     ``prefix``, each rolled up to its common prefix (``prefix`` + up to the first
     ``delimiter`` after it, inclusive) if it has one, in order, those after ``after``
-    (moto, unlike S3, drops a common prefix that is not itself after ``after``), cut
-    into pages of ``size``."""
+    (a common prefix that is not itself after ``after`` is dropped even if names under
+    it are: moto's rule; S3's is not checked here), cut into pages of ``size``."""
     entries: dict[str, bool] = {}
     for name in names:
         if not name.startswith(prefix):

@@ -23,7 +23,7 @@ included (tests/test_moto_listing.py checks it against a model):
   prefix (moto splits before it filters).
 - ``start-after`` / a continuation token drop every entry (key or common prefix) whose
   name is not after it: a common prefix at or before it is gone even when names under
-  it come after.
+  it come after (what S3 does there is not checked).
 
 A continuation token moto did not hand out, a negative ``max-keys`` and moto's table
 buckets go to moto's own code.
