@@ -495,7 +495,7 @@ class RefStore(HistoryMixin):
                     fresh = self._fresh(name, seq)
                 finally:
                     if prepared is not None:
-                        self._prepared(prepared, name, seq, claim, data, entry, claimed_at)
+                        self._hook(name, seq, claim, data, entry, claimed_at, prepared)
                 if not fresh:
                     self._withdraw(claim, data)
                     self._heads.pop(name, None)
@@ -558,12 +558,7 @@ class RefStore(HistoryMixin):
         if outlived and self._log.exists(name, seq + 1):
             return  # frozen for most of our lease: another writer settled it meanwhile
         if not prepared and self._calls_hook(entry):
-            assert self.before_publish is not None
-            try:
-                self.before_publish(name, entry)
-            except BaseException:
-                self._undo_claim(name, seq, claim, data, entry, claimed_at)
-                raise
+            self._hook(name, seq, claim, data, entry, claimed_at)
         for _ in range(_PUBLISH_TRIES):
             try:
                 if self._write_ref(path, entry.new, current):
@@ -617,19 +612,24 @@ class RefStore(HistoryMixin):
         finally:
             pool.shutdown(wait=False)
 
-    def _prepared(
+    def _hook(
         self,
-        pending: Future[None],
         name: str,
         seq: int,
         claim: str,
         data: bytes,
         entry: LogEntry,
         claimed_at: _Clock,
+        started: Future[None] | None = None,
     ) -> None:
-        """Wait for ``before_publish``; if it failed, take the claim back and raise."""
+        """``before_publish`` of our claimed update: waited for if :meth:`_prepare`
+        ``started`` it, else called now; if it failed, take the claim back and raise."""
+        assert self.before_publish is not None
         try:
-            pending.result()
+            if started is None:
+                self.before_publish(name, entry)
+            else:
+                started.result()
         except BaseException:
             self._undo_claim(name, seq, claim, data, entry, claimed_at)
             raise

@@ -409,13 +409,22 @@ def test_gc_writes_a_checkpoint(tmp_path: Path) -> None:
 # -- on S3: what a new machine pays --------------------------------------------------------
 
 
+def _bucket(s3_server: Server) -> tuple[str, dict[str, Any]]:
+    """A store's URL in a new bucket, and the options that reach it."""
+    return s3_server.url(s3_server.new_bucket(), "store"), dict(s3_server.storage_options)
+
+
+def _as_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str) -> None:
+    """From now on this process is machine ``name``: its own cache folder."""
+    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / name))
+
+
 @pytest.mark.slow
 def test_a_new_machine_on_s3_reads_a_checkpoint_not_the_history(
     s3_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = s3_server.url(s3_server.new_bucket(), "store")
-    options = s3_server.storage_options
-    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "writer"))
+    url, options = _bucket(s3_server)
+    _as_machine(monkeypatch, tmp_path, "writer")
     with cas.open_store(url, **options) as store:
         with store.batch():
             ids = [store.save(f"v{i}".encode(), f"data/d{i}") for i in range(150)]
@@ -423,7 +432,7 @@ def test_a_new_machine_on_s3_reads_a_checkpoint_not_the_history(
         store.repo.sync()
         assert store.repo.index.checkpoint() is not None
 
-    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "new-machine"))
+    _as_machine(monkeypatch, tmp_path, "new-machine")
     with s3_calls() as first, cas.open_store(url, **options) as store:
         hits = store.catalog.search("stage:production")
         assert [a["id"] for a in hits] == [ids[7]]
@@ -442,9 +451,8 @@ def test_a_new_machine_on_s3_reads_a_checkpoint_not_the_history(
 def test_a_new_machine_on_s3_reads_an_incremental_checkpoint_and_its_whole_one(
     s3_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = s3_server.url(s3_server.new_bucket(), "store")
-    options = s3_server.storage_options
-    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "writer"))
+    url, options = _bucket(s3_server)
+    _as_machine(monkeypatch, tmp_path, "writer")
     with cas.open_store(url, **options) as store:
         with store.batch():
             ids = [store.save(f"v{i}".encode(), f"data/d{i}") for i in range(100)]
@@ -458,7 +466,7 @@ def test_a_new_machine_on_s3_reads_an_incremental_checkpoint_and_its_whole_one(
         made = store.repo.index.checkpoint()
         assert whole is not None and made is not None and made.base == whole.digest
 
-    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "new-machine"))
+    _as_machine(monkeypatch, tmp_path, "new-machine")
     with s3_calls() as first, cas.open_store(url, **options) as store:
         hits = store.catalog.search("stage:production")
         assert sorted(a["id"] for a in hits) == sorted([ids[7], ids[120]])
@@ -471,13 +479,12 @@ def test_a_new_machine_on_s3_reads_an_incremental_checkpoint_and_its_whole_one(
 def test_a_sync_on_s3_reads_only_what_another_machine_added(
     s3_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = s3_server.url(s3_server.new_bucket(), "store")
-    options = s3_server.storage_options
-    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "reader"))
+    url, options = _bucket(s3_server)
+    _as_machine(monkeypatch, tmp_path, "reader")
     with cas.open_store(url, **options) as reader:
         reader.save(b"seed", "seed")
         assert len(reader.catalog.list()) == 1
-        monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "writer"))
+        _as_machine(monkeypatch, tmp_path, "writer")
         with cas.open_store(url, **options) as writer:
             rid = writer.save(b"new", "from/elsewhere")
             writer.catalog.tag(rid, stage="production")
@@ -497,13 +504,12 @@ def test_a_new_machine_saves_tags_and_deletes_without_catching_up(
 ) -> None:
     """A CI job that saves one artifact into a busy bucket pays for that save, not for
     the bucket's history; what it wrote shows in its own search afterwards."""
-    url = s3_server.url(s3_server.new_bucket(), "store")
-    options = s3_server.storage_options
-    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "writer"))
+    url, options = _bucket(s3_server)
+    _as_machine(monkeypatch, tmp_path, "writer")
     with cas.open_store(url, **options) as store, store.batch():
         for i in range(120):
             store.save(f"v{i}".encode(), f"hist/h{i}")
-    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "ci-job"))
+    _as_machine(monkeypatch, tmp_path, "ci-job")
     with cas.open_store(url, **options) as store:
         with s3_calls() as counts:
             rid = store.save(b"model", "models/fraud", tags={"stage": "candidate"})
@@ -538,9 +544,8 @@ def _other_machine_writes(
 def test_a_sync_reads_another_machines_saves_and_tags_in_a_few_requests(
     s3_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = s3_server.url(s3_server.new_bucket(), "store")
-    options = s3_server.storage_options
-    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "reader"))
+    url, options = _bucket(s3_server)
+    _as_machine(monkeypatch, tmp_path, "reader")
     with cas.open_store(url, **options) as reader:
         reader.save(b"seed", "seed")
         reader.repo.sync()
@@ -562,9 +567,8 @@ def test_a_sync_reads_another_machines_saves_and_tags_in_a_few_requests(
 def test_a_damaged_segment_is_read_as_its_entries(
     s3_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = s3_server.url(s3_server.new_bucket(), "store")
-    options = s3_server.storage_options
-    monkeypatch.setenv("CAS_CACHE_DIR", str(tmp_path / "reader"))
+    url, options = _bucket(s3_server)
+    _as_machine(monkeypatch, tmp_path, "reader")
     with cas.open_store(url, **options) as reader:
         reader.save(b"seed", "seed")
         reader.repo.sync()

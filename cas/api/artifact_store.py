@@ -301,7 +301,7 @@ class ArtifactStore:
             newest = catalog.list(name=name, limit=1)
         except CasError:
             return None
-        return str(newest[0].get("content_id") or "") or None if newest else None
+        return newest[0].get("content_id") if newest else None
 
     def _read_writing(self, held: Any, name: str) -> tuple[str | None, bool]:
         """``repo.read_for_save(name)`` while the batch ``held`` (the content and the

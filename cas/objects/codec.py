@@ -273,11 +273,7 @@ def _decompress_into(oid: str, frame: memoryview, out: memoryview) -> None:
     """:func:`_decompress` of a frame into ``out``, which it must fill exactly."""
     size, got, more = len(out), 0, b""
     try:
-        declared = zstandard.frame_content_size(frame)
-        if declared != size:
-            raise IntegrityError(
-                oid, _msg(oid, f"holds a frame of {declared} bytes, header says {size}")
-            )
+        _declares(oid, frame, size)
         with _decompressor().stream_reader(frame, read_across_frames=False) as reader:
             while got < size:
                 step = reader.readinto(out[got:])
@@ -296,14 +292,7 @@ def _decompress(oid: str, frame: memoryview, size: int, base: bytes | None) -> b
     """A zstd frame that must decode to exactly ``size`` bytes (``base``: the raw-content
     dictionary of a delta)."""
     try:
-        # Allocation is bounded by the header's size: the frame must declare exactly
-        # that content size before we decompress (zstd allocates what a frame
-        # declares), and a frame that inflates past its declaration is an error.
-        declared = zstandard.frame_content_size(frame)
-        if declared != size:
-            raise IntegrityError(
-                oid, _msg(oid, f"holds a frame of {declared} bytes, header says {size}")
-            )
+        _declares(oid, frame, size)
         dctx = _decompressor() if base is None else _with_dictionary(base)
         payload = dctx.decompress(frame, max_output_size=size)
     except zstandard.ZstdError as exc:
@@ -311,6 +300,17 @@ def _decompress(oid: str, frame: memoryview, size: int, base: bytes | None) -> b
     if len(payload) != size:
         raise IntegrityError(oid, _msg(oid, f"decodes to {len(payload)} bytes, header says {size}"))
     return payload
+
+
+def _declares(oid: str, frame: memoryview, size: int) -> None:
+    """Allocation is bounded by the header's size: a frame must declare exactly that
+    content size before it is decompressed (zstd allocates what a frame declares); one
+    that inflates past its declaration is an error where it is decompressed."""
+    declared = zstandard.frame_content_size(frame)
+    if declared != size:
+        raise IntegrityError(
+            oid, _msg(oid, f"holds a frame of {declared} bytes, header says {size}")
+        )
 
 
 def dictionary(base: bytes) -> zstandard.ZstdCompressionDict:
